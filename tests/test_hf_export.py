@@ -1,0 +1,199 @@
+"""HF export/import against the real `transformers` classes: no missing keys, same logits, same greedy text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tinyformer.errors import TinyformerError
+from tinyformer.model import ModelConfig, Transformer
+from tinyformer.model.hf import export_hf, hf_family, import_hf
+from tinyformer.model.io import save_model
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+VOCAB = 97
+CASES = {
+    "gpt2": (
+        lambda: ModelConfig.preset("gpt2", vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, max_seq_len=48),
+        "GPT2LMHeadModel",
+    ),
+    "gpt2-untied-exact-gelu": (
+        lambda: ModelConfig.preset("gpt2", vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, max_seq_len=48,
+                                   mlp="gelu", tie_embeddings=False, d_ff=96),
+        "GPT2LMHeadModel",
+    ),
+    "llama-gqa": (
+        lambda: ModelConfig.preset("llama", vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2,
+                                   max_seq_len=48, rope_theta=500.0),
+        "LlamaForCausalLM",
+    ),
+    "llama-linear-scaling-bias-tied": (
+        lambda: ModelConfig.preset("llama", vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, max_seq_len=48,
+                                   rope_scaling=4.0, bias=True, tie_embeddings=True),
+        "LlamaForCausalLM",
+    ),
+    "mpt": (
+        lambda: ModelConfig(vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, max_seq_len=48, position="alibi",
+                            norm="layernorm", bias=False, mlp="gelu"),
+        "MptForCausalLM",
+    ),
+    "mpt-6-heads-untied": (
+        lambda: ModelConfig(vocab_size=VOCAB, n_layers=2, d_model=48, n_heads=6, max_seq_len=48, position="alibi",
+                            bias=False, mlp="gelu", tie_embeddings=False),
+        "MptForCausalLM",
+    ),
+}
+
+
+def randomised(cfg: ModelConfig) -> Transformer:
+    """Every weight, norms and biases included, random and far from its init, so no wrong mapping can hide.
+    Norm weights are 1 + noise (not noise around 0), which keeps greedy generation varied."""
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm_weight = "norm" in name and name.endswith("weight")
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if is_norm_weight else 0.0))
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def exported(request, tmp_path_factory):
+    make_cfg, architecture = CASES[request.param]
+    model = randomised(make_cfg())
+    out = tmp_path_factory.mktemp("hf") / request.param
+    export_hf(model, out)
+    hf_model, info = getattr(transformers, architecture).from_pretrained(out, output_loading_info=True)
+    return model, hf_model.eval(), info, out
+
+
+def test_loads_with_no_missing_or_unexpected_keys(exported):
+    _, hf_model, info, _ = exported
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+
+
+def test_same_logits_as_hf(exported):
+    model, hf_model, _, _ = exported
+    ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, _ = model(ids)
+        theirs = hf_model(ids).logits
+    assert ours.abs().max() > 1.0  # real, varied logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_same_logits_with_left_padding(exported):
+    model, hf_model, _, _ = exported
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        ours, _ = model(ids, attention_mask=mask)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {} if hf_model.config.model_type == "mpt" else {"position_ids": positions}
+        theirs = hf_model(ids, attention_mask=mask, **kwargs).logits
+    real = mask.bool()
+    assert (ours[real] - theirs[real]).abs().max().item() <= 1e-4
+
+
+def test_import_round_trip_gives_identical_logits(exported):
+    model, hf_model, _, out = exported
+    ids = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours, _ = model(ids)
+        from_dir, _ = import_hf(out)(ids)
+        from_object, _ = import_hf(hf_model)(ids)
+    assert torch.equal(from_dir, ours) and torch.equal(from_object, ours)
+    assert import_hf(out).config.resolved() == model.config.resolved()
+
+
+def test_hf_greedy_generate_equals_ours(exported):
+    model, hf_model, _, _ = exported
+    prompt = torch.randint(0, VOCAB, (8, 6), generator=torch.Generator().manual_seed(5))
+    ours = model.generate(prompt, 30, temperature=0)
+    theirs = hf_model.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=0)
+    assert ours.tolist() == theirs.tolist()
+    assert len(set(ours[:, 6:].flatten().tolist())) > 10  # varied text, not one token repeated
+
+
+def test_rope_settings_reach_hf(tmp_path):
+    """rope_theta is written at top level and in rope_parameters, linear scaling as rope_scaling; and the HF
+    model really uses them (its logits change with them as ours do)."""
+    cfg = CASES["llama-linear-scaling-bias-tied"][0]()
+    export_hf(randomised(cfg), tmp_path / "a")
+    written = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert written["rope_theta"] == cfg.rope_theta == written["rope_parameters"]["rope_theta"]
+    assert written["rope_scaling"]["factor"] == 4.0 and written["rope_scaling"]["rope_type"] == "linear"
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path / "a")
+    assert loaded.rope_parameters["factor"] == 4.0 and loaded.rope_parameters["rope_theta"] == cfg.rope_theta
+    unscaled = randomised(ModelConfig.from_dict({**cfg.to_dict(), "rope_scaling": 1.0}))
+    ids = torch.randint(0, VOCAB, (1, 30))
+    assert not torch.allclose(unscaled(ids)[0], randomised(cfg)(ids)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (dict(position="sinusoidal"), "position='sinusoidal' has no HF equivalent"),
+        (dict(position="nope"), "position='nope' has no HF equivalent"),
+        (dict(position="learned", norm="rmsnorm"), "exports as GPT2LMHeadModel, but norm='rmsnorm'"),
+        (dict(position="learned", n_kv_heads=2), "n_kv_heads=2 has no equivalent"),
+        (dict(position="rope", mlp="gelu"), "exports as LlamaForCausalLM, but norm='layernorm'"),
+        (dict(position="alibi", bias=True, mlp="gelu"), "exports as MptForCausalLM, but bias=True"),
+        (dict(position="alibi", bias=False, mlp="gelu_tanh"), "mlp='gelu_tanh' has no equivalent"),
+        (dict(position="alibi", bias=False, mlp="gelu", d_ff=100), "d_ff=100 has no equivalent"),
+    ],
+)
+def test_combinations_without_an_hf_equivalent_are_refused(overrides, needle, tmp_path):
+    cfg = ModelConfig(**{**dict(vocab_size=VOCAB, n_layers=1, d_model=32, n_heads=4), **overrides})
+    with pytest.raises(TinyformerError) as err:
+        export_hf(Transformer(cfg), tmp_path / "out")
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hf_family_of_presets():
+    assert hf_family(ModelConfig.preset("gpt2")) == "gpt2"
+    assert hf_family(ModelConfig.preset("llama")) == "llama"
+
+
+def test_export_cli_from_a_run_directory(tmp_path, cli):
+    model = randomised(CASES["llama-gqa"][0]())
+    run = tmp_path / "run"
+    save_model(model, run / "checkpoints" / "step-00000010")
+    (run / "checkpoints" / "index.json").write_text(json.dumps({"latest": "step-00000010", "best": None}))
+    proc = cli("export", "--ckpt", run, "--format", "hf", "--out", tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr
+    hf_model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, VOCAB, (1, 16))
+    with torch.no_grad():
+        assert (hf_model(ids).logits - model(ids)[0]).abs().max().item() <= 1e-4
+    again = cli("export", "--ckpt", run, "--out", tmp_path / "hf")
+    assert again.returncode == 2 and "already exists; pass --force" in again.stderr
+    assert cli("export", "--ckpt", run, "--out", tmp_path / "hf", "--force").returncode == 0
+    best = cli("export", "--ckpt", run, "--out", tmp_path / "hf2", "--which", "best")
+    assert best.returncode == 2 and "names no 'best' checkpoint" in best.stderr
+    assert best.stderr.count("\n") == 1 and not (tmp_path / "hf2").exists()
+
+
+def test_export_cli_writes_the_runs_tokenizer(tmp_path, cli):
+    tok_mod = pytest.importorskip("tinyformer.tokenizer")
+    pytest.importorskip("tinyformer.tokenizer.export")
+    tok = tok_mod.train_bpe(["hello world, hello there; a world of words"] * 4, 290, special_tokens=["<|endoftext|>"])
+    cfg = ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, n_layers=1, d_model=32, n_heads=2, max_seq_len=32)
+    run = tmp_path / "run"
+    save_model(randomised(cfg), run / "checkpoints" / "step-00000001")
+    (run / "checkpoints" / "index.json").write_text(json.dumps({"latest": "step-00000001"}))
+    tok.save(run / "tokenizer")
+    proc = cli("export", "--ckpt", run / "checkpoints" / "step-00000001", "--out", tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "hello words of the world"
+    assert hf_tok(text)["input_ids"] == tok.encode(text)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["eos_token_id"] == tok.eot_id

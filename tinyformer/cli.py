@@ -1,0 +1,76 @@
+"""The one entry point: `tinyformer <verb> ...` (also `python -m tinyformer`).
+
+Each verb lives in its own module with `add_arguments(parser)` and `run(args) -> int`; only the chosen
+verb's module is imported, so `tinyformer tokenizer ...` never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from tinyformer import __version__
+from tinyformer.errors import TinyformerError
+
+# verb -> (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "tokenizer": ("tinyformer.tokenizer.cli", "train, apply, inspect and export byte-level BPE tokenizers"),
+    "data": ("tinyformer.data.cli", "download and prepare corpora (TinyStories, Tiny Shakespeare)"),
+    "train": ("tinyformer.train.cli", "train a model from a YAML config with key=value overrides"),
+    "eval": ("tinyformer.train.eval_cli", "loss, perplexity and bits per byte of a run on a token file"),
+    "sample": ("tinyformer.train.sample_cli", "generate text from a run"),
+    "plot": ("tinyformer.train.plot_cli", "draw loss and perplexity curves of one or more runs"),
+    "export": ("tinyformer.model.export_cli", "export a run to the HF format (GPT-2, Llama, MPT)"),
+    "lengen": ("tinyformer.lab.cli", "length-generalization lab: train, sweep, best, report"),
+    "attention": ("tinyformer.lab.attention_cli", "attention heatmaps of a run on a text"),
+    "demo": ("tinyformer.demo", "the embedded default: a short study that needs no downloads"),
+}
+
+
+def _available_verbs() -> dict[str, tuple[str, str]]:
+    # Look for the module's file rather than calling find_spec, which would import the parent package
+    # (and torch with it) just to print the help.
+    root = Path(__file__).resolve().parent.parent
+    out = {}
+    for verb, (module, help_text) in VERBS.items():
+        if (root / (module.replace(".", "/") + ".py")).is_file():
+            out[verb] = (module, help_text)
+    return out
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyformer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tinyformer {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (module, help_text) in _available_verbs().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == verb:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(verb)
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(_available_verbs()[args.verb][0])
+    try:
+        return int(module.run(args) or 0)
+    except TinyformerError as exc:
+        print(f"tinyformer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tinyformer: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""`tinyformer data download|prepare`: fetch TinyStories / Tiny Shakespeare and turn them into token files."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    d = sub.add_parser("download", help="fetch a corpus (resumable, checksummed)")
+    d.add_argument("corpus", choices=("tinystories", "shakespeare"))
+    d.add_argument("--version", help="tinystories: v2 (GPT-4 only, default) or v1")
+    d.add_argument("--out", help="directory (default data/CORPUS)")
+    d.add_argument("--url-base", help="where the files live (default: their public home; file:// works)")
+    d.add_argument("--checksums", help="sha256sum-format file with the expected checksums")
+    p = sub.add_parser("prepare", help="split, train the tokenizer, encode train/val token files")
+    p.add_argument("corpus", choices=("tinystories", "shakespeare"))
+    p.add_argument("--source", help="text file (or tinystories download dir); default data/CORPUS[/input.txt]")
+    p.add_argument("--out", help="output directory (default data/CORPUS-tok)")
+    p.add_argument("--vocab-size", type=int, help="tinystories BPE vocabulary (default 10000)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--version", default="v2", help="tinystories files to look for in a download dir")
+    p.add_argument("--force", action="store_true")
+
+
+def _download(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from tinyformer.data.corpora import CORPORA
+    from tinyformer.data.download import download, read_sums, write_sums
+    from tinyformer.errors import TinyformerError
+
+    corpus = CORPORA[args.corpus]
+    version = args.version or corpus.default_version
+    if version not in corpus.versions:
+        raise TinyformerError(f"{args.corpus} has versions {', '.join(corpus.versions)}, not {version!r}")
+    out = Path(args.out or f"data/{args.corpus}")
+    base = (args.url_base or corpus.url_base).rstrip("/")
+    sums_path = out / "SHA256SUMS"
+    recorded = read_sums(sums_path)
+    given = read_sums(Path(args.checksums)) if args.checksums else {}
+    if args.checksums and not given:
+        raise TinyformerError(f"--checksums {args.checksums} holds no 'HEX  NAME' lines")
+    for remote in corpus.versions[version]:
+        expected = given.get(remote.name) or remote.sha256 or recorded.get(remote.name)
+        dest = out / remote.name
+        if dest.exists():
+            from tinyformer.fileio import sha256_file
+
+            got = sha256_file(dest)
+            if expected and got != expected:
+                raise TinyformerError(f"{dest} exists but its checksum does not match; delete it and run again")
+            recorded[remote.name] = got
+            print(f"{dest}: already there, checksum ok")
+            continue
+        tty = sys.stderr.isatty()
+
+        def show(done: int, total: int | None, name=remote.name) -> None:
+            if tty:
+                pct = f" {100 * done / total:5.1f}%" if total else ""
+                print(f"\r{name}: {done / 1e6:9.1f} MB{pct}", end="", file=sys.stderr, flush=True)
+
+        got, resumed_at = download(f"{base}/{remote.name}", dest, expected, show)
+        if tty:
+            print(file=sys.stderr)
+        recorded[remote.name] = got
+        how = f"resumed at {resumed_at:,} bytes" if resumed_at else "downloaded"
+        check = "checksum verified" if expected else "no published checksum; recorded in SHA256SUMS"
+        print(f"{dest}: {how}, {dest.stat().st_size:,} bytes, {check}")
+        write_sums(sums_path, recorded)
+    write_sums(sums_path, recorded)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tinyformer.data.prepare import prepare
+
+    default_source = {"tinystories": "data/tinystories", "shakespeare": "data/shakespeare/input.txt"}[args.corpus]
+    source = Path(args.source or default_source)
+    out = Path(args.out or f"data/{args.corpus}-tok")
+    prepare(args.corpus, source, out, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+            version=args.version, force=args.force)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return _download(args) if args.action == "download" else _prepare(args)

@@ -1,0 +1,121 @@
+"""`data prepare`: split a corpus into train/validation text, train the tokenizer on the training part, and
+encode both parts into token files, in one step. The output directory appears whole or not at all:
+
+    OUT/tokenizer/   OUT/train.bin + train.json   OUT/val.bin + val.json   OUT/prepare.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tinyformer.data.corpora import CORPORA, EOT
+from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_dir, require_file, sha256_file
+
+
+def split_stories(text: str, val_fraction: float) -> tuple[str, str, int, int]:
+    """Split on `<|endoftext|>` into whole stories; the last `val_fraction` of them are validation.
+    Returns (train text, val text, n train stories, n val stories); each story keeps its end marker."""
+    stories = [s for s in text.split(EOT) if s.strip()]
+    if len(stories) < 2:
+        raise TinyformerError(
+            f"found {len(stories)} story in the source; a TinyStories file separates stories with {EOT} lines"
+        )
+    n_val = min(len(stories) - 1, max(1, math.ceil(len(stories) * val_fraction)))
+    train, val = stories[:-n_val], stories[-n_val:]
+    return EOT.join(train) + EOT, EOT.join(val) + EOT, len(train), len(val)
+
+
+def split_chars(text: str, val_fraction: float) -> tuple[str, str]:
+    """First (1 - val_fraction) of the characters for training, the rest for validation."""
+    if len(text) < 2:
+        raise TinyformerError("the source text is empty; nothing to prepare")
+    cut = int(len(text) * (1.0 - val_fraction))
+    return text[:cut], text[cut:]
+
+
+def _tinystories_sources(source: Path, version: str) -> list[Path] | None:
+    """The official (train, valid) files when `source` is a download directory, else None."""
+    if not source.is_dir():
+        return None
+    names = [f.name for f in CORPORA["tinystories"].versions[version]]
+    paths = [source / n for n in names]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise TinyformerError(
+            f"{source} lacks {', '.join(missing)}; run `tinyformer data download tinystories --version {version}` "
+            "or pass --source FILE.txt"
+        )
+    return paths
+
+
+def prepare(
+    corpus: str,
+    source: str | Path,
+    out: str | Path,
+    *,
+    vocab_size: int | None = None,
+    val_fraction: float = 0.1,
+    version: str = "v2",
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Build OUT from `source` (a text file, or for TinyStories a directory of downloaded files)."""
+    from tinyformer.data.encode import encode_files
+    from tinyformer.tokenizer import Tokenizer, train_bpe
+
+    if corpus not in ("tinystories", "shakespeare"):
+        raise TinyformerError(f"unknown corpus {corpus!r}; choose tinystories or shakespeare")
+    if not 0.0 < val_fraction < 1.0:
+        raise TinyformerError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise TinyformerError(f"source {source} does not exist; download it first or pass --source PATH")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise TinyformerError(f"output {out} already exists; pass --force to rebuild it")
+    record: dict[str, Any] = {"corpus": corpus, "source": str(source), "val_fraction": val_fraction}
+    with atomic_dir(out, force=True) as tmp:
+        work = tmp / "work"
+        work.mkdir()
+        if corpus == "shakespeare":
+            text = require_file(source, "source").read_text(encoding="utf-8")
+            train_text, val_text = split_chars(text, val_fraction)
+            inputs = _write_parts(work, train_text, val_text)
+            tokenizer = Tokenizer([], [])  # char level: the 256 byte tokens, no merges (the text is ASCII)
+            record["split"] = f"first {1 - val_fraction:.0%} of characters / last {val_fraction:.0%}"
+        else:
+            official = _tinystories_sources(source, version)
+            if official is not None:
+                inputs = official
+                record["split"] = "the dataset's own train / valid files"
+            else:
+                text = require_file(source, "source").read_text(encoding="utf-8")
+                train_text, val_text, n_train, n_val = split_stories(text, val_fraction)
+                inputs = _write_parts(work, train_text, val_text)
+                record["split"] = f"by story: {n_train} train, {n_val} validation (the last {val_fraction:.0%})"
+            size = vocab_size or 10_000
+            log(f"training a {size}-token BPE tokenizer on {inputs[0].name} ...")
+            tokenizer = train_bpe([inputs[0]], size, special_tokens=[EOT])
+        tokenizer.save(tmp / "tokenizer")
+        record["tokenizer_fingerprint"] = tokenizer.fingerprint
+        record["sources"] = [{"path": str(source), "sha256": sha256_file(source)}] if source.is_file() else []
+        for name, path in zip(("train", "val"), inputs):
+            meta = encode_files(tokenizer, [path], tmp / f"{name}.bin", allowed_special="all", log=log)
+            record[f"{name}_tokens"] = meta["n_tokens"]
+        for path in work.iterdir():
+            path.unlink()
+        work.rmdir()
+        (tmp / "prepare.json").write_text(json.dumps(record, indent=1) + "\n")
+    log(f"prepared {out}: {record['train_tokens']:,} train / {record['val_tokens']:,} val tokens ({record['split']})")
+    return record
+
+
+def _write_parts(work: Path, train_text: str, val_text: str) -> list[Path]:
+    paths = [work / "train.txt", work / "val.txt"]
+    for path, text in zip(paths, (train_text, val_text)):
+        path.write_text(text, encoding="utf-8")
+    return paths

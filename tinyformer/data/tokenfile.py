@@ -1,0 +1,220 @@
+"""Token files: a flat little-endian uint16/uint32 array `NAME.bin` plus a `NAME.json` sidecar that says
+what it holds (dtype, token count, vocab size, tokenizer fingerprint, source checksums)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyformer.errors import TinyformerError
+from tinyformer.fileio import check_output
+
+FORMAT = "tinyformer-tokens"
+VERSION = 1
+DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+REQUIRED_KEYS = ("format", "version", "dtype", "n_tokens", "vocab_size")
+
+
+def dtype_for_vocab(vocab_size: int) -> str:
+    """'uint16' when every id fits in 16 bits (vocab_size <= 65536), else 'uint32'."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def sidecar_path(path_bin: str | os.PathLike) -> Path:
+    """NAME.json beside NAME.bin."""
+    return Path(path_bin).with_suffix(".json")
+
+
+def bin_path(path: str | os.PathLike) -> Path:
+    """The `.bin` path of a token file given as NAME.bin, NAME.json or NAME."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return path.with_suffix(".bin")
+    if path.suffix != ".bin" and not path.exists():
+        return path.with_name(path.name + ".bin")
+    return path
+
+
+def read_token_file(path_bin: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """(read-only memmap of the ids, sidecar dict) of a token file; any inconsistency is a one-line error."""
+    path = bin_path(path_bin)
+    meta = read_sidecar(path)
+    if not path.is_file():
+        raise TinyformerError(f"token file {path} does not exist (its sidecar {sidecar_path(path)} does); re-create both")
+    dtype = DTYPES[meta["dtype"]]
+    size = path.stat().st_size
+    expected = meta["n_tokens"] * dtype.itemsize
+    if size != expected:
+        raise TinyformerError(
+            f"token file {path} has {size} bytes but its sidecar says {meta['n_tokens']} {meta['dtype']} tokens "
+            f"({expected} bytes): the file is truncated or corrupt; re-create it with `tinyformer tokenizer encode`"
+        )
+    if meta["n_tokens"] == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=dtype), meta
+    return np.memmap(path, dtype=dtype, mode="r"), meta
+
+
+def read_sidecar(path_bin: str | os.PathLike) -> dict[str, Any]:
+    """The validated sidecar dict of a token file."""
+    path = bin_path(path_bin)
+    side = sidecar_path(path)
+    if not side.is_file():
+        if path.is_file():
+            raise TinyformerError(
+                f"token file {path} has no sidecar {side}; re-create it with `tinyformer tokenizer encode`"
+            )
+        raise TinyformerError(f"token file {path} does not exist; check the path (expected NAME.bin + NAME.json)")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TinyformerError(f"sidecar {side} is not valid JSON ({exc}); re-create the token file") from None
+    if not isinstance(meta, dict):
+        raise TinyformerError(f"sidecar {side} is not a JSON object; re-create the token file")
+    if meta.get("format") != FORMAT:
+        raise TinyformerError(f"sidecar {side} has format {meta.get('format')!r}, expected {FORMAT!r}; not a tinyformer token file")
+    if meta.get("version") != VERSION:
+        raise TinyformerError(
+            f"sidecar {side} has version {meta.get('version')!r}, this tinyformer reads version {VERSION}; "
+            "upgrade tinyformer or re-create the token file"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise TinyformerError(f"sidecar {side} lacks {', '.join(missing)}; re-create the token file")
+    if meta["dtype"] not in DTYPES:
+        raise TinyformerError(f"sidecar {side} has dtype {meta['dtype']!r}; expected one of {', '.join(DTYPES)}")
+    for key in ("n_tokens", "vocab_size"):
+        if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0:
+            raise TinyformerError(f"sidecar {side} has {key}={meta[key]!r}; expected a non-negative integer")
+    if meta["dtype"] == "uint16" and meta["vocab_size"] > 1 << 16:
+        raise TinyformerError(f"sidecar {side} says uint16 for a vocab of {meta['vocab_size']} ids; the file is corrupt")
+    return meta
+
+
+def check_token_file_matches(
+    meta: dict[str, Any], path: str | os.PathLike, vocab_size: int | None = None, fingerprint: str | None = None
+) -> None:
+    """One-line error when a token file was made with another tokenizer than the one about to use it."""
+    if fingerprint is not None and meta.get("tokenizer_fingerprint") not in (None, fingerprint):
+        raise TinyformerError(
+            f"token file {path} was encoded with tokenizer {str(meta['tokenizer_fingerprint'])[:12]}, not "
+            f"{fingerprint[:12]}; re-encode it with this tokenizer"
+        )
+    if vocab_size is not None and meta["vocab_size"] > vocab_size:
+        raise TinyformerError(
+            f"token file {path} has vocab size {meta['vocab_size']} but the model has {vocab_size}; "
+            "use a model with a vocab at least as large or re-encode the file"
+        )
+
+
+def make_meta(
+    n_tokens: int,
+    vocab_size: int,
+    tokenizer_fingerprint: str | None = None,
+    sources: list[dict[str, Any]] | None = None,
+    n_bytes: int = 0,
+    eot_id: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The sidecar dict, fields in the documented order."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "dtype": dtype_for_vocab(vocab_size),
+        "n_tokens": int(n_tokens),
+        "vocab_size": int(vocab_size),
+        "tokenizer_fingerprint": tokenizer_fingerprint,
+        "sources": list(sources or []),
+        "n_bytes": int(n_bytes),
+        "bytes_per_token": round(n_bytes / n_tokens, 6) if n_tokens else 0.0,
+        "eot_id": eot_id,
+        **extra,
+    }
+
+
+class TokenFileWriter:
+    """Append id arrays to a temporary file; `commit(meta)` writes the sidecar and renames both into place.
+
+    Leaving the `with` block without `commit` (an error, Ctrl-C) deletes the temporary file, so a token file
+    either exists whole with its sidecar or not at all.
+    """
+
+    def __init__(self, path_bin: str | os.PathLike, vocab_size: int, force: bool = False):
+        self.path = Path(path_bin)
+        if self.path.suffix != ".bin":
+            raise TinyformerError(f"token file name {self.path} must end in .bin (the sidecar goes to NAME.json)")
+        if self.path.is_dir():
+            raise TinyformerError(f"output {self.path} is a directory; name the token file NAME.bin")
+        check_output(self.path, force)
+        check_output(sidecar_path(self.path), force)
+        self.vocab_size = vocab_size
+        self.dtype = DTYPES[dtype_for_vocab(vocab_size)]
+        self.n_tokens = 0
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._file = os.fdopen(fd, "wb")
+        os.chmod(self._tmp, _default_file_mode())  # mkstemp makes 0600; the result should look like any file
+
+    def write(self, ids) -> None:
+        arr = np.asarray(ids)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ValueError(f"token id out of range [0, {self.vocab_size})")
+        self._file.write(arr.astype(self.dtype, copy=False).tobytes())
+        self.n_tokens += arr.size
+
+    def commit(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Finish: sidecar (with the real token count) and both renames. Returns the sidecar dict."""
+        meta = {**meta, "n_tokens": self.n_tokens, "dtype": dtype_for_vocab(self.vocab_size)}
+        n_bytes = meta.get("n_bytes", 0)
+        meta["bytes_per_token"] = round(n_bytes / self.n_tokens, 6) if self.n_tokens else 0.0
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        side = sidecar_path(self.path)
+        fd, side_tmp = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".tmp", dir=side.parent)
+        try:
+            os.chmod(side_tmp, _default_file_mode())
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self._tmp, self.path)
+            os.replace(side_tmp, side)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(side_tmp)
+            raise
+        return meta
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> TokenFileWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if os.path.exists(self._tmp):  # not committed
+            self.abort()
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_token_file(
+    path_bin: str | os.PathLike, ids, vocab_size: int, force: bool = False, **meta: Any
+) -> dict[str, Any]:
+    """Write an in-memory id array as a token file (other metadata as in `make_meta`). Returns the sidecar."""
+    with TokenFileWriter(path_bin, vocab_size, force) as writer:
+        writer.write(ids)
+        return writer.commit(make_meta(writer.n_tokens, vocab_size, **meta))

@@ -1,0 +1,143 @@
+"""Checkpoint I/O for models: `model.safetensors` (clean parameter names) + `model.json` (the ModelConfig).
+
+A checkpoint is a directory; a run directory holds several under `checkpoints/` with an `index.json`
+naming the latest and the best. Every load error is a one-line TinyformerError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.json"
+INDEX_FILE = "index.json"
+
+
+def _state_dict_to_save(model) -> dict:
+    """Parameters and persistent buffers, contiguous, the tied output head left out (it is embed_tokens)."""
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return {name: t.detach().contiguous() for name, t in state.items()}
+
+
+def save_model(model, ckpt_dir: str | os.PathLike) -> Path:
+    """Write `model.safetensors` and `model.json` into `ckpt_dir` (created if needed), each atomically."""
+    from safetensors.torch import save
+
+    from tinyformer.config import to_dict
+
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    data = save(_state_dict_to_save(model), metadata={"format": "pt"})
+    with atomic_write(ckpt_dir / WEIGHTS_FILE, "wb") as f:
+        f.write(data)
+    with atomic_write(ckpt_dir / CONFIG_FILE) as f:
+        json.dump(to_dict(model.config), f, indent=2)
+        f.write("\n")
+    return ckpt_dir
+
+
+def _read_index(checkpoints: Path) -> dict:
+    index_path = checkpoints / INDEX_FILE
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TinyformerError(f"{checkpoints} has no {INDEX_FILE}; the run has not saved a checkpoint yet") from None
+    except (OSError, ValueError):
+        raise TinyformerError(f"{index_path} is not valid JSON; the run directory is damaged") from None
+    if not isinstance(index, dict):
+        raise TinyformerError(f"{index_path} is not a JSON object; the run directory is damaged")
+    return index
+
+
+def resolve_checkpoint(path: str | os.PathLike, which: str = "latest") -> Path:
+    """The checkpoint directory meant by `path`: a checkpoint dir itself, a run dir, or a run's checkpoints/."""
+    if which not in ("latest", "best"):
+        raise TinyformerError(f"which must be 'latest' or 'best', got {which!r}")
+    path = Path(path)
+    if not path.exists():
+        raise TinyformerError(f"checkpoint or run directory {path} does not exist; check the path")
+    if path.is_file():
+        if path.name in (WEIGHTS_FILE, CONFIG_FILE):
+            path = path.parent
+        else:
+            raise TinyformerError(f"{path} is a file; pass a run directory or a checkpoint directory")
+    if (path / WEIGHTS_FILE).exists() or (path / CONFIG_FILE).exists():
+        return path
+    checkpoints = path if (path / INDEX_FILE).exists() else path / "checkpoints"
+    if not checkpoints.is_dir():
+        raise TinyformerError(
+            f"{path} is neither a checkpoint directory (with {WEIGHTS_FILE}) nor a run directory (with checkpoints/)"
+        )
+    index = _read_index(checkpoints)
+    name = index.get(which)
+    if not name:
+        hint = " (no validation loss was recorded; use --which latest)" if which == "best" else ""
+        raise TinyformerError(f"{checkpoints / INDEX_FILE} names no {which!r} checkpoint{hint}")
+    ckpt = checkpoints / str(name)
+    if not ckpt.is_dir():
+        raise TinyformerError(f"the {which} checkpoint {ckpt} named in {INDEX_FILE} is missing")
+    return ckpt
+
+
+def load_config_file(ckpt_dir: Path):
+    """The ModelConfig stored in `ckpt_dir/model.json`."""
+    from tinyformer.model.config import ModelConfig
+
+    path = ckpt_dir / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TinyformerError(f"checkpoint {ckpt_dir} has no {CONFIG_FILE}; it is incomplete") from None
+    except (OSError, ValueError):
+        raise TinyformerError(f"{path} is not valid JSON; the checkpoint is damaged") from None
+    if not isinstance(data, dict):
+        raise TinyformerError(f"{path} does not hold a model config object; the checkpoint is damaged")
+    return ModelConfig.from_dict(data)
+
+
+def load_state(model, weights_path: Path, map_location: str = "cpu") -> None:
+    """Load `model.safetensors` into `model`, with one-line errors for damage or a config/weights mismatch."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not weights_path.is_file():
+        raise TinyformerError(f"checkpoint {weights_path.parent} has no {WEIGHTS_FILE}; it is incomplete")
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise TinyformerError(f"{weights_path} cannot be read ({str(exc).splitlines()[0]}); the file is damaged") from None
+    expected = _state_dict_to_save(model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise TinyformerError(
+            f"{weights_path} does not match its {CONFIG_FILE}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise TinyformerError(
+                f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the config needs "
+                f"{tuple(expected[name].shape)}; the weights belong to another model"
+            )
+    model.load_state_dict(state, strict=False)  # strict would demand the tied lm_head.weight
+
+
+def load_model(path: str | os.PathLike, which: str = "latest", map_location: str = "cpu"):
+    """A Transformer (in eval mode, on `map_location`) from a checkpoint dir or a run dir."""
+    import torch
+
+    from tinyformer.model.transformer import Transformer
+
+    ckpt = resolve_checkpoint(path, which)
+    cfg = load_config_file(ckpt)
+    with torch.device(map_location):
+        model = Transformer(cfg)
+    load_state(model, ckpt / WEIGHTS_FILE, map_location)
+    return model.eval()

@@ -1,0 +1,310 @@
+"""The one decoder-only Transformer: pre-norm blocks whose norm, MLP, biases, heads and position scheme are
+all chosen by `ModelConfig`. Module names follow HF Llama (embed_tokens, q_proj, gate_proj, lm_head), so
+exports to HF are mostly renames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinyformer.errors import TinyformerError
+from tinyformer.model.attention import Attention, AttentionMask, KVCache, build_attention_mask
+from tinyformer.model.config import ModelConfig
+from tinyformer.model.positions import alibi_slopes, rope_cos_sin, sinusoidal_embedding
+
+IGNORE_INDEX = -100
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32 as HF Llama does (so exports match to the last bit we can)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class MLP(nn.Module):
+    """GELU MLP (up -> gelu -> down) or SwiGLU (down(silu(gate) * up))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        if self.swiglu:
+            self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
+        self.gelu_approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.gelu(self.up_proj(x), approximate=self.gelu_approximate))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer_index: int):
+        super().__init__()
+        self.input_layernorm = make_norm(cfg)
+        self.self_attn = Attention(cfg, layer_index)
+        self.post_attention_layernorm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttentionMask,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None = None,
+        return_attention: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, probs = self.self_attn(self.input_layernorm(x), mask, rope, cache, return_attention)
+        x = x + self.dropout(attn)
+        x = x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+        return x, probs
+
+
+def shift_targets(targets: torch.Tensor, k: int) -> torch.Tensor:
+    """Targets of head k (predicting token t+k) from next-token targets (targets[:, t] = token t+1):
+    head k's target at t is targets[:, t+k-1]; the last k-1 positions have none (-100)."""
+    if k == 1:
+        return targets
+    pad = torch.full_like(targets[:, : k - 1], IGNORE_INDEX)
+    return torch.cat((targets[:, k - 1 :], pad), dim=1)[:, : targets.shape[1]]
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model. `forward(ids, targets, position_ids, attention_mask) -> (logits, loss)`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.position in ("learned", "abacus"):
+            self.embed_positions = nn.Embedding(cfg.position_table_size, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        # multi-token prediction (Gloeckle et al., 2024): head k >= 2 is one extra block on the trunk's output,
+        # sharing the final norm and the unembedding with head 1
+        self.mtp_layers = nn.ModuleList(Block(cfg, cfg.n_layers + i) for i in range(cfg.n_predict - 1))
+        self.norm = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.apply(self._init_weights)
+        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    # ---------------------------------------------------------------- positions
+
+    def resolve_positions(
+        self,
+        ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Position ids [B or 1, T]: the caller's, else counted over real tokens (so left padding starts every
+        row at 0), continuing after the cache's last position."""
+        b, t = ids.shape
+        if position_ids is not None:
+            position_ids = torch.as_tensor(position_ids, device=ids.device)
+            if position_ids.dim() == 1:
+                position_ids = position_ids.unsqueeze(0)
+            if position_ids.dim() != 2 or position_ids.shape[-1] != t or position_ids.shape[0] not in (1, b):
+                raise TinyformerError(
+                    f"position_ids has shape {tuple(position_ids.shape)}, expected [{t}] or [{b}, {t}] like ids"
+                )
+            return position_ids.long()
+        if self.config.position == "abacus":
+            raise TinyformerError(
+                "position='abacus' needs position_ids from the caller (each digit's index inside its number, "
+                "see tinyformer.model.positions.abacus_position_ids)"
+            )
+        n_past = kv_cache.length if kv_cache is not None else 0
+        if attention_mask is None and n_past == 0:
+            return torch.arange(t, device=ids.device).unsqueeze(0)
+        real = torch.ones_like(ids) if attention_mask is None else attention_mask.long()
+        last = kv_cache.positions[:, n_past - 1 : n_past] if n_past else torch.full_like(ids[:, :1], -1)
+        return (last + torch.cumsum(real, dim=-1)).clamp(min=0)
+
+    def _check_table(self, position_ids: torch.Tensor, counted: bool) -> None:
+        size = self.config.position_table_size
+        if counted:  # 0..T-1: known without reading the tensor (no device sync, no torch.compile graph break)
+            lo, hi = 0, position_ids.shape[-1] - 1
+        else:
+            lo, hi = int(position_ids.min()), int(position_ids.max())
+        if lo < 0 or hi >= size:
+            raise TinyformerError(
+                f"position id {hi if hi >= size else lo} is outside the {self.config.position} position table "
+                f"(0..{size - 1}); {self.config.position} positions cannot go beyond model.n_positions "
+                f"(default max_seq_len): use shorter inputs, or a relative scheme (rope, alibi, nope)"
+            )
+
+    def embed(self, ids: torch.Tensor, position_ids: torch.Tensor, counted: bool = False) -> torch.Tensor:
+        """Token embeddings plus absolute position information (learned, abacus, sinusoidal), if any.
+        `counted` says position_ids is the plain 0..T-1."""
+        x = self.embed_tokens(ids)
+        if self.config.position in ("learned", "abacus"):
+            self._check_table(position_ids, counted)
+            x = x + self.embed_positions(position_ids)
+        elif self.config.position == "sinusoidal":
+            x = x + sinusoidal_embedding(position_ids, self.config.d_model).to(x.dtype)
+        return x
+
+    # ---------------------------------------------------------------- forward
+
+    def _trunk(
+        self,
+        ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        kv_cache: KVCache | None,
+        return_attention: bool,
+    ):
+        """Embeddings and all layers: (hidden states before the final norm, mask, rope tables, attentions)."""
+        cfg = self.config
+        b, t = ids.shape
+        counted = position_ids is None and attention_mask is None and (kv_cache is None or kv_cache.length == 0)
+        position_ids = self.resolve_positions(ids, position_ids, attention_mask, kv_cache)
+        valid = attention_mask.bool() if attention_mask is not None else None
+        n_past = 0
+        if kv_cache is not None:
+            n_past = kv_cache.length
+            kv_cache.append_tokens(position_ids.expand(b, t), valid)
+            key_valid = kv_cache.key_valid[:, : n_past + t] if kv_cache.has_padding else None
+            key_pos = kv_cache.positions[:, : n_past + t]
+        else:
+            key_valid = valid if valid is not None and not bool(valid.all()) else None
+            key_pos = position_ids
+        slopes = alibi_slopes(cfg.n_heads) if cfg.position == "alibi" else None  # float32 even in a bf16 model
+        mask = build_attention_mask(t, n_past, key_valid, slopes, position_ids, key_pos)
+        rope = None
+        if cfg.position == "rope":
+            rope = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+        x = self.dropout(self.embed(ids, position_ids, counted))
+        attentions = []
+        for layer in self.layers:
+            x, probs = layer(x, mask, rope, kv_cache, return_attention)
+            attentions.append(probs)
+        if kv_cache is not None:
+            kv_cache.advance(t)
+        return x, mask, rope, attentions
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        return_attention: bool = False,
+    ):
+        """ids [B, T]; targets [B, T] next-token ids (-100 = ignore); position_ids [T] or [B, T];
+        attention_mask [B, T] (1 = real token, 0 = padding).
+
+        Returns (logits of head 1 [B, T, V], loss or None); with `return_attention=True` also a list of
+        per-layer attention probabilities [B, H, T, T_keys] (computed explicitly, off the SDPA fast path).
+        The loss is the mean over the n_predict heads of each head's mean cross-entropy; head k's targets are
+        `shift_targets(targets, k)`. Heads with no target at all (T < k) are left out of the mean.
+        """
+        x, mask, rope, attentions = self._trunk(ids, position_ids, attention_mask, kv_cache, return_attention)
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            head_losses, has_targets = self._head_loss(logits, targets)
+            for k, head in enumerate(self.mtp_layers, start=2):
+                head_x, _ = head(x, mask, rope)
+                ce, has = self._head_loss(self.lm_head(self.norm(head_x)), shift_targets(targets, k))
+                head_losses, has_targets = head_losses + ce, has_targets + has
+            loss = head_losses / has_targets.clamp(min=1)
+        if return_attention:
+            return logits, loss, attentions
+        return logits, loss
+
+    @staticmethod
+    def _head_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy over non-ignored targets, 1.0 if there are any else 0.0), without a host sync."""
+        total = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        count = (targets != IGNORE_INDEX).sum()
+        return total / count.clamp(min=1), (count > 0).float()
+
+    @torch.no_grad()
+    def head_logits(
+        self, ids: torch.Tensor, position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Logits of every output head: element k-1 [B, T, V] predicts token t+k at position t."""
+        x, mask, rope, _ = self._trunk(ids, position_ids, attention_mask, None, False)
+        heads = [x] + [head(x, mask, rope)[0] for head in self.mtp_layers]
+        return [self.lm_head(self.norm(h)) for h in heads]
+
+    # ---------------------------------------------------------------- helpers
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameter count. embeddings=False leaves out the token and position tables and the output head
+        (the vocabulary matrices), so tied and untied models count the same body."""
+        total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
+        if embeddings:
+            return total
+        total -= self.embed_tokens.weight.numel()
+        if hasattr(self, "embed_positions"):
+            total -= self.embed_positions.weight.numel()
+        if not self.config.tie_embeddings:
+            total -= self.lm_head.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs (forward + backward) per token at context `seq_len`, the PaLM (Chowdhery et al. 2022,
+        app. B) convention: 6 * N + 12 * L * d_model * seq_len, where N counts every weight used in a matmul
+        (body + one unembedding per output head; embedding lookups are free) and the second term is QK^T
+        and attention-times-V over the full T x T score matrix (not halved for causality)."""
+        cfg = self.config
+        n_matmul = self.num_params(embeddings=False) + cfg.n_predict * cfg.vocab_size * cfg.d_model
+        n_attention_layers = cfg.n_layers + cfg.n_predict - 1
+        return 6 * n_matmul + 12 * n_attention_layers * cfg.n_heads * cfg.head_dim * seq_len
+
+    def new_kv_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.embed_tokens.weight
+        return KVCache(self.config, batch, max_len, p.device, p.dtype)
+
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, stop_tokens=None, seed: int | None = None, **kwargs) -> torch.Tensor:
+        """Sample continuations with a KV cache; see tinyformer.model.generate.generate."""
+        from tinyformer.model.generate import generate
+
+        return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        stop_tokens=stop_tokens, seed=seed, **kwargs)

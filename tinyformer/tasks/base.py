@@ -1,0 +1,194 @@
+"""What a synthetic task is: a symbol vocabulary, a length rule and a vectorized example builder.
+
+Every task has its own vocabulary: the strings "0".."n-1" as ids 0..n-1, then `<bos>`, `<sep>`, `<eos>`,
+`<pad>`. A task builds a whole batch of examples at once with numpy (one row per example, right-padded
+with `<pad>`), so the data generator is never what a training step waits on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyformer.errors import TinyformerError
+
+SPECIAL_TOKENS = ("<bos>", "<sep>", "<eos>", "<pad>")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Examples:
+    """A padded batch of examples: `tokens` [N, T] int64, `supervised` [N, T] bool, `seq_lens` [N]."""
+
+    tokens: np.ndarray
+    supervised: np.ndarray
+    seq_lens: np.ndarray
+    lengths: np.ndarray  # the task length of each example (what the length bins are about)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """`tokens` where supervised, -100 elsewhere (the ignore index of the loss)."""
+        return np.where(self.supervised, self.tokens, IGNORE_INDEX)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class Task:
+    """Base class of a task. Subclasses set `name`, `n_symbols`, `description` and implement `build`.
+
+    `build(rng, lengths)` returns `(tokens, supervised)` for one example per entry of `lengths`, padded to
+    the longest with `pad`. Everything else (vocabulary, length rule, rejection loop) is shared.
+    """
+
+    name: str = ""
+    n_symbols: int = 0
+    description: str = ""
+    min_length: int = 1  # the smallest task length this task can build
+    max_length: int | None = None  # the largest (tasks drawing symbols without replacement: n_symbols)
+    length_rule: str = "lo..hi"  # how a requested range lo-hi becomes the lengths drawn (for messages)
+
+    # the four special ids follow the n symbols
+    @property
+    def bos(self) -> int:
+        return self.n_symbols
+
+    @property
+    def sep(self) -> int:
+        return self.n_symbols + 1
+
+    @property
+    def eos(self) -> int:
+        return self.n_symbols + 2
+
+    @property
+    def pad(self) -> int:
+        return self.n_symbols + 3
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_symbols + len(SPECIAL_TOKENS)
+
+    @property
+    def vocab(self) -> list[str]:
+        """Id -> string: "0".."n-1", then the special tokens."""
+        return [str(i) for i in range(self.n_symbols)] + list(SPECIAL_TOKENS)
+
+    def decode(self, ids) -> str:
+        """Ids -> a space-separated string, for people reading samples."""
+        vocab = self.vocab
+        return " ".join(vocab[int(i)] for i in ids)
+
+    # --- lengths ---------------------------------------------------------------------------------
+    def length_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """The task lengths drawn for a requested range `lo..hi` (inclusive). Default: the range itself."""
+        return max(lo, self.min_length), hi
+
+    def check_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """The drawn range, or a one-line error when the range is empty or beyond what the task can build."""
+        if lo < 1 or hi < lo:
+            raise TinyformerError(f"length range {lo}-{hi} is not valid; use LO-HI with 1 <= LO <= HI")
+        first, last = self.length_range(lo, hi)
+        if last < first:
+            raise TinyformerError(
+                f"task {self.name} cannot build examples in the length range {lo}-{hi}: it draws lengths "
+                f"{self.length_rule} (at least {self.min_length}), which is empty there; widen the range"
+            )
+        if self.max_length is not None and last > self.max_length:
+            raise TinyformerError(
+                f"task {self.name} draws {self.n_symbols} symbols without replacement, so lengths above "
+                f"{self.max_length} are impossible; the range {lo}-{hi} is too long"
+            )
+        return first, last
+
+    def sample_lengths(self, rng: np.random.Generator, lo: int, hi: int, count: int) -> np.ndarray:
+        """`count` task lengths, uniform over the drawn range of `lo..hi`."""
+        first, last = self.check_range(lo, hi)
+        return rng.integers(first, last + 1, size=count)
+
+    def sequence_length(self, length: int) -> int:
+        """Number of tokens of an example of task length `length`, `<bos>` to `<eos>` included."""
+        raise NotImplementedError
+
+    # --- building --------------------------------------------------------------------------------
+    def build(self, rng: np.random.Generator, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def generate(self, rng: np.random.Generator, lengths: np.ndarray) -> Examples:
+        """One example per entry of `lengths`, as a padded batch."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        tokens, supervised = self.build(rng, lengths)
+        seq_lens = np.array([self.sequence_length(int(n)) for n in lengths], dtype=np.int64)
+        return Examples(tokens.astype(np.int64), supervised, seq_lens, lengths)
+
+
+# --- helpers shared by the task files ----------------------------------------------------------
+
+
+def columns(width: int) -> np.ndarray:
+    """Column index j as a [1, width] array, to compare against per-row [N, 1] lengths."""
+    return np.arange(width)[None, :]
+
+
+def gather(rows: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """rows[i, index[i, j]] with index clipped into range (out-of-range cells are masked by the caller)."""
+    return np.take_along_axis(rows, np.clip(index, 0, rows.shape[1] - 1), axis=1)
+
+
+def distinct_symbols(rng: np.random.Generator, n_rows: int, n_symbols: int, width: int) -> np.ndarray:
+    """[n_rows, width] symbols drawn without replacement within each row (a random permutation prefix)."""
+    return np.argsort(rng.random((n_rows, n_symbols)), axis=1)[:, :width]
+
+
+def redraw_rejected(draw, rng: np.random.Generator, lengths: np.ndarray, max_rounds: int = 1000):
+    """Call `draw(rng, lengths, width) -> (rows, ok)` and redraw the rows not `ok` at the same length.
+
+    Redrawing at the same length keeps the length distribution exactly uniform despite the rejections.
+    Returns the accepted rows and whatever extra arrays `draw` returned after `ok` (one per row).
+    """
+    width = int(lengths.max()) if len(lengths) else 0
+    rows, ok, *extra = draw(rng, lengths, width)
+    for _ in range(max_rounds):
+        bad = np.flatnonzero(~ok)
+        if bad.size == 0:
+            return (rows, *extra)
+        new_rows, new_ok, *new_extra = draw(rng, lengths[bad], width)
+        rows[bad], ok[bad] = new_rows, new_ok
+        for old, new in zip(extra, new_extra):
+            old[bad] = new
+    raise RuntimeError("rejection sampling did not converge; the task's acceptance rule is too strict")
+
+
+def source_target_layout(task: Task, source: np.ndarray, target: np.ndarray, lengths: np.ndarray):
+    """`<bos> s1..sL <sep> t1..tL <eos>` per row; supervised: every target token and `<eos>`."""
+    width = source.shape[1]
+    j = columns(2 * width + 3)
+    n = lengths[:, None]
+    in_source = (j >= 1) & (j <= n)
+    in_target = (j >= n + 2) & (j <= 2 * n + 1)
+    tokens = np.full((len(lengths), j.shape[1]), task.pad, dtype=np.int64)
+    tokens = np.where(in_source, gather(source, j - 1), tokens)
+    tokens = np.where(in_target, gather(target, j - n - 2), tokens)
+    tokens[:, 0] = task.bos
+    tokens = np.where(j == n + 1, task.sep, tokens)
+    tokens = np.where(j == 2 * n + 2, task.eos, tokens)
+    return tokens, in_target | (j == 2 * n + 2)
+
+
+def answer_layout(task: Task, context: np.ndarray, lengths: np.ndarray, query, answer: np.ndarray):
+    """`<bos> c1..cC <sep> [q] a <eos>` per row; supervised: only the answer `a`."""
+    width = context.shape[1]
+    tail = 1 if query is None else 2  # tokens after <sep> up to and including the answer
+    j = columns(width + tail + 3)
+    n = lengths[:, None]
+    tokens = np.full((len(lengths), j.shape[1]), task.pad, dtype=np.int64)
+    tokens = np.where((j >= 1) & (j <= n), gather(context, j - 1), tokens)
+    tokens[:, 0] = task.bos
+    tokens = np.where(j == n + 1, task.sep, tokens)
+    if query is not None:
+        tokens = np.where(j == n + 2, query[:, None], tokens)
+    answer_at = j == n + 1 + tail
+    tokens = np.where(answer_at, answer[:, None], tokens)
+    tokens = np.where(j == n + 2 + tail, task.eos, tokens)
+    return tokens, answer_at

@@ -1,0 +1,43 @@
+"""The task registry: name -> task class. A task file registers its classes with `@register_task`."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from tinyformer.errors import TinyformerError
+
+TASKS: dict[str, type] = {}
+BUILTIN_TASK_FILES = ("copy", "retrieval", "sort", "parity", "majority")
+
+
+def register_task(cls: type) -> type:
+    """Class decorator: make a Task subclass available by its `name` (CLI `--task NAME`, `get_task`)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no task name")
+    if cls.name in TASKS and TASKS[cls.name] is not cls:
+        raise ValueError(f"task name {cls.name!r} is registered twice")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    """Every registered task name, in registration order."""
+    _load_builtin_tasks()
+    return list(TASKS)
+
+
+def get_task(name: str):
+    """A fresh task instance by name, or a one-line error listing the valid names."""
+    _load_builtin_tasks()
+    if name not in TASKS:
+        near = difflib.get_close_matches(name, TASKS, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise TinyformerError(f"unknown task {name!r}; {hint}valid tasks: {', '.join(TASKS)}")
+    return TASKS[name]()
+
+
+def _load_builtin_tasks() -> None:
+    # importing the task files runs their @register_task decorators; this order is the listing order
+    for module in BUILTIN_TASK_FILES:
+        importlib.import_module(f"tinyformer.tasks.{module}")

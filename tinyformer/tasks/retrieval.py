@@ -1,0 +1,106 @@
+"""Retrieval tasks: `<bos> c1..cC <sep> q a <eos>`, the answer is a neighbour of the query in the context.
+
+n = 5 symbols; the context length C is uniform in [max(4, lo), hi - 1] (the task length is C).
+UL/UR: the query occurs exactly once, the answer is its left/right neighbour.
+NLFirst/NRFirst/NLLast/NRLast: the context is drawn with replacement, the query is drawn from the context
+and occurs at least twice; the answer is the left/right neighbour of its first/last occurrence (samples
+where that neighbour does not exist are rejected). Supervised: only the answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinyformer.tasks.base import Task, answer_layout, columns, redraw_rejected
+from tinyformer.tasks.registry import register_task
+
+
+class RetrievalTask(Task):
+    n_symbols = 5
+    min_length = 4
+    length_rule = "max(4, lo)..hi-1"
+    side: int = -1  # -1: the answer is the left neighbour, +1: the right one
+
+    def length_range(self, lo: int, hi: int) -> tuple[int, int]:
+        return max(self.min_length, lo), hi - 1
+
+    def sequence_length(self, length: int) -> int:
+        return length + 5
+
+
+class UniqueRetrieval(RetrievalTask):
+    def build(self, rng: np.random.Generator, lengths: np.ndarray):
+        n_rows, width = len(lengths), int(lengths.max())
+        query = rng.integers(0, self.n_symbols, size=n_rows)
+        # the other context tokens come from the remaining n - 1 symbols: draw from n - 1, skip the query
+        others = rng.integers(0, self.n_symbols - 1, size=(n_rows, width))
+        context = others + (others >= query[:, None])
+        # the query's position leaves room for the neighbour on the answer side
+        low = 1 if self.side < 0 else 0
+        where = rng.integers(low, low + lengths - 1)
+        rows = np.arange(n_rows)
+        context[rows, where] = query
+        answer = context[rows, where + self.side]
+        return answer_layout(self, context, lengths, query, answer)
+
+
+class NonUniqueRetrieval(RetrievalTask):
+    last: bool = False  # the first (False) or last (True) occurrence of the query anchors the answer
+
+    def _draw(self, rng: np.random.Generator, lengths: np.ndarray, width: int):
+        n_rows = len(lengths)
+        context = rng.integers(0, self.n_symbols, size=(n_rows, width))
+        inside = columns(width) < lengths[:, None]
+        counts = np.stack([((context == s) & inside).sum(1) for s in range(self.n_symbols)], axis=1)
+        repeated = inside & (np.take_along_axis(counts, context, axis=1) >= 2)
+        # the query is a uniformly drawn context position whose symbol occurs at least twice
+        scores = np.where(repeated, rng.random((n_rows, width)), -1.0)
+        query = np.take_along_axis(context, scores.argmax(1)[:, None], axis=1)[:, 0]
+        hits = (context == query[:, None]) & inside
+        first = hits.argmax(1)
+        last = width - 1 - hits[:, ::-1].argmax(1)
+        anchor = last if self.last else first
+        neighbour = anchor + self.side
+        ok = repeated.any(1) & (neighbour >= 0) & (neighbour < lengths)
+        answer = context[np.arange(n_rows), np.clip(neighbour, 0, width - 1)]
+        return context, ok, query, answer
+
+    def build(self, rng: np.random.Generator, lengths: np.ndarray):
+        context, query, answer = redraw_rejected(self._draw, rng, lengths)
+        return answer_layout(self, context, lengths, query, answer)
+
+
+@register_task
+class UL(UniqueRetrieval):
+    name, side = "UL", -1
+    description = "unique retrieval left: the query occurs once; answer its left neighbour"
+
+
+@register_task
+class UR(UniqueRetrieval):
+    name, side = "UR", +1
+    description = "unique retrieval right: the query occurs once; answer its right neighbour"
+
+
+@register_task
+class NLFirst(NonUniqueRetrieval):
+    name, side, last = "NLFirst", -1, False
+    description = "non-unique retrieval: the left neighbour of the query's first occurrence"
+
+
+@register_task
+class NRFirst(NonUniqueRetrieval):
+    name, side, last = "NRFirst", +1, False
+    description = "non-unique retrieval: the right neighbour of the query's first occurrence"
+
+
+@register_task
+class NLLast(NonUniqueRetrieval):
+    name, side, last = "NLLast", -1, True
+    description = "non-unique retrieval: the left neighbour of the query's last occurrence"
+
+
+@register_task
+class NRLast(NonUniqueRetrieval):
+    name, side, last = "NRLast", +1, True
+    description = "non-unique retrieval: the right neighbour of the query's last occurrence"

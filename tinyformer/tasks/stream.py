@@ -1,0 +1,186 @@
+"""Task data for training and evaluation: an endless seeded batch stream and fixed seeded length bins.
+
+`TaskStream` is a batch source for a trainer (`next_batch`, `state_dict`, `load_state_dict`): next-token
+`ids` / `targets` (-100 where unsupervised), right-padded with `<pad>`, plus `position_ids`. Under causal
+attention right padding cannot change any real token's output, so no attention mask is needed; pass
+`attention_mask=True` to get one anyway. `EvalSet` holds one length bin, fixed by its seed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyformer.errors import TinyformerError
+from tinyformer.tasks.base import Examples, Task
+
+DEFAULT_TRAIN_LENGTHS = (1, 50)
+DEFAULT_EVAL_BINS = ((1, 50), (51, 100), (101, 150))
+DEFAULT_EVAL_EXAMPLES = 2000
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """'51-100' -> (51, 100), with a one-line error for anything else."""
+    try:
+        lo, hi = (int(x) for x in str(text).split("-"))
+    except ValueError:
+        raise TinyformerError(f"length range {text!r} is not of the form LO-HI (for example 51-100)") from None
+    if lo < 1 or hi < lo:
+        raise TinyformerError(f"length range {text!r} is not valid; use LO-HI with 1 <= LO <= HI")
+    return lo, hi
+
+
+def bin_name(lo: int, hi: int) -> str:
+    return f"{lo}-{hi}"
+
+
+def max_input_length(task: Task, ranges) -> int:
+    """The longest model input (sequence minus its last token) any of `ranges` can produce."""
+    return max(task.sequence_length(task.check_range(lo, hi)[1]) for lo, hi in ranges) - 1
+
+
+def to_model_arrays(examples: Examples):
+    """Shift for next-token prediction: (ids, targets, n_real) with ids = tokens[:-1], targets = labels[1:]."""
+    return examples.tokens[:, :-1], examples.labels[:, 1:], examples.seq_lens - 1
+
+
+def sequence_positions(ids: np.ndarray, n_symbols: int) -> np.ndarray:
+    """0..T-1 in every row: the usual position ids."""
+    del n_symbols
+    return np.broadcast_to(np.arange(ids.shape[1])[None, :], ids.shape).copy()
+
+
+def symbol_run_positions(ids: np.ndarray, n_symbols: int) -> np.ndarray:
+    """Abacus-style ids: the 1-based index of each symbol inside its run of symbols, 0 for special tokens.
+
+    In `<bos> s1..sL <sep> t1..tL <eos>` the i-th source and the i-th target token share id i.
+    """
+    is_symbol = ids < n_symbols
+    count = np.cumsum(is_symbol, axis=1)
+    # the count at the last special token before each cell; subtracting it restarts the index at every run
+    reset = np.maximum.accumulate(np.where(is_symbol, 0, count), axis=1)
+    return np.where(is_symbol, count - reset, 0)
+
+
+POSITION_KINDS = {"sequence": sequence_positions, "symbol_runs": symbol_run_positions}
+
+
+class TaskStream:
+    """An endless, seeded stream of training batches with task lengths uniform in `lengths`.
+
+    `random_offset_to`: when set (learned absolute positions), every example's position ids start at a
+    uniform random offset such that its last position stays below this value, so that every position up to
+    the longest evaluated length is trained while evaluation starts at 0.
+    `positions`: "sequence" (0..T-1) or "symbol_runs" (Abacus-style index inside each run of symbols).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        lengths: tuple[int, int] = DEFAULT_TRAIN_LENGTHS,
+        batch_size: int = 64,
+        seed: int = 0,
+        random_offset_to: int | None = None,
+        attention_mask: bool = False,
+        positions: str = "sequence",
+    ) -> None:
+        self.task = task
+        task.check_range(*lengths)
+        self.lengths = (int(lengths[0]), int(lengths[1]))
+        self.batch_size = batch_size
+        self.seed = seed
+        self.random_offset_to = random_offset_to
+        self.attention_mask = attention_mask
+        self.positions = positions
+        self.position_fn = POSITION_KINDS[positions]
+        if random_offset_to is not None and max_input_length(task, [self.lengths]) > random_offset_to:
+            raise TinyformerError(
+                f"training sequences of task {task.name} reach {max_input_length(task, [self.lengths])} "
+                f"positions but the position table has {random_offset_to}; raise max_positions"
+            )
+        self.rng = np.random.default_rng(seed)
+        self.batches = 0
+
+    def next_arrays(self) -> dict[str, np.ndarray]:
+        """The next batch as numpy arrays (what `next_batch` turns into tensors)."""
+        task, rng = self.task, self.rng
+        examples = task.generate(rng, task.sample_lengths(rng, *self.lengths, self.batch_size))
+        ids, targets, n_real = to_model_arrays(examples)
+        real = np.arange(ids.shape[1])[None, :] < n_real[:, None]
+        position_ids = self.position_fn(ids, task.n_symbols)
+        if self.random_offset_to is not None:
+            # a uniform offset per row, as large as keeps the row's last real position inside the table
+            top = np.where(real, position_ids, 0).max(1)
+            offsets = rng.integers(0, self.random_offset_to - top)
+            shifted = position_ids + offsets[:, None]
+            position_ids = np.where(position_ids > 0, shifted, 0) if self.positions == "symbol_runs" else shifted
+            np.minimum(position_ids, self.random_offset_to - 1, out=position_ids)  # padding cells stay in range
+        batch = {"ids": ids, "targets": targets, "position_ids": position_ids}
+        if self.attention_mask:
+            batch["attention_mask"] = real
+        self.batches += 1
+        return batch
+
+    def next_batch(self) -> dict:
+        """The next batch as torch tensors: ids, targets, position_ids [, attention_mask]."""
+        import torch
+
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.next_arrays().items()}
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "batches": self.batches, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.batches = state["seed"], state["batches"]
+        self.rng.bit_generator.state = state["rng"]
+
+
+@dataclass
+class EvalSet:
+    """One fixed length bin: its examples sorted by length, so evaluation batches carry little padding."""
+
+    task: Task
+    lo: int
+    hi: int
+    examples: Examples
+
+    @property
+    def name(self) -> str:
+        return bin_name(self.lo, self.hi)
+
+    def batches(self, batch_size: int):
+        """(ids, targets, n_real) numpy batches, each padded only to its own longest example."""
+        ids, targets, n_real = to_model_arrays(self.examples)
+        for start in range(0, len(ids), batch_size):
+            stop = start + batch_size
+            width = int(n_real[start:stop].max())
+            yield ids[start:stop, :width], targets[start:stop, :width], n_real[start:stop]
+
+
+def eval_seed(task_name: str, lo: int, hi: int, seed: int) -> np.random.SeedSequence:
+    """A bin's own seed: the same (task, bin, seed) always gives the same examples, whatever else is asked."""
+    return np.random.SeedSequence([seed, lo, hi, zlib.crc32(task_name.encode())])
+
+
+def make_eval_set(task: Task, lo: int, hi: int, count: int = DEFAULT_EVAL_EXAMPLES, seed: int = 0) -> EvalSet:
+    """`count` examples with task lengths uniform in the bin, fixed by `seed`."""
+    rng = np.random.default_rng(eval_seed(task.name, lo, hi, seed))
+    lengths = np.sort(task.sample_lengths(rng, lo, hi, count))
+    chunks = [task.generate(rng, lengths[i : i + 256]) for i in range(0, count, 256)]
+    width = max(c.tokens.shape[1] for c in chunks)
+    tokens = np.full((count, width), task.pad, dtype=np.int64)
+    supervised = np.zeros((count, width), dtype=bool)
+    row = 0
+    for c in chunks:
+        tokens[row : row + len(c), : c.tokens.shape[1]] = c.tokens
+        supervised[row : row + len(c), : c.tokens.shape[1]] = c.supervised
+        row += len(c)
+    seq_lens = np.concatenate([c.seq_lens for c in chunks])
+    return EvalSet(task, lo, hi, Examples(tokens, supervised, seq_lens, lengths))
+
+
+def make_eval_bins(task: Task, bins=DEFAULT_EVAL_BINS, count: int = DEFAULT_EVAL_EXAMPLES, seed: int = 0):
+    """One `EvalSet` per (lo, hi) bin."""
+    return [make_eval_set(task, lo, hi, count, seed) for lo, hi in bins]

@@ -1,0 +1,1195 @@
+/* The C accelerator for byte-level BPE: the training merge loop and the encoding of pre-tokens.
+ *
+ * train_merges(words, counts, num_merges, progress) applies the same rule as train.train_merges_python
+ * (most frequent pair; ties to the greater (left bytes, right bytes); then smaller ids) with incremental
+ * pair counts, a pair -> words index and a max-heap with lazy invalidation.
+ * Encoder(ranks).encode_piece(bytes) / .encode_pieces(list[str], cache, cache_limit) apply merges by rank.
+ * Plain CPython C API, no other dependencies.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ a pair -> int32 hash map */
+
+typedef struct {
+    uint64_t *keys;
+    int32_t *vals; /* -1 = empty slot */
+    size_t cap;    /* power of two */
+    size_t used;
+} PairMap;
+
+static inline uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
+
+static inline size_t hash_key(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return (size_t)k;
+}
+
+static int map_init(PairMap *m, size_t cap) {
+    size_t c = 1024;
+    while (c < cap * 2) c <<= 1;
+    m->keys = malloc(c * sizeof(uint64_t));
+    m->vals = malloc(c * sizeof(int32_t));
+    if (!m->keys || !m->vals) return -1;
+    memset(m->vals, 0xff, c * sizeof(int32_t));
+    m->cap = c;
+    m->used = 0;
+    return 0;
+}
+
+static void map_free(PairMap *m) {
+    free(m->keys);
+    free(m->vals);
+    m->keys = NULL;
+    m->vals = NULL;
+}
+
+static inline int32_t map_get(const PairMap *m, uint64_t key) {
+    size_t mask = m->cap - 1, i = hash_key(key) & mask;
+    while (m->vals[i] != -1) {
+        if (m->keys[i] == key) return m->vals[i];
+        i = (i + 1) & mask;
+    }
+    return -1;
+}
+
+static int map_grow(PairMap *m) {
+    PairMap bigger;
+    if (map_init(&bigger, m->cap) < 0) return -1; /* map_init doubles: cap*2 slots */
+    for (size_t i = 0; i < m->cap; i++) {
+        if (m->vals[i] == -1) continue;
+        size_t mask = bigger.cap - 1, j = hash_key(m->keys[i]) & mask;
+        while (bigger.vals[j] != -1) j = (j + 1) & mask;
+        bigger.keys[j] = m->keys[i];
+        bigger.vals[j] = m->vals[i];
+        bigger.used++;
+    }
+    map_free(m);
+    *m = bigger;
+    return 0;
+}
+
+/* Insert key -> val (key must be absent). */
+static int map_put(PairMap *m, uint64_t key, int32_t val) {
+    if ((m->used + 1) * 2 > m->cap && map_grow(m) < 0) return -1;
+    size_t mask = m->cap - 1, i = hash_key(key) & mask;
+    while (m->vals[i] != -1) i = (i + 1) & mask;
+    m->keys[i] = key;
+    m->vals[i] = val;
+    m->used++;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ training state */
+
+typedef struct {
+    int32_t a, b;
+    int64_t count;
+    int64_t before; /* count when first touched in the current merge */
+    int32_t stamp;  /* merge index of that touch */
+    int32_t *words; /* indices of words that contain (or once contained) the pair */
+    int32_t n_words, cap_words;
+} Pair;
+
+typedef struct {
+    int64_t count;
+    int32_t pair;
+} HeapEntry;
+
+typedef struct {
+    /* tokens */
+    const uint8_t **tok;
+    int32_t *tok_len;
+    /* words: symbols of word w are sym[start[w] .. start[w]+len[w]) */
+    int32_t *sym;
+    int64_t *start;
+    int32_t *len;
+    int64_t *freq;
+    int32_t *wstamp;
+    Py_ssize_t n_words;
+    /* pairs */
+    Pair *pairs;
+    int32_t n_pairs, cap_pairs;
+    PairMap map;
+    /* heap */
+    HeapEntry *heap;
+    size_t heap_len, heap_cap;
+    /* pairs touched in the current merge */
+    int32_t *touched;
+    size_t n_touched, cap_touched;
+    int32_t stamp;
+} State;
+
+static inline int bytes_cmp(const uint8_t *x, int32_t nx, const uint8_t *y, int32_t ny) {
+    int32_t n = nx < ny ? nx : ny;
+    int c = memcmp(x, y, (size_t)n);
+    if (c) return c;
+    return (nx > ny) - (nx < ny);
+}
+
+/* 1 if heap entry x must come out before y. */
+static inline int entry_before(const State *s, const HeapEntry *x, const HeapEntry *y) {
+    if (x->count != y->count) return x->count > y->count;
+    const Pair *p = &s->pairs[x->pair], *q = &s->pairs[y->pair];
+    int c = bytes_cmp(s->tok[p->a], s->tok_len[p->a], s->tok[q->a], s->tok_len[q->a]);
+    if (c) return c > 0;
+    c = bytes_cmp(s->tok[p->b], s->tok_len[p->b], s->tok[q->b], s->tok_len[q->b]);
+    if (c) return c > 0;
+    if (p->a != q->a) return p->a < q->a;
+    return p->b < q->b;
+}
+
+static int heap_push(State *s, int64_t count, int32_t pair) {
+    if (s->heap_len == s->heap_cap) {
+        size_t cap = s->heap_cap ? s->heap_cap * 2 : 1024;
+        HeapEntry *h = realloc(s->heap, cap * sizeof(HeapEntry));
+        if (!h) return -1;
+        s->heap = h;
+        s->heap_cap = cap;
+    }
+    size_t i = s->heap_len++;
+    HeapEntry e = {count, pair};
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!entry_before(s, &e, &s->heap[parent])) break;
+        s->heap[i] = s->heap[parent];
+        i = parent;
+    }
+    s->heap[i] = e;
+    return 0;
+}
+
+static HeapEntry heap_pop(State *s) {
+    HeapEntry top = s->heap[0];
+    HeapEntry last = s->heap[--s->heap_len];
+    size_t i = 0, n = s->heap_len;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, best = i;
+        const HeapEntry *bestp = &last;
+        if (l < n && entry_before(s, &s->heap[l], bestp)) {
+            best = l;
+            bestp = &s->heap[l];
+        }
+        if (r < n && entry_before(s, &s->heap[r], bestp)) {
+            best = r;
+        }
+        if (best == i) break;
+        s->heap[i] = s->heap[best];
+        i = best;
+    }
+    if (n > 0) s->heap[i] = last;
+    return top;
+}
+
+/* The pair (a, b), created with count 0 if new; -1 on memory error. */
+static int32_t get_pair(State *s, int32_t a, int32_t b) {
+    uint64_t key = pair_key(a, b);
+    int32_t idx = map_get(&s->map, key);
+    if (idx >= 0) return idx;
+    if (s->n_pairs == s->cap_pairs) {
+        int32_t cap = s->cap_pairs ? s->cap_pairs * 2 : 4096;
+        Pair *p = realloc(s->pairs, (size_t)cap * sizeof(Pair));
+        if (!p) return -1;
+        s->pairs = p;
+        s->cap_pairs = cap;
+    }
+    idx = s->n_pairs++;
+    Pair *p = &s->pairs[idx];
+    p->a = a;
+    p->b = b;
+    p->count = 0;
+    p->before = 0;
+    p->stamp = -1;
+    p->words = NULL;
+    p->n_words = p->cap_words = 0;
+    if (map_put(&s->map, key, idx) < 0) return -1;
+    return idx;
+}
+
+static int add_word_to_pair(Pair *p, int32_t w) {
+    if (p->n_words && p->words[p->n_words - 1] == w) return 0;
+    if (p->n_words == p->cap_words) {
+        int32_t cap = p->cap_words ? p->cap_words * 2 : 4;
+        int32_t *ws = realloc(p->words, (size_t)cap * sizeof(int32_t));
+        if (!ws) return -1;
+        p->words = ws;
+        p->cap_words = cap;
+    }
+    p->words[p->n_words++] = w;
+    return 0;
+}
+
+/* count(a, b) += delta, remembering the count before this merge; optionally index word w under the pair. */
+static int change_pair(State *s, int32_t a, int32_t b, int64_t delta, int32_t index_word) {
+    int32_t idx = get_pair(s, a, b);
+    if (idx < 0) return -1;
+    Pair *p = &s->pairs[idx];
+    if (p->stamp != s->stamp) {
+        p->stamp = s->stamp;
+        p->before = p->count;
+        if (s->n_touched == s->cap_touched) {
+            size_t cap = s->cap_touched ? s->cap_touched * 2 : 1024;
+            int32_t *t = realloc(s->touched, cap * sizeof(int32_t));
+            if (!t) return -1;
+            s->touched = t;
+            s->cap_touched = cap;
+        }
+        s->touched[s->n_touched++] = idx;
+    }
+    p->count += delta;
+    if (index_word >= 0 && add_word_to_pair(p, index_word) < 0) return -1;
+    return 0;
+}
+
+static void state_free(State *s) {
+    if (s->pairs) {
+        for (int32_t i = 0; i < s->n_pairs; i++) free(s->pairs[i].words);
+    }
+    free(s->pairs);
+    map_free(&s->map);
+    free(s->heap);
+    free(s->touched);
+    free(s->sym);
+    free(s->start);
+    free(s->len);
+    free(s->freq);
+    free(s->wstamp);
+    if (s->tok) {
+        /* ids >= 256 own their bytes; ids < 256 point into a static table */
+        for (int32_t i = 256; s->tok_len && s->tok[i]; i++) free((void *)s->tok[i]);
+    }
+    free((void *)s->tok);
+    free(s->tok_len);
+}
+
+static uint8_t BYTE_TABLE[256];
+
+/* Merge pair `pi` into new id z in every word that holds it, updating counts, index and heap. */
+static int apply_merge(State *s, int32_t pi, int32_t z) {
+    const int32_t a = s->pairs[pi].a, b = s->pairs[pi].b;
+    int32_t *words = s->pairs[pi].words;
+    const int32_t n_words = s->pairs[pi].n_words;
+    s->pairs[pi].words = NULL; /* taken: the merged pair no longer occurs anywhere after this */
+    s->pairs[pi].n_words = s->pairs[pi].cap_words = 0;
+    s->n_touched = 0;
+    for (int32_t k = 0; k < n_words; k++) {
+        const int32_t w = words[k];
+        if (s->wstamp[w] == s->stamp) continue;
+        s->wstamp[w] = s->stamp;
+        int32_t *sym = s->sym + s->start[w];
+        const int32_t n = s->len[w];
+        int found = 0;
+        for (int32_t i = 0; i + 1 < n; i++) {
+            if (sym[i] == a && sym[i + 1] == b) {
+                found = 1;
+                break;
+            }
+        }
+        if (!found) continue; /* stale index entry */
+        const int64_t c = s->freq[w];
+        for (int32_t i = 0; i + 1 < n; i++) {
+            if (change_pair(s, sym[i], sym[i + 1], -c, -1) < 0) goto fail;
+        }
+        int32_t j = 0;
+        for (int32_t i = 0; i < n;) {
+            if (i + 1 < n && sym[i] == a && sym[i + 1] == b) {
+                sym[j++] = z;
+                i += 2;
+            } else {
+                sym[j++] = sym[i++];
+            }
+        }
+        s->len[w] = j;
+        for (int32_t i = 0; i + 1 < j; i++) {
+            int has_new = sym[i] == z || sym[i + 1] == z;
+            if (change_pair(s, sym[i], sym[i + 1], c, has_new ? w : -1) < 0) goto fail;
+        }
+    }
+    free(words);
+    for (size_t t = 0; t < s->n_touched; t++) {
+        Pair *p = &s->pairs[s->touched[t]];
+        if (p->count <= 0) {
+            p->count = 0;
+            free(p->words);
+            p->words = NULL;
+            p->n_words = p->cap_words = 0;
+        } else if (p->count > p->before) {
+            if (heap_push(s, p->count, s->touched[t]) < 0) return -1;
+        }
+    }
+    return 0;
+fail:
+    free(words);
+    return -1;
+}
+
+static PyObject *train_merges(PyObject *self, PyObject *args) {
+    PyObject *words_obj, *counts_obj, *progress = Py_None;
+    Py_ssize_t num_merges;
+    if (!PyArg_ParseTuple(args, "O!O!n|O", &PyList_Type, &words_obj, &PyList_Type, &counts_obj, &num_merges,
+                          &progress))
+        return NULL;
+    Py_ssize_t n_words = PyList_GET_SIZE(words_obj);
+    if (PyList_GET_SIZE(counts_obj) != n_words) {
+        PyErr_SetString(PyExc_ValueError, "words and counts differ in length");
+        return NULL;
+    }
+    if (n_words >= INT32_MAX || num_merges < 0 || num_merges > INT32_MAX - 256) {
+        PyErr_SetString(PyExc_ValueError, "too many words or merges");
+        return NULL;
+    }
+    State s;
+    memset(&s, 0, sizeof(s));
+    PyObject *result = NULL;
+    int64_t total = 0;
+    for (Py_ssize_t w = 0; w < n_words; w++) {
+        PyObject *item = PyList_GET_ITEM(words_obj, w);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "words must be bytes");
+            return NULL;
+        }
+        total += PyBytes_GET_SIZE(item);
+    }
+    s.n_words = n_words;
+    s.sym = malloc((size_t)(total ? total : 1) * sizeof(int32_t));
+    s.start = malloc((size_t)(n_words ? n_words : 1) * sizeof(int64_t));
+    s.len = malloc((size_t)(n_words ? n_words : 1) * sizeof(int32_t));
+    s.freq = malloc((size_t)(n_words ? n_words : 1) * sizeof(int64_t));
+    s.wstamp = malloc((size_t)(n_words ? n_words : 1) * sizeof(int32_t));
+    s.tok = calloc((size_t)num_merges + 257, sizeof(uint8_t *));
+    s.tok_len = calloc((size_t)num_merges + 257, sizeof(int32_t));
+    if (!s.sym || !s.start || !s.len || !s.freq || !s.wstamp || !s.tok || !s.tok_len ||
+        map_init(&s.map, 1 << 16) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int i = 0; i < 256; i++) {
+        BYTE_TABLE[i] = (uint8_t)i;
+        s.tok[i] = &BYTE_TABLE[i];
+        s.tok_len[i] = 1;
+    }
+    int64_t pos = 0;
+    for (Py_ssize_t w = 0; w < n_words; w++) {
+        PyObject *item = PyList_GET_ITEM(words_obj, w);
+        const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(item);
+        Py_ssize_t n = PyBytes_GET_SIZE(item);
+        long long c = PyLong_AsLongLong(PyList_GET_ITEM(counts_obj, w));
+        if (c == -1 && PyErr_Occurred()) goto done;
+        s.start[w] = pos;
+        s.len[w] = (int32_t)n;
+        s.freq[w] = c;
+        s.wstamp[w] = -1;
+        for (Py_ssize_t i = 0; i < n; i++) s.sym[pos + i] = data[i];
+        pos += n;
+    }
+    /* initial counts: new pairs carry stamp -1 too, so nothing is recorded as touched */
+    s.stamp = -1;
+    for (Py_ssize_t w = 0; w < n_words; w++) {
+        int32_t *sym = s.sym + s.start[w];
+        for (int32_t i = 0; i + 1 < s.len[w]; i++) {
+            if (change_pair(&s, sym[i], sym[i + 1], s.freq[w], (int32_t)w) < 0) {
+                PyErr_NoMemory();
+                goto done;
+            }
+        }
+    }
+    for (int32_t i = 0; i < s.n_pairs; i++) {
+        if (s.pairs[i].count > 0 && heap_push(&s, s.pairs[i].count, i) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    result = PyList_New(0);
+    if (!result) goto done;
+    int32_t done_merges = 0, reported = 0;
+    while (done_merges < num_merges && s.heap_len > 0) {
+        HeapEntry e = heap_pop(&s);
+        int64_t current = s.pairs[e.pair].count;
+        if (e.count != current) {
+            if (current > 0 && current < e.count && heap_push(&s, current, e.pair) < 0) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            continue;
+        }
+        int32_t z = 256 + done_merges;
+        int32_t a = s.pairs[e.pair].a, b = s.pairs[e.pair].b;
+        uint8_t *joined = malloc((size_t)(s.tok_len[a] + s.tok_len[b]));
+        if (!joined) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(joined, s.tok[a], (size_t)s.tok_len[a]);
+        memcpy(joined + s.tok_len[a], s.tok[b], (size_t)s.tok_len[b]);
+        s.tok[z] = joined;
+        s.tok_len[z] = s.tok_len[a] + s.tok_len[b];
+        PyObject *pair = Py_BuildValue("(ii)", a, b);
+        if (!pair || PyList_Append(result, pair) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
+        s.stamp = done_merges;
+        if (apply_merge(&s, e.pair, z) < 0) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        done_merges++;
+        if (done_merges - reported >= 200 || done_merges == num_merges) {
+            if (PyErr_CheckSignals() < 0) goto fail;
+            if (progress != Py_None) {
+                PyObject *r = PyObject_CallFunction(progress, "i", done_merges - reported);
+                if (!r) goto fail;
+                Py_DECREF(r);
+            }
+            reported = done_merges;
+        }
+    }
+    goto done;
+fail:
+    Py_CLEAR(result);
+done:
+    state_free(&s);
+    return result;
+}
+
+/* ------------------------------------------------------------------ encoding */
+
+/* A bounded cache of pre-token bytes -> ids, inside the encoder: no Python object per lookup. */
+typedef struct {
+    uint64_t hash;
+    uint32_t key_off, key_len, ids_off, n_ids;
+} CacheEntry;
+
+#define CACHE_MIN_SLOTS (1u << 12)
+#define CACHE_MAX_SLOTS (1u << 18) /* at most half full: 131072 pre-tokens, then it starts over */
+
+typedef struct {
+    uint8_t *data;
+    size_t len, cap;
+} ByteBuf;
+
+typedef struct {
+    int32_t *data;
+    size_t len, cap;
+} IntBuf;
+
+static int bytebuf_reserve(ByteBuf *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    uint8_t *d = realloc(b->data, cap);
+    if (!d) return -1;
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static int intbuf_reserve(IntBuf *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    int32_t *d = realloc(b->data, cap * sizeof(int32_t));
+    if (!d) return -1;
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+typedef struct {
+    PyObject_HEAD PairMap ranks; /* (left id, right id) -> merged id; a lower id is an earlier merge */
+    uint8_t ascii_class[128];    /* GPT-2 fast path: CLS_* bits per ASCII character, from the regex module */
+    int has_classes;
+    int release_gil;             /* a private encoder: encode_gpt2 lets other threads run while it scans */
+    CacheEntry *cache;           /* cache_slots entries; n_ids == UINT32_MAX marks an empty slot */
+    size_t cache_slots, cache_used;
+    ByteBuf cache_keys;
+    IntBuf cache_ids;
+    PyObject **id_objs;          /* interned Python ints for ids, built on demand */
+    int32_t n_id_objs;
+} Encoder;
+
+enum { CLS_SPACE = 1, CLS_LETTER = 2, CLS_NUMBER = 4 };
+
+static void cache_clear(Encoder *self) {
+    for (size_t i = 0; i < self->cache_slots; i++) self->cache[i].n_ids = UINT32_MAX;
+    self->cache_used = 0;
+    self->cache_keys.len = 0;
+    self->cache_ids.len = 0;
+}
+
+static inline size_t cache_slot(uint64_t h, size_t slots) { return (size_t)(h ^ (h >> 29)) & (slots - 1); }
+
+/* Double the slot table (the key and id arenas stay as they are). */
+static int cache_grow(Encoder *self) {
+    size_t slots = self->cache_slots * 2;
+    CacheEntry *table = malloc(slots * sizeof(CacheEntry));
+    if (!table) return -1;
+    for (size_t i = 0; i < slots; i++) table[i].n_ids = UINT32_MAX;
+    for (size_t i = 0; i < self->cache_slots; i++) {
+        CacheEntry *e = &self->cache[i];
+        if (e->n_ids == UINT32_MAX) continue;
+        size_t j = cache_slot(e->hash, slots);
+        while (table[j].n_ids != UINT32_MAX) j = (j + 1) & (slots - 1);
+        table[j] = *e;
+    }
+    free(self->cache);
+    self->cache = table;
+    self->cache_slots = slots;
+    return 0;
+}
+
+static void Encoder_dealloc(Encoder *self) {
+    map_free(&self->ranks);
+    free(self->cache);
+    free(self->cache_keys.data);
+    free(self->cache_ids.data);
+    if (self->id_objs) {
+        for (int32_t i = 0; i < self->n_id_objs; i++) Py_XDECREF(self->id_objs[i]);
+        free(self->id_objs);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
+    PyObject *ranks, *classes = Py_None;
+    int release_gil = 0;
+    if (!PyArg_ParseTuple(args, "O!|Op", &PyDict_Type, &ranks, &classes, &release_gil)) return -1;
+    self->release_gil = release_gil;
+    if (self->ranks.keys) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder is already initialised");
+        return -1;
+    }
+    if (map_init(&self->ranks, (size_t)PyDict_Size(ranks) + 16) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    int32_t max_id = 255;
+    while (PyDict_Next(ranks, &pos, &key, &value)) {
+        int a, b;
+        if (!PyTuple_Check(key) || !PyArg_ParseTuple(key, "ii", &a, &b)) {
+            PyErr_SetString(PyExc_TypeError, "ranks keys must be (int, int)");
+            return -1;
+        }
+        long v = PyLong_AsLong(value);
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (v > max_id) max_id = (int32_t)v;
+        if (map_get(&self->ranks, pair_key(a, b)) < 0 && map_put(&self->ranks, pair_key(a, b), (int32_t)v) < 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    if (classes != Py_None) {
+        if (!PyBytes_Check(classes) || PyBytes_GET_SIZE(classes) != 128) {
+            PyErr_SetString(PyExc_TypeError, "ascii classes must be 128 bytes");
+            return -1;
+        }
+        memcpy(self->ascii_class, PyBytes_AS_STRING(classes), 128);
+        self->has_classes = 1;
+    }
+    self->cache_slots = CACHE_MIN_SLOTS;
+    self->cache = malloc(CACHE_MIN_SLOTS * sizeof(CacheEntry));
+    self->n_id_objs = max_id + 1;
+    self->id_objs = calloc((size_t)self->n_id_objs, sizeof(PyObject *));
+    if (!self->cache || !self->id_objs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    cache_clear(self);
+    return 0;
+}
+
+/* BPE on ids[0..n): merge the adjacent pair with the lowest merged id, all its occurrences left to right,
+ * until no pair merges; returns the new n. Quadratic, but the fastest for the short pieces text is made of. */
+static Py_ssize_t bpe_ids_short(const PairMap *ranks, int32_t *ids, Py_ssize_t n) {
+    while (n >= 2) {
+        int32_t best = INT32_MAX, a = 0, b = 0;
+        for (Py_ssize_t i = 0; i + 1 < n; i++) {
+            int32_t r = map_get(ranks, pair_key(ids[i], ids[i + 1]));
+            if (r >= 0 && r < best) {
+                best = r;
+                a = ids[i];
+                b = ids[i + 1];
+            }
+        }
+        if (best == INT32_MAX) break;
+        Py_ssize_t j = 0;
+        for (Py_ssize_t i = 0; i < n;) {
+            if (i + 1 < n && ids[i] == a && ids[i + 1] == b) {
+                ids[j++] = best;
+                i += 2;
+            } else {
+                ids[j++] = ids[i++];
+            }
+        }
+        n = j;
+    }
+    return n;
+}
+
+typedef struct {
+    int32_t rank, pos;
+} RankPos;
+
+static inline int rp_less(RankPos x, RankPos y) { return x.rank < y.rank || (x.rank == y.rank && x.pos < y.pos); }
+
+static void rp_push(RankPos *heap, Py_ssize_t *len, RankPos e) {
+    Py_ssize_t i = (*len)++;
+    while (i > 0 && rp_less(e, heap[(i - 1) / 2])) {
+        heap[i] = heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    heap[i] = e;
+}
+
+static RankPos rp_pop(RankPos *heap, Py_ssize_t *len) {
+    RankPos top = heap[0], last = heap[--(*len)];
+    Py_ssize_t i = 0, n = *len;
+    for (;;) {
+        Py_ssize_t l = 2 * i + 1, best = i;
+        RankPos b = last;
+        if (l < n && rp_less(heap[l], b)) {
+            best = l;
+            b = heap[l];
+        }
+        if (l + 1 < n && rp_less(heap[l + 1], b)) best = l + 1;
+        if (best == i) break;
+        heap[i] = heap[best];
+        i = best;
+    }
+    if (n > 0) heap[i] = last;
+    return top;
+}
+
+/* The same result for long pieces in O(n log n): a linked list of symbols and a min-heap of (rank, position).
+ * Popping by (rank, position) merges the occurrences of the lowest-rank pair left to right, exactly as the
+ * short version does, because a merge only creates pairs that hold the new id, whose ranks are all higher.
+ * Returns the new n, or -1 when out of memory. */
+static Py_ssize_t bpe_ids_long(const PairMap *ranks, int32_t *ids, Py_ssize_t n) {
+    Py_ssize_t *next = malloc((size_t)n * sizeof(Py_ssize_t)), *prev = malloc((size_t)n * sizeof(Py_ssize_t));
+    RankPos *heap = malloc((size_t)(n + 2 * n) * sizeof(RankPos)); /* n initial + at most 2 pushes per merge */
+    if (!next || !prev || !heap) {
+        free(next);
+        free(prev);
+        free(heap);
+        return -1;
+    }
+    Py_ssize_t heap_len = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        next[i] = i + 1 < n ? i + 1 : -1;
+        prev[i] = i - 1;
+        if (i + 1 < n) {
+            int32_t r = map_get(ranks, pair_key(ids[i], ids[i + 1]));
+            if (r >= 0) rp_push(heap, &heap_len, (RankPos){r, (int32_t)i});
+        }
+    }
+    while (heap_len > 0) {
+        RankPos e = rp_pop(heap, &heap_len);
+        Py_ssize_t p = e.pos, q = next[p];
+        if (ids[p] < 0 || q < 0 || map_get(ranks, pair_key(ids[p], ids[q])) != e.rank) continue; /* stale */
+        ids[p] = e.rank;
+        ids[q] = -1; /* removed */
+        next[p] = next[q];
+        if (next[q] >= 0) prev[next[q]] = p;
+        if (prev[p] >= 0) {
+            int32_t r = map_get(ranks, pair_key(ids[prev[p]], ids[p]));
+            if (r >= 0) rp_push(heap, &heap_len, (RankPos){r, (int32_t)prev[p]});
+        }
+        if (next[p] >= 0) {
+            int32_t r = map_get(ranks, pair_key(ids[p], ids[next[p]]));
+            if (r >= 0) rp_push(heap, &heap_len, (RankPos){r, (int32_t)p});
+        }
+    }
+    Py_ssize_t m = 0;
+    for (Py_ssize_t i = 0; i >= 0 && i < n; i = next[i]) ids[m++] = ids[i];
+    free(next);
+    free(prev);
+    free(heap);
+    return m;
+}
+
+#define LONG_PIECE 64
+
+static Py_ssize_t bpe_ids(const PairMap *ranks, int32_t *ids, Py_ssize_t n) {
+    return n > LONG_PIECE ? bpe_ids_long(ranks, ids, n) : bpe_ids_short(ranks, ids, n);
+}
+
+static PyObject *id_object(Encoder *self, int32_t id) {
+    if (id < 0 || id >= self->n_id_objs) return PyLong_FromLong(id);
+    if (!self->id_objs[id]) {
+        self->id_objs[id] = PyLong_FromLong(id);
+        if (!self->id_objs[id]) return NULL;
+    }
+    Py_INCREF(self->id_objs[id]);
+    return self->id_objs[id];
+}
+
+static PyObject *ids_to_list(Encoder *self, const int32_t *ids, size_t n) {
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    if (!out) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *v = id_object(self, ids[i]);
+        if (!v) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, v);
+    }
+    return out;
+}
+
+/* Append the ids of one pre-token's bytes to `out`, through the cache. */
+static int encode_piece_cached(Encoder *self, const uint8_t *data, size_t n, IntBuf *out) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ data[i]) * 1099511628211ULL;
+    size_t mask = self->cache_slots - 1, slot = cache_slot(h, self->cache_slots);
+    for (;;) {
+        CacheEntry *e = &self->cache[slot];
+        if (e->n_ids == UINT32_MAX) break;
+        if (e->hash == h && e->key_len == n && memcmp(self->cache_keys.data + e->key_off, data, n) == 0) {
+            if (intbuf_reserve(out, e->n_ids) < 0) return -1;
+            memcpy(out->data + out->len, self->cache_ids.data + e->ids_off, e->n_ids * sizeof(int32_t));
+            out->len += e->n_ids;
+            return 0;
+        }
+        slot = (slot + 1) & mask;
+    }
+    /* miss: run BPE straight into `out`, then remember the result */
+    if (intbuf_reserve(out, n) < 0) return -1;
+    int32_t *ids = out->data + out->len;
+    for (size_t i = 0; i < n; i++) ids[i] = data[i];
+    Py_ssize_t merged = bpe_ids(&self->ranks, ids, (Py_ssize_t)n);
+    if (merged < 0) return -1;
+    size_t m = (size_t)merged;
+    out->len += m;
+    if (n > 256) return 0; /* long runs (e.g. whitespace) are rare: not worth the space */
+    if ((self->cache_used + 1) * 2 > self->cache_slots) {
+        if (self->cache_slots < CACHE_MAX_SLOTS) {
+            if (cache_grow(self) < 0) return -1;
+        } else {
+            cache_clear(self);
+        }
+        mask = self->cache_slots - 1;
+        slot = cache_slot(h, self->cache_slots);
+        while (self->cache[slot].n_ids != UINT32_MAX) slot = (slot + 1) & mask;
+    }
+    if (bytebuf_reserve(&self->cache_keys, n) < 0 || intbuf_reserve(&self->cache_ids, m) < 0) return -1;
+    CacheEntry *e = &self->cache[slot];
+    e->hash = h;
+    e->key_off = (uint32_t)self->cache_keys.len;
+    e->key_len = (uint32_t)n;
+    e->ids_off = (uint32_t)self->cache_ids.len;
+    e->n_ids = (uint32_t)m;
+    memcpy(self->cache_keys.data + self->cache_keys.len, data, n);
+    self->cache_keys.len += n;
+    memcpy(self->cache_ids.data + self->cache_ids.len, out->data + out->len - m, m * sizeof(int32_t));
+    self->cache_ids.len += m;
+    self->cache_used++;
+    return 0;
+}
+
+/* End of the GPT-2 pre-token starting at i in ASCII text s[0..n); mirrors the regex alternatives in order:
+ * '(?:[sdmt]|ll|ve|re) | ?\p{L}+ | ?\p{N}+ | ?[^\s\p{L}\p{N}]+ | \s+(?!\S) | \s+ */
+static inline size_t gpt2_piece_end(const uint8_t *cls, const uint8_t *s, size_t i, size_t n) {
+    uint8_t c = s[i];
+    if (c == '\'' && i + 1 < n) {
+        uint8_t d = s[i + 1];
+        if (d == 's' || d == 'd' || d == 'm' || d == 't') return i + 2;
+        if (i + 2 < n) {
+            uint8_t e = s[i + 2];
+            if ((d == 'l' && e == 'l') || (d == 'v' && e == 'e') || (d == 'r' && e == 'e')) return i + 3;
+        }
+    }
+    size_t j = (c == ' ' && i + 1 < n && !(cls[s[i + 1]] & CLS_SPACE)) ? i + 1 : i;
+    uint8_t k = cls[s[j]];
+    if (!(k & CLS_SPACE)) {
+        /* letters, numbers, or other (neither space, letter nor number): a run of the same class */
+        uint8_t want = k & (CLS_LETTER | CLS_NUMBER);
+        size_t e = j + 1;
+        while (e < n && (cls[s[e]] & (CLS_SPACE | CLS_LETTER | CLS_NUMBER)) == want) e++;
+        return e;
+    }
+    size_t e = i + 1;
+    while (e < n && (cls[s[e]] & CLS_SPACE)) e++;
+    if (e < n && e - i >= 2) return e - 1; /* leave the last space to start the next pre-token */
+    return e;
+}
+
+static int encode_ascii_gpt2(Encoder *self, const uint8_t *s, size_t n, IntBuf *out) {
+    size_t i = 0;
+    while (i < n) {
+        size_t e = gpt2_piece_end(self->ascii_class, s, i, n);
+        if (encode_piece_cached(self, s + i, e - i, out) < 0) return -1;
+        i = e;
+    }
+    return 0;
+}
+
+static int append_list_ids(IntBuf *out, PyObject *list) {
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "fallback must return a list of ints");
+        return -1;
+    }
+    Py_ssize_t m = PyList_GET_SIZE(list);
+    if (intbuf_reserve(out, (size_t)m) < 0) return -1;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        long v = PyLong_AsLong(PyList_GET_ITEM(list, k));
+        if (v == -1 && PyErr_Occurred()) return -1;
+        out->data[out->len++] = (int32_t)v;
+    }
+    return 0;
+}
+
+static inline int visible_ascii(Py_UCS4 c) { return c >= 0x21 && c < 0x7F; }
+
+/* encode_gpt2(text, fallback) -> list[int]: the ids of `text` under the GPT-2 pattern. Runs of ASCII text are
+ * pre-tokenized and encoded here; a stretch holding other characters (cut at line ends between visible ASCII
+ * characters, where the pattern always splits) goes to fallback(str) -> list[int], the regex path. */
+static PyObject *Encoder_encode_gpt2(Encoder *self, PyObject *args) {
+    PyObject *text, *fallback;
+    if (!PyArg_ParseTuple(args, "UO", &text, &fallback)) return NULL;
+    if (!self->has_classes) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder built without ASCII classes");
+        return NULL;
+    }
+    IntBuf out = {0};
+    ByteBuf tmp = {0};
+    PyObject *result = NULL;
+    const Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    const int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    const int all_ascii = PyUnicode_IS_ASCII(text);
+    /* A private encoder (one thread only) lets other threads run while it scans: the GIL is taken back
+     * only to call the fallback and to build the result. */
+    PyThreadState *released = self->release_gil ? PyEval_SaveThread() : NULL;
+    int oom = 0;
+    Py_ssize_t seg = 0;
+    int seg_ascii = 1;
+    for (Py_ssize_t i = all_ascii ? n : 0; i <= n; i++) {
+        int cut = i == n;
+        if (!cut) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            if (c >= 128) seg_ascii = 0;
+            cut = c == '\n' && i >= 1 && i + 1 < n && visible_ascii(PyUnicode_READ(kind, data, i - 1)) &&
+                  visible_ascii(PyUnicode_READ(kind, data, i + 1));
+            if (cut) i++; /* the segment ends after the line end */
+        }
+        if (!cut || i == seg) continue;
+        if (seg_ascii) {
+            const uint8_t *s = (const uint8_t *)data + seg;
+            if (!all_ascii) {
+                tmp.len = 0;
+                if (bytebuf_reserve(&tmp, (size_t)(i - seg)) < 0) {
+                    oom = 1;
+                    break;
+                }
+                for (Py_ssize_t k = seg; k < i; k++) tmp.data[k - seg] = (uint8_t)PyUnicode_READ(kind, data, k);
+                s = tmp.data;
+            }
+            if (encode_ascii_gpt2(self, s, (size_t)(i - seg), &out) < 0) {
+                oom = 1;
+                break;
+            }
+        } else {
+            if (released) PyEval_RestoreThread(released);
+            int rc = -1;
+            PyObject *part = PyUnicode_Substring(text, seg, i);
+            if (part) {
+                PyObject *ids = PyObject_CallOneArg(fallback, part);
+                Py_DECREF(part);
+                if (ids) {
+                    rc = append_list_ids(&out, ids);
+                    Py_DECREF(ids);
+                }
+            }
+            if (rc < 0) {
+                released = NULL; /* we hold the GIL, with the error set */
+                goto fail;
+            }
+            if (released) released = PyEval_SaveThread();
+        }
+        seg = i;
+        seg_ascii = 1;
+        i--; /* the loop's i++ moves to the first character of the next segment */
+    }
+    if (released) PyEval_RestoreThread(released);
+    if (oom) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    result = ids_to_list(self, out.data, out.len);
+fail:
+    free(out.data);
+    free(tmp.data);
+    return result;
+}
+
+static PyObject *encode_bytes(Encoder *self, const uint8_t *data, Py_ssize_t n) {
+    IntBuf out = {0};
+    if (encode_piece_cached(self, data, (size_t)n, &out) < 0) {
+        free(out.data);
+        return PyErr_NoMemory();
+    }
+    PyObject *list = ids_to_list(self, out.data, out.len);
+    free(out.data);
+    return list;
+}
+
+static PyObject *Encoder_encode_piece(Encoder *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "encode_piece expects bytes");
+        return NULL;
+    }
+    return encode_bytes(self, (const uint8_t *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg));
+}
+
+/* encode_pieces(pieces: list[str], cache: dict[str, list[int]], cache_limit: int) -> list[int] */
+static PyObject *Encoder_encode_pieces(Encoder *self, PyObject *args) {
+    PyObject *pieces, *cache;
+    Py_ssize_t cache_limit;
+    if (!PyArg_ParseTuple(args, "O!O!n", &PyList_Type, &pieces, &PyDict_Type, &cache, &cache_limit)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pieces);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *piece = PyList_GET_ITEM(pieces, k);
+        PyObject *ids = PyDict_GetItemWithError(cache, piece); /* borrowed */
+        if (!ids) {
+            if (PyErr_Occurred()) goto fail;
+            if (!PyUnicode_Check(piece)) {
+                PyErr_SetString(PyExc_TypeError, "pieces must be str");
+                goto fail;
+            }
+            Py_ssize_t len;
+            const char *data = PyUnicode_AsUTF8AndSize(piece, &len);
+            PyObject *encoded = NULL;
+            if (!data) { /* lone surrogates: the same bytes Python's surrogatepass gives */
+                PyErr_Clear();
+                encoded = PyUnicode_AsEncodedString(piece, "utf-8", "surrogatepass");
+                if (!encoded) goto fail;
+                data = PyBytes_AS_STRING(encoded);
+                len = PyBytes_GET_SIZE(encoded);
+            }
+            PyObject *fresh = encode_bytes(self, (const uint8_t *)data, len);
+            Py_XDECREF(encoded);
+            if (!fresh) goto fail;
+            if (PyDict_GET_SIZE(cache) >= cache_limit) PyDict_Clear(cache);
+            if (PyDict_SetItem(cache, piece, fresh) < 0) {
+                Py_DECREF(fresh);
+                goto fail;
+            }
+            Py_DECREF(fresh);
+            ids = fresh; /* still alive: the cache holds it */
+        }
+        Py_ssize_t m = PyList_GET_SIZE(ids);
+        if (m == 1) {
+            if (PyList_Append(out, PyList_GET_ITEM(ids, 0)) < 0) goto fail;
+        } else if (PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, ids) < 0) {
+            goto fail;
+        }
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ pre-token counting for training */
+
+typedef struct {
+    uint64_t hash;
+    uint32_t off, len;
+    int64_t count; /* 0 marks an empty slot */
+} CountEntry;
+
+typedef struct {
+    CountEntry *slots;
+    size_t cap, used;
+    ByteBuf keys;
+} CountTable;
+
+static int count_table_grow(CountTable *t) {
+    size_t cap = t->cap ? t->cap * 2 : (1u << 16);
+    CountEntry *slots = calloc(cap, sizeof(CountEntry));
+    if (!slots) return -1;
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->slots[i].count) continue;
+        size_t j = (size_t)(t->slots[i].hash ^ (t->slots[i].hash >> 29)) & (cap - 1);
+        while (slots[j].count) j = (j + 1) & (cap - 1);
+        slots[j] = t->slots[i];
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->cap = cap;
+    return 0;
+}
+
+static int count_piece(CountTable *t, const uint8_t *data, size_t n) {
+    if ((t->used + 1) * 2 > t->cap && count_table_grow(t) < 0) return -1;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ data[i]) * 1099511628211ULL;
+    size_t mask = t->cap - 1, j = (size_t)(h ^ (h >> 29)) & mask;
+    while (t->slots[j].count) {
+        CountEntry *e = &t->slots[j];
+        if (e->hash == h && e->len == n && memcmp(t->keys.data + e->off, data, n) == 0) {
+            e->count++;
+            return 0;
+        }
+        j = (j + 1) & mask;
+    }
+    if (bytebuf_reserve(&t->keys, n) < 0) return -1;
+    CountEntry *e = &t->slots[j];
+    e->hash = h;
+    e->off = (uint32_t)t->keys.len;
+    e->len = (uint32_t)n;
+    e->count = 1;
+    memcpy(t->keys.data + t->keys.len, data, n);
+    t->keys.len += n;
+    t->used++;
+    return 0;
+}
+
+/* count_gpt2(text, ascii_classes, counts: dict[str, int], fallback) -> None: add the GPT-2 pre-token counts of
+ * `text` to `counts`. ASCII stretches are split and counted here; others go to fallback(str), which must add
+ * their counts to `counts` itself (the regex path). Stretches are cut as in Encoder.encode_gpt2. */
+static PyObject *count_gpt2(PyObject *module, PyObject *args) {
+    PyObject *text, *classes, *counts, *fallback;
+    if (!PyArg_ParseTuple(args, "USO!O", &text, &classes, &PyDict_Type, &counts, &fallback)) return NULL;
+    if (PyBytes_GET_SIZE(classes) != 128) {
+        PyErr_SetString(PyExc_ValueError, "ascii classes must be 128 bytes");
+        return NULL;
+    }
+    const uint8_t *cls = (const uint8_t *)PyBytes_AS_STRING(classes);
+    CountTable table = {0};
+    ByteBuf tmp = {0};
+    PyObject *result = NULL;
+    if (count_table_grow(&table) < 0) goto nomem;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    int all_ascii = PyUnicode_IS_ASCII(text);
+    Py_ssize_t seg = 0;
+    int seg_ascii = 1;
+    for (Py_ssize_t i = all_ascii ? n : 0; i <= n; i++) {
+        int cut = i == n;
+        if (!cut) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            if (c >= 128) seg_ascii = 0;
+            cut = c == '\n' && i >= 1 && i + 1 < n && visible_ascii(PyUnicode_READ(kind, data, i - 1)) &&
+                  visible_ascii(PyUnicode_READ(kind, data, i + 1));
+            if (cut) i++;
+        }
+        if (!cut || i == seg) continue;
+        if (seg_ascii) {
+            const uint8_t *s;
+            if (all_ascii) {
+                s = (const uint8_t *)data;
+            } else {
+                tmp.len = 0;
+                if (bytebuf_reserve(&tmp, (size_t)(i - seg)) < 0) goto nomem;
+                for (Py_ssize_t k = seg; k < i; k++) tmp.data[k - seg] = (uint8_t)PyUnicode_READ(kind, data, k);
+                s = tmp.data;
+            }
+            size_t len = (size_t)(i - seg), p = 0;
+            while (p < len) {
+                size_t e = gpt2_piece_end(cls, s, p, len);
+                if (count_piece(&table, s + p, e - p) < 0) goto nomem;
+                p = e;
+            }
+        } else {
+            PyObject *part = PyUnicode_Substring(text, seg, i);
+            if (!part) goto fail;
+            PyObject *r = PyObject_CallOneArg(fallback, part);
+            Py_DECREF(part);
+            if (!r) goto fail;
+            Py_DECREF(r);
+        }
+        seg = i;
+        seg_ascii = 1;
+        i--;
+    }
+    for (size_t j = 0; j < table.cap; j++) {
+        CountEntry *e = &table.slots[j];
+        if (!e->count) continue;
+        PyObject *key = PyUnicode_DecodeASCII((const char *)table.keys.data + e->off, e->len, NULL);
+        if (!key) goto fail;
+        PyObject *old = PyDict_GetItemWithError(counts, key);
+        if (!old && PyErr_Occurred()) {
+            Py_DECREF(key);
+            goto fail;
+        }
+        long long total = e->count + (old ? PyLong_AsLongLong(old) : 0);
+        PyObject *value = PyLong_FromLongLong(total);
+        int rc = value ? PyDict_SetItem(counts, key, value) : -1;
+        Py_DECREF(key);
+        Py_XDECREF(value);
+        if (rc < 0) goto fail;
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+    goto done;
+nomem:
+    if (!PyErr_Occurred()) PyErr_NoMemory();
+fail:
+    result = NULL;
+done:
+    free(table.slots);
+    free(table.keys.data);
+    free(tmp.data);
+    return result;
+}
+
+static PyMethodDef Encoder_methods[] = {
+    {"encode_piece", (PyCFunction)Encoder_encode_piece, METH_O, "ids of one pre-token's bytes"},
+    {"encode_pieces", (PyCFunction)Encoder_encode_pieces, METH_VARARGS,
+     "ids of a list of pre-tokens (str), using and filling a cache dict"},
+    {"encode_gpt2", (PyCFunction)Encoder_encode_gpt2, METH_VARARGS,
+     "ids of a text under the GPT-2 pattern; non-ASCII stretches go to fallback(str) -> list[int]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tinyformer.tokenizer._bpe.Encoder",
+    .tp_basicsize = sizeof(Encoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Encoder(ranks, ascii_classes=None, release_gil=False): applies BPE merges by rank; release_gil only "
+              "for an encoder that a single thread uses",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Encoder_init,
+    .tp_dealloc = (destructor)Encoder_dealloc,
+    .tp_methods = Encoder_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"count_gpt2", count_gpt2, METH_VARARGS,
+     "count_gpt2(text, ascii_classes, counts, fallback): add GPT-2 pre-token counts of text to counts"},
+    {"train_merges", train_merges, METH_VARARGS,
+     "train_merges(words: list[bytes], counts: list[int], num_merges: int, progress=None) -> list[(int, int)]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef bpe_module = {
+    PyModuleDef_HEAD_INIT, "_bpe", "C accelerator for byte-level BPE training and encoding.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__bpe(void) {
+    if (PyType_Ready(&EncoderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&bpe_module);
+    if (!m) return NULL;
+    Py_INCREF(&EncoderType);
+    if (PyModule_AddObject(m, "Encoder", (PyObject *)&EncoderType) < 0) {
+        Py_DECREF(&EncoderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

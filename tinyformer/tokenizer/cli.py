@@ -1,0 +1,105 @@
+"""`tinyformer tokenizer train|info|encode|export`: train a BPE tokenizer, inspect it, apply it, export it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+
+# Sub-commands that live beside their implementation: name -> (module, add-arguments fn, run fn, help).
+EXTERNAL_COMMANDS = {
+    "encode": ("tinyformer.data.encode", "add_encode_arguments", "run_encode",
+               "encode text files into a token file (NAME.bin + NAME.json) on all cores"),
+    "export": ("tinyformer.tokenizer.export", "add_export_arguments", "run_export",
+               "export a tokenizer to HF tokenizer.json or tiktoken"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="tokenizer_command", metavar="COMMAND", required=True)
+
+    train = sub.add_parser("train", help="train a byte-level BPE tokenizer on text files",
+                           description="Train a byte-level BPE tokenizer: ids 0..255 are bytes, then merges, "
+                                       "then special tokens; --vocab-size counts all of them.")
+    train.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
+    train.add_argument("--vocab-size", type=int, required=True, help="total ids: 256 bytes + merges + specials")
+    train.add_argument("--special-tokens", nargs="+", action="extend", default=[], metavar="TOKEN",
+                       help='special tokens, e.g. "<|endoftext|>" (split out before training; last ids)')
+    train.add_argument("--pattern", default="gpt2",
+                       help="pre-tokenizer: gpt2 (default), gpt4, or a regex of your own")
+    train.add_argument("--out", required=True, help="output directory (tokenizer.json + vocab.txt)")
+    train.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    train.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                       help="invalid UTF-8 in the input: strict = error naming file and offset, replace = U+FFFD")
+    train.add_argument("--workers", type=int, default=None, help="processes for pre-tokenization (default: all cores)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--python", action="store_true", help="use the pure-Python merge loop (for checking)")
+
+    info = sub.add_parser("info", help="show a tokenizer's vocab size, special tokens, pattern, fingerprint")
+    info.add_argument("--tokenizer", required=True, metavar="DIR", help="a tokenizer directory")
+    info.add_argument("--top", type=int, default=10, help="how many of the longest tokens to show")
+
+    for name, (module, add_fn, _, help_text) in EXTERNAL_COMMANDS.items():
+        mod = _optional_module(module)
+        if mod is not None and hasattr(mod, add_fn):
+            getattr(mod, add_fn)(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def _optional_module(name: str):
+    return importlib.import_module(name) if importlib.util.find_spec(name) is not None else None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.tokenizer_command == "train":
+        return run_train(args)
+    if args.tokenizer_command == "info":
+        return run_info(args)
+    module, _, run_fn, _ = EXTERNAL_COMMANDS[args.tokenizer_command]
+    return int(getattr(importlib.import_module(module), run_fn)(args) or 0)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tinyformer.errors import TinyformerError
+    from tinyformer.fileio import check_output, require_file
+    from tinyformer.tokenizer.train import train_bpe
+
+    if args.workers is not None and args.workers < 1:
+        raise TinyformerError(f"--workers must be at least 1, got {args.workers}")
+    inputs = [require_file(p) for p in args.inputs]
+    out = check_output(args.out, args.force)
+    start = time.perf_counter()
+    tok = train_bpe(inputs, args.vocab_size, args.special_tokens, args.pattern, num_workers=args.workers,
+                    errors=args.errors, progress=False if args.no_progress else None,
+                    use_c=False if args.python else None)
+    seconds = time.perf_counter() - start
+    tok.save(out, force=args.force)
+    n_bytes = sum(p.stat().st_size for p in inputs)
+    print(f"trained {len(tok.merges)} merges on {n_bytes / 1e6:.1f} MB in {seconds:.1f} s: vocab size "
+          f"{tok.vocab_size}, special tokens {list(tok.special_tokens) or 'none'}")
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: the input has too few distinct pairs for {args.vocab_size} ids; stopped at {tok.vocab_size}",
+              file=sys.stderr)
+    print(f"saved {out}/tokenizer.json and {out}/vocab.txt (fingerprint {tok.fingerprint[:16]})")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from tinyformer.tokenizer.pretokenize import PATTERNS
+    from tinyformer.tokenizer.tokenizer import Tokenizer, escape_bytes
+
+    tok = Tokenizer.load(args.tokenizer)
+    pattern_name = next((name for name, pat in PATTERNS.items() if pat == tok.pattern), "custom")
+    print(f"tokenizer    {args.tokenizer}")
+    print(f"vocab size   {tok.vocab_size} (256 bytes + {len(tok.merges)} merges + {len(tok.special_tokens)} special)")
+    specials = ", ".join(f"{s} = {i}" for s, i in tok.special_tokens.items()) or "none"
+    print(f"specials     {specials}")
+    print(f"pattern      {pattern_name}: {tok.pattern}")
+    print(f"fingerprint  {tok.fingerprint}")
+    vocab = tok.vocab
+    merged = sorted(range(256, 256 + len(tok.merges)), key=lambda i: (-len(vocab[i]), i))[: args.top]
+    print(f"longest {len(merged)} tokens:")
+    for i in merged:
+        print(f"  {i:>7}  {len(vocab[i]):>3} bytes  {escape_bytes(vocab[i])}")
+    return 0

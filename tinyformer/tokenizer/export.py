@@ -1,0 +1,228 @@
+"""Exports of a Tokenizer for other libraries: HF `tokenizer.json` (+ `tokenizer_config.json`), tiktoken
+(an `Encoding` in memory, or a `.tiktoken` rank file + its settings), and GPT-2-style vocab.json/merges.txt."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_dir, check_output
+from tinyformer.tokenizer.gpt2_files import bytes_to_token_str, check_representable, write_gpt2_files
+
+EOT = "<|endoftext|>"
+FORMATS = ("hf", "tiktoken", "gpt2")
+TIKTOKEN_RANKS = "tokenizer.tiktoken"
+TIKTOKEN_SETTINGS = "tiktoken.json"
+
+
+# ---------------------------------------------------------------------------------------------- HF
+
+
+def hf_tokenizer_json(tok) -> dict[str, Any]:
+    """The `tokenizer.json` dict: a byte-level BPE whose pre-tokenizer is our exact regex (a Split), then
+    the byte-to-unicode step with its own regex off, so any pattern, not only GPT-2's, carries over."""
+    check_representable(tok)
+    n_ordinary = 256 + len(tok.merges)
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": i,
+                "content": text,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for text, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            ],
+        },
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "vocab": {bytes_to_token_str(tok.vocab[i]): i for i in range(n_ordinary)},
+            # "a b" strings, not pairs: the form every tokenizers version reads (byte-level text has no spaces)
+            "merges": [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in tok.merges],
+        },
+    }
+
+
+def hf_tokenizer_config(tok) -> dict[str, Any]:
+    """`tokenizer_config.json`: the generic fast class, so transformers 4.x and 5.x load it the same way."""
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,  # decode must give back the exact text
+        "model_max_length": 1_000_000_000,
+    }
+    if EOT in tok.special_tokens:
+        config.update(bos_token=EOT, eos_token=EOT)
+    return config
+
+
+# Text on which HF's regex engine (Oniguruma) must split exactly as ours does before an export is trusted.
+PATTERN_PROBE = (
+    "Don't I'LL we've 's\r\n\t  x  12345 3.14 ١٢٣ café cafe\u0301 日本語、テキスト。 👍🏽 👨\u200d👩\u200d👧 "
+    "a\u200bb\ufeff \u00a0\u3000 (a+b)*c!!! “q” —\n\n  end.\n \n "
+)
+
+
+def check_pattern_in_hf(pattern: str) -> None:
+    """One-line error when HF `tokenizers` (if installed) splits the probe text differently with `pattern`."""
+    try:
+        from tokenizers import Regex, pre_tokenizers
+    except ImportError:
+        return
+    import regex
+
+    ours = regex.findall(pattern, PATTERN_PROBE)
+    try:
+        theirs = [piece for piece, _ in pre_tokenizers.Split(Regex(pattern), "isolated").pre_tokenize_str(PATTERN_PROBE)]
+    except Exception as exc:  # any failure of the other engine means the export cannot work
+        raise TinyformerError(f"HF tokenizers cannot use the pre-tokenizer pattern: {exc}") from None
+    if ours != theirs:
+        i = next(i for i, (a, b) in enumerate(zip(ours + [""], theirs + [""])) if a != b)
+        raise TinyformerError(
+            f"HF tokenizers (Oniguruma regex) splits text differently with this pattern (piece {i}: ours "
+            f"{ours[i] if i < len(ours) else None!r}, HF {theirs[i] if i < len(theirs) else None!r}); rewrite the "
+            "pattern in syntax both engines read alike (e.g. no possessive {n,m}+)"
+        )
+
+
+def to_hf(tok, out_dir: str | os.PathLike) -> Path:
+    """Write `tokenizer.json` and `tokenizer_config.json` into an existing directory `out_dir`."""
+    check_pattern_in_hf(tok.pattern)
+    out_dir = Path(out_dir)
+    _write_json(out_dir / "tokenizer.json", hf_tokenizer_json(tok))
+    _write_json(out_dir / "tokenizer_config.json", hf_tokenizer_config(tok))
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------- tiktoken
+
+
+def mergeable_ranks(tok) -> dict[bytes, int]:
+    """tiktoken's rank table: token bytes -> id, for every non-special token."""
+    check_representable(tok)
+    return {tok.vocab[i]: i for i in range(256 + len(tok.merges))}
+
+
+def to_tiktoken(tok, name: str | None = None):
+    """A `tiktoken.Encoding` with our ranks, pattern and special tokens (ids equal ours)."""
+    tiktoken = _import_tiktoken()
+    return tiktoken.Encoding(
+        name=name or f"tinyformer-{tok.fingerprint[:12]}",
+        pat_str=tok.pattern,
+        mergeable_ranks=mergeable_ranks(tok),
+        special_tokens=dict(tok.special_tokens),
+        explicit_n_vocab=tok.vocab_size,
+    )
+
+
+def write_tiktoken(tok, out_dir: str | os.PathLike) -> Path:
+    """Write `tokenizer.tiktoken` (one `base64(token) rank` line per token, the file `load_tiktoken_bpe`
+    reads) and `tiktoken.json` (pattern and special tokens, which the rank file cannot hold)."""
+    out_dir = Path(out_dir)
+    lines = [f"{base64.b64encode(token).decode('ascii')} {rank}" for token, rank in mergeable_ranks(tok).items()]
+    (out_dir / TIKTOKEN_RANKS).write_text("\n".join(lines) + "\n", encoding="ascii")
+    settings = {
+        "name": f"tinyformer-{tok.fingerprint[:12]}",
+        "pat_str": tok.pattern,
+        "special_tokens": dict(tok.special_tokens),
+        "explicit_n_vocab": tok.vocab_size,
+        "ranks_file": TIKTOKEN_RANKS,
+    }
+    _write_json(out_dir / TIKTOKEN_SETTINGS, settings)
+    return out_dir
+
+
+def load_tiktoken_export(out_dir: str | os.PathLike):
+    """The `tiktoken.Encoding` of a directory written by `write_tiktoken`, read with tiktoken's own loader."""
+    tiktoken = _import_tiktoken()
+    from tiktoken.load import load_tiktoken_bpe
+
+    out_dir = Path(out_dir)
+    settings = json.loads((out_dir / TIKTOKEN_SETTINGS).read_text(encoding="utf-8"))
+    return tiktoken.Encoding(
+        name=settings["name"],
+        pat_str=settings["pat_str"],
+        mergeable_ranks=load_tiktoken_bpe(str(out_dir / settings["ranks_file"])),
+        special_tokens=settings["special_tokens"],
+        explicit_n_vocab=settings["explicit_n_vocab"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- all formats
+
+
+def export(tok, fmt: str, out_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Write `tok` in format `fmt` (hf, tiktoken, gpt2) as the directory `out_dir`, atomically."""
+    if fmt not in FORMATS:
+        raise TinyformerError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_output(out_dir, force)
+    writer = {"hf": to_hf, "tiktoken": write_tiktoken, "gpt2": write_gpt2_files}[fmt]
+    with atomic_dir(out_dir, force) as tmp:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any directory
+        writer(tok, tmp)
+    return Path(out_dir)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _import_tiktoken():
+    try:
+        import tiktoken
+    except ImportError:
+        raise TinyformerError("tiktoken is not installed; pip install 'tinyformer[tiktoken]'") from None
+    return tiktoken
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_export_arguments(parser) -> None:
+    """`tinyformer tokenizer export`: arguments (hooked in by tinyformer.tokenizer.cli)."""
+    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory to export")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="hf: tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast); tiktoken: "
+        f"{TIKTOKEN_RANKS} + {TIKTOKEN_SETTINGS}; gpt2: vocab.json + merges.txt",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
+
+
+def run_export(args) -> int:
+    from tinyformer.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
+    out = export(tok, args.format, args.out, args.force)
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"wrote the {args.format} export of {args.tokenizer} ({tok.vocab_size} ids) to {out}: {files}")
+    return 0

@@ -1,0 +1,36 @@
+"""`tinyformer train --config FILE [key=value ...]`: train a language model on token files (also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML preset (see configs/); keys can be overridden after it")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint (resume=must)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="dotted overrides, e.g. train.lr=1e-3 model.n_layers=6 run_dir=runs/x train.parallel=ddp",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tinyformer.train.config import load_run_config
+    from tinyformer.train.trainer import train_lm
+
+    overrides = list(args.overrides) + (["resume=must"] if args.resume else [])
+    cfg = load_run_config(args.config, overrides)
+    summary = train_lm(cfg)
+    from tinyformer.train.distributed import shutdown
+
+    shutdown()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    line = f"{summary['status']} at step {summary['step']}"
+    if summary.get("val_loss") is not None:
+        line += f": val loss {summary['val_loss']:.4f}, ppl {summary['val_ppl']:.2f}"
+    print(f"{line} -> {cfg.run_dir}")
+    return 0

@@ -1,0 +1,118 @@
+"""Multi-process training under torchrun: process-group set-up, and DDP or FSDP2 applied from outside the model.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them everything here is a no-op (one process).
+Multi-node: `torchrun --nnodes=2 --node_rank=K --nproc_per_node=G --rdzv_backend=c10d
+--rdzv_endpoint=HOST:PORT -m tinyformer train ...` on every node; nothing here depends on the node count.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from tinyformer.errors import TinyformerError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(parallel: str, device_type: str, backend: str = "auto") -> DistInfo:
+    """Join the torchrun process group when launched by torchrun; check `parallel` agrees with the launch."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if parallel == "none":
+        raise TinyformerError(
+            f"launched with {world} processes but train.parallel=none; pass train.parallel=ddp or train.parallel=fsdp"
+        )
+    import torch.distributed as dist
+
+    if backend == "auto":
+        backend = "nccl" if device_type == "cuda" else "gloo"
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device_type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def parallelize(model: torch.nn.Module, parallel: str, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """DDP wrapper, or FSDP2 `fully_shard` on each block then the root (in place); plain model otherwise.
+
+    Returns the module to call in the training loop. With FSDP the returned module *is* `model`, its
+    parameters now sharded DTensors."""
+    if not info.enabled:
+        return model
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in _blocks(model):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    return model
+
+
+def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated Transformer blocks: the children of the first ModuleList found."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):
+            return list(module)
+    return []
+
+
+def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Sum a few floats over all processes (identity with one process)."""
+    if not info.enabled:
+        return list(values)
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """Every process's `obj`, in rank order (just [obj] with one process)."""
+    if not info.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,146 @@
+"""What a run reports: metrics.jsonl records, a progress bar, optional TensorBoard, and MFU's peak FLOP/s.
+
+MFU = tokens/s x model.flops_per_token(seq_len) / peak FLOP/s. The peak is, in order: `train.peak_flops`
+when set; the published dense peak of a known CUDA device for the precision in use; otherwise a matmul
+ceiling measured on this machine at start (square matmuls in the run's dtype), which is what CPUs get.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Published dense (non-sparse) peaks in FLOP/s: (bf16/fp16 tensor core, tf32 tensor core).
+KNOWN_CUDA_PEAKS: dict[str, tuple[float, float]] = {
+    "H200": (989e12, 494e12),
+    "H100": (989e12, 494e12),  # SXM; PCIe parts are lower, set train.peak_flops for them
+    "A100": (312e12, 156e12),
+    "A10G": (125e12, 62.5e12),
+    "L4": (121e12, 60e12),
+    "RTX 4090": (165e12, 82.6e12),
+    "RTX 3090": (71e12, 35.6e12),
+    "V100": (125e12, 15.7e12),
+    "T4": (65e12, 8.1e12),
+}
+
+
+def matmul_ceiling(device: str = "cpu", dtype: str = "fp32", size: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of repeated `size`x`size` matmuls in `dtype` on `device`: the best this machine does."""
+    import torch
+
+    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    gen = torch.Generator().manual_seed(0)  # its own generator: measuring must not move the training RNG
+    a = torch.randn(size, size, generator=gen).to(device=device, dtype=tdtype)
+    b = torch.randn(size, size, generator=gen).to(device=device, dtype=tdtype)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(2):
+        a @ b  # warm-up: first calls pay for allocation and kernel selection
+    sync()
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync()
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t0))
+    return best
+
+
+def device_peak_flops(device: str, precision: str) -> tuple[float, str]:
+    """(peak FLOP/s, where it comes from) for MFU on `device` at `precision` (fp32/bf16/fp16)."""
+    if device.startswith("cuda"):
+        import torch
+
+        name = torch.cuda.get_device_name(device)
+        for key, (half, tf32) in KNOWN_CUDA_PEAKS.items():
+            if key in name:
+                return (half if precision in ("bf16", "fp16") else tf32), f"published peak of {name}"
+    return matmul_ceiling(device, precision), f"measured {precision} matmul ceiling on {device}"
+
+
+class MetricsLog:
+    """Appends one JSON object per line to RUN/metrics.jsonl (and to TensorBoard when asked)."""
+
+    def __init__(self, path: Path, tensorboard_dir: Path | None = None) -> None:
+        self.path = path
+        self.writer = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from tinyformer.errors import TinyformerError
+
+                raise TinyformerError(
+                    "train.tensorboard=true needs the tensorboard package; pip install 'tinyformer[tensorboard]'"
+                ) from None
+            self.writer = SummaryWriter(str(tensorboard_dir))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (left by a run that died after its last checkpoint) before resuming."""
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, (int, float)) and value is not None:
+                    self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of RUN/metrics.jsonl (empty if the run has none yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Progress:
+    """A tqdm bar (loss, lr, tokens/s, ETA) on a terminal; plain log lines when output is not a terminal."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, log_every: int) -> None:
+        self.enabled, self.log_every, self.total = enabled, max(1, log_every), total
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            self.bar.update(step - self.bar.n)
+        elif step % self.log_every == 0 or step == self.total:
+            print(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} tok/s {tokens_per_s:,.0f}", flush=True)
+
+    def note(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
