@@ -22,14 +22,32 @@ from tinyformer.model import ModelConfig, Transformer
 
 # (name, model fields, batch, context) used when configs/ has no YAML files
 BUILTIN_SHAPES = [
-    ("shakespeare-char (gpt2)", dict(preset="gpt2", vocab_size=65, n_layers=4, n_heads=4, d_model=128,
-                                     max_seq_len=64), 12, 64),
-    ("shakespeare-char (llama)", dict(preset="llama", vocab_size=65, n_layers=4, n_heads=4, d_model=128,
-                                      max_seq_len=64), 12, 64),
-    ("tinystories (gpt2)", dict(preset="gpt2", vocab_size=10000, n_layers=4, n_heads=8, d_model=256, d_ff=1024,
-                                max_seq_len=256), 16, 256),
-    ("tinystories (llama)", dict(preset="llama", vocab_size=10000, n_layers=4, n_heads=8, d_model=256,
-                                 d_ff=1024, max_seq_len=256), 16, 256),
+    (
+        "shakespeare-char (gpt2)",
+        dict(preset="gpt2", vocab_size=65, n_layers=4, n_heads=4, d_model=128, max_seq_len=64),
+        12,
+        64,
+    ),
+    (
+        "shakespeare-char (llama)",
+        dict(preset="llama", vocab_size=65, n_layers=4, n_heads=4, d_model=128, max_seq_len=64),
+        12,
+        64,
+    ),
+    (
+        "tinystories (gpt2)",
+        dict(preset="gpt2", vocab_size=10000, n_layers=4, n_heads=8, d_model=256, d_ff=1024, max_seq_len=256),
+        16,
+        256,
+    ),
+    (
+        "tinystories (llama)",
+        dict(
+            preset="llama", vocab_size=10000, n_layers=4, n_heads=8, d_model=256, d_ff=1024, max_seq_len=256
+        ),
+        16,
+        256,
+    ),
 ]
 
 
@@ -73,8 +91,9 @@ def matmul_ceiling(device: str, dtype: torch.dtype, n: int, repeats: int = 5) ->
     return 2 * n**3 / best
 
 
-def train_step_time(model: Transformer, batch: int, context: int, device: str, dtype: torch.dtype,
-                    steps: int) -> float:
+def train_step_time(
+    model: Transformer, batch: int, context: int, device: str, dtype: torch.dtype, steps: int
+) -> float:
     """Median seconds of one forward + backward (+ a plain SGD-free zero_grad) at [batch, context]."""
     ids = torch.randint(0, model.config.vocab_size, (batch, context + 1), device=device)
     x, y = ids[:, :-1], ids[:, 1:]
@@ -98,7 +117,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--configs", nargs="*", default=None, help="YAML files (default: configs/*.yaml)")
     parser.add_argument("--matmul-size", type=int, default=None, help="default: 2048 on CPU, 8192 on CUDA")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device
     torch.manual_seed(0)
     paths = args.configs if args.configs is not None else glob.glob("configs/*.yaml")
@@ -120,8 +142,10 @@ def main() -> None:
             seconds = train_step_time(model, batch, context, device, dtype, args.steps)
             tokens_per_s = batch * context / seconds
             achieved = tokens_per_s * flops_per_token
-            print(f"| {name} | {model.num_params() / 1e6:.2f}M | {batch} x {context} | {dtype_name} | "
-                  f"{tokens_per_s:,.0f} | {achieved / 1e9:,.1f} | {achieved / ceilings[dtype_name]:.1%} |")
+            print(
+                f"| {name} | {model.num_params() / 1e6:.2f}M | {batch} x {context} | {dtype_name} | "
+                f"{tokens_per_s:,.0f} | {achieved / 1e9:,.1f} | {achieved / ceilings[dtype_name]:.1%} |"
+            )
 
 
 if __name__ == "__main__":

@@ -18,32 +18,78 @@ transformers.logging.set_verbosity_error()
 VOCAB = 97
 CASES = {
     "gpt2": (
-        lambda: ModelConfig.preset("gpt2", vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, max_seq_len=48),
+        lambda: ModelConfig.preset(
+            "gpt2", vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, max_seq_len=48
+        ),
         "GPT2LMHeadModel",
     ),
     "gpt2-untied-exact-gelu": (
-        lambda: ModelConfig.preset("gpt2", vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, max_seq_len=48,
-                                   mlp="gelu", tie_embeddings=False, d_ff=96),
+        lambda: ModelConfig.preset(
+            "gpt2",
+            vocab_size=VOCAB,
+            n_layers=2,
+            d_model=64,
+            n_heads=4,
+            max_seq_len=48,
+            mlp="gelu",
+            tie_embeddings=False,
+            d_ff=96,
+        ),
         "GPT2LMHeadModel",
     ),
     "llama-gqa": (
-        lambda: ModelConfig.preset("llama", vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2,
-                                   max_seq_len=48, rope_theta=500.0),
+        lambda: ModelConfig.preset(
+            "llama",
+            vocab_size=VOCAB,
+            n_layers=2,
+            d_model=64,
+            n_heads=4,
+            n_kv_heads=2,
+            max_seq_len=48,
+            rope_theta=500.0,
+        ),
         "LlamaForCausalLM",
     ),
     "llama-linear-scaling-bias-tied": (
-        lambda: ModelConfig.preset("llama", vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, max_seq_len=48,
-                                   rope_scaling=4.0, bias=True, tie_embeddings=True),
+        lambda: ModelConfig.preset(
+            "llama",
+            vocab_size=VOCAB,
+            n_layers=2,
+            d_model=64,
+            n_heads=4,
+            max_seq_len=48,
+            rope_scaling=4.0,
+            bias=True,
+            tie_embeddings=True,
+        ),
         "LlamaForCausalLM",
     ),
     "mpt": (
-        lambda: ModelConfig(vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, max_seq_len=48, position="alibi",
-                            norm="layernorm", bias=False, mlp="gelu"),
+        lambda: ModelConfig(
+            vocab_size=VOCAB,
+            n_layers=2,
+            d_model=64,
+            n_heads=4,
+            max_seq_len=48,
+            position="alibi",
+            norm="layernorm",
+            bias=False,
+            mlp="gelu",
+        ),
         "MptForCausalLM",
     ),
     "mpt-6-heads-untied": (
-        lambda: ModelConfig(vocab_size=VOCAB, n_layers=2, d_model=48, n_heads=6, max_seq_len=48, position="alibi",
-                            bias=False, mlp="gelu", tie_embeddings=False),
+        lambda: ModelConfig(
+            vocab_size=VOCAB,
+            n_layers=2,
+            d_model=48,
+            n_heads=6,
+            max_seq_len=48,
+            position="alibi",
+            bias=False,
+            mlp="gelu",
+            tie_embeddings=False,
+        ),
         "MptForCausalLM",
     ),
 }
@@ -175,17 +221,20 @@ def test_export_cli_from_a_run_directory(tmp_path, cli):
         assert (hf_model(ids).logits - model(ids)[0]).abs().max().item() <= 1e-4
     again = cli("export", "--ckpt", run, "--out", tmp_path / "hf")
     assert again.returncode == 2 and "already exists; pass --force" in again.stderr
+    assert again.stderr.count("\n") == 1
     assert cli("export", "--ckpt", run, "--out", tmp_path / "hf", "--force").returncode == 0
-    best = cli("export", "--ckpt", run, "--out", tmp_path / "hf2", "--which", "best")
-    assert best.returncode == 2 and "names no 'best' checkpoint" in best.stderr
-    assert best.stderr.count("\n") == 1 and not (tmp_path / "hf2").exists()
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_export_cli_writes_the_runs_tokenizer(tmp_path, cli):
     tok_mod = pytest.importorskip("tinyformer.tokenizer")
     pytest.importorskip("tinyformer.tokenizer.export")
-    tok = tok_mod.train_bpe(["hello world, hello there; a world of words"] * 4, 290, special_tokens=["<|endoftext|>"])
-    cfg = ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, n_layers=1, d_model=32, n_heads=2, max_seq_len=32)
+    tok = tok_mod.train_bpe(
+        ["hello world, hello there; a world of words"] * 4, 290, special_tokens=["<|endoftext|>"]
+    )
+    cfg = ModelConfig.preset(
+        "gpt2", vocab_size=tok.vocab_size, n_layers=1, d_model=32, n_heads=2, max_seq_len=32
+    )
     run = tmp_path / "run"
     save_model(randomised(cfg), run / "checkpoints" / "step-00000001")
     (run / "checkpoints" / "index.json").write_text(json.dumps({"latest": "step-00000001"}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -205,8 +206,6 @@ def test_cli_report_from_a_results_tree(tmp_path: Path, cli):
 )
 def test_bad_input_is_one_line_error_and_leaves_nothing(tmp_path: Path, capsys, args, message):
     # in-process through the CLI's main() (the same path as the executable, without a subprocess per case)
-    import re
-
     from tinyformer.cli import main
 
     grid = tmp_path / "grid.yaml"
@@ -223,8 +222,26 @@ def test_bad_input_is_one_line_error_and_leaves_nothing(tmp_path: Path, capsys, 
 def test_cli_errors_from_the_executable(cli, tmp_path: Path):
     proc = cli("lengen", "train", "--task", "NRlast", "--pe", "ape", "--out", tmp_path / "run")
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == (
+    assert proc.stderr.strip().startswith(
         "tinyformer: error: unknown task 'NRlast'; did you mean 'NRLast'? valid tasks: UF, UB, NF, NB, UL, UR, "
         "NLFirst, NRFirst, NLLast, NRLast, sort, parity, majority"
     )
+    assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_demo_prints_the_table_and_says_where_the_heatmap_went(cli, tmp_path: Path):
+    from tinyformer.demo import DEMO_SCHEMES, DEMO_TASKS
+
+    proc = cli("demo", "--out", tmp_path / "demo", "--steps-scale", "0.005", "--eval-examples", "16", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert len(DEMO_TASKS) >= 2 and len(DEMO_SCHEMES) >= 3
+    table = out[out.index("exact-match accuracy per length bin"):]
+    for task in DEMO_TASKS:
+        for pe in DEMO_SCHEMES:
+            assert re.search(rf"^{task}\s+{pe}\s+[01]\.\d{{3}}\s+[01]\.\d{{3}}\s+[01]\.\d{{3}}\s+\d+$", table, re.M), table
+    heatmap = tmp_path / "demo" / "heatmap.png"
+    assert f"heatmap: {heatmap}" in out and heatmap.read_bytes()[:4] == b"\x89PNG"
+    csv_rows = list(csv.DictReader((tmp_path / "demo" / "report.csv").open()))
+    assert {(r["task"], r["scheme"]) for r in csv_rows} == {(t, p) for t in DEMO_TASKS for p in DEMO_SCHEMES}

@@ -61,16 +61,24 @@ def test_config_from_dict_names_the_closest_key_and_round_trips():
 def test_published_parameter_counts_of_gpt2_small_and_llama2_7b():
     """124,439,808 (GPT-2 small, HF) and 6,738,415,616 (Llama-2-7B) are published counts; meta device = no memory."""
     with torch.device("meta"):
-        gpt2 = Transformer(ModelConfig.preset("gpt2", vocab_size=50257, n_layers=12, n_heads=12, d_model=768,
-                                              max_seq_len=1024))
-        llama = Transformer(ModelConfig.preset("llama", vocab_size=32000, n_layers=32, n_heads=32, d_model=4096,
-                                               d_ff=11008, max_seq_len=4096))
+        gpt2 = Transformer(
+            ModelConfig.preset(
+                "gpt2", vocab_size=50257, n_layers=12, n_heads=12, d_model=768, max_seq_len=1024
+            )
+        )
+        llama = Transformer(
+            ModelConfig.preset(
+                "llama", vocab_size=32000, n_layers=32, n_heads=32, d_model=4096, d_ff=11008, max_seq_len=4096
+            )
+        )
     assert gpt2.num_params() == 124_439_808
     assert llama.num_params() == 6_738_415_616
 
 
 def test_num_params_without_embeddings_and_flops_formula():
-    cfg = ModelConfig(vocab_size=100, n_layers=3, n_heads=4, d_model=32, d_ff=80, max_seq_len=16, tie_embeddings=False)
+    cfg = ModelConfig(
+        vocab_size=100, n_layers=3, n_heads=4, d_model=32, d_ff=80, max_seq_len=16, tie_embeddings=False
+    )
     model = Transformer(cfg)
     d, f, L, V, P = 32, 80, 3, 100, 16
     per_layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * (2 * d)  # attention, mlp, two LayerNorms
@@ -122,9 +130,11 @@ def test_multi_token_loss_is_the_mean_of_the_heads():
 def test_second_head_learns_the_token_two_ahead():
     """On a cycle 0..9 the token two ahead is determined; head 2 must learn it (it would not if misaligned)."""
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=10, n_layers=1, n_heads=2, d_model=32, max_seq_len=16, n_predict=2))
+    model = Transformer(
+        ModelConfig(vocab_size=10, n_layers=1, n_heads=2, d_model=32, max_seq_len=16, n_predict=2)
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(60):
+    for _ in range(30):
         start = torch.randint(0, 10, (16, 1))
         seq = (start + torch.arange(17)) % 10
         _, loss = model(seq[:, :-1], seq[:, 1:])
@@ -179,7 +189,9 @@ def test_future_tokens_do_not_change_the_past():
         changed = ids.clone()
         changed[0, 6:] = (changed[0, 6:] + 1) % 61
         pos = positions_for(position, 1, 10)
-        torch.testing.assert_close(model(ids, position_ids=pos)[0][:, :6], model(changed, position_ids=pos)[0][:, :6])
+        torch.testing.assert_close(
+            model(ids, position_ids=pos)[0][:, :6], model(changed, position_ids=pos)[0][:, :6]
+        )
 
 
 # ---------------------------------------------------------------------------- initialisation, determinism
@@ -211,3 +223,20 @@ def test_bad_position_ids_shape_is_an_error():
     model = tiny("rope")
     with pytest.raises(TinyformerError, match="position_ids has shape"):
         model(torch.zeros(2, 5, dtype=torch.long), position_ids=torch.arange(4))
+
+
+def test_default_forward_stays_on_the_sdpa_path(monkeypatch):
+    """Attention capture is opt-in: without return_attention the explicit softmax path is never taken."""
+    import tinyformer.model.attention as attention
+
+    def explicit(*args, **kwargs):
+        raise AssertionError("explicit attention used without return_attention=True")
+
+    monkeypatch.setattr(attention, "attention_with_probs", explicit)
+    for position in ("learned", "alibi"):
+        model = tiny(position)
+        ids = torch.randint(0, 61, (2, 6))
+        model(ids, targets=ids)
+        model.generate(ids, 3, temperature=0)
+        with pytest.raises(AssertionError, match="explicit attention"):
+            model(ids, return_attention=True)

@@ -16,7 +16,9 @@ DIGITS = set(range(10))  # in these tests token ids 0..9 play the digits
 
 def tiny(position: str, **kw) -> Transformer:
     torch.manual_seed(0)
-    base = dict(vocab_size=23, n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, max_seq_len=64, position=position)
+    base = dict(
+        vocab_size=23, n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, max_seq_len=64, position=position
+    )
     return Transformer(ModelConfig(**{**base, **kw})).eval()
 
 
@@ -62,7 +64,9 @@ def test_cache_fed_in_chunks_gives_the_full_forward_logits(position):
     cache = model.new_kv_cache(2, 12)
     for start, end in ((0, 5), (5, 6), (6, 9), (9, 10), (10, 11), (11, 12)):
         step_pos = None if pos is None else pos[:, start:end]
-        logits, _ = model(ids[:, start:end], position_ids=step_pos, attention_mask=mask[:, start:end], kv_cache=cache)
+        logits, _ = model(
+            ids[:, start:end], position_ids=step_pos, attention_mask=mask[:, start:end], kv_cache=cache
+        )
         torch.testing.assert_close(logits[0], full[0, start:end], atol=1e-5, rtol=1e-5)
         real = mask[1, start:end].bool()
         torch.testing.assert_close(logits[1][real], full[1, start:end][real], atol=1e-5, rtol=1e-5)

@@ -50,7 +50,10 @@ def test_run_directory_resolves_latest_and_best(tmp_path):
     assert resolve_checkpoint(run).name == "step-00000020"
     assert resolve_checkpoint(run, "best").name == "step-00000010"
     assert resolve_checkpoint(run / "checkpoints").name == "step-00000020"
-    assert resolve_checkpoint(run / "checkpoints" / "step-00000010" / "model.safetensors").name == "step-00000010"
+    assert (
+        resolve_checkpoint(run / "checkpoints" / "step-00000010" / "model.safetensors").name
+        == "step-00000010"
+    )
 
 
 @pytest.mark.parametrize(

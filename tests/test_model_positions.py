@@ -130,7 +130,9 @@ def test_sinusoidal_model_adds_the_table_to_token_embeddings():
 def test_learned_positions_beyond_the_table_are_refused():
     model = tiny("learned")  # table of 16
     assert model(torch.randint(0, 37, (1, 16)))[0].shape == (1, 16, 37)
-    with pytest.raises(TinyformerError, match=r"position id 16 is outside the learned position table \(0..15\)"):
+    with pytest.raises(
+        TinyformerError, match=r"position id 16 is outside the learned position table \(0..15\)"
+    ):
         model(torch.randint(0, 37, (1, 17)))
     with pytest.raises(TinyformerError, match="outside the learned position table"):
         model(torch.randint(0, 37, (1, 4)), position_ids=torch.tensor([0, 1, 2, 99]))

@@ -34,8 +34,9 @@ def rows(task, ex):
 
 
 def test_every_task_has_its_symbol_vocabulary_then_the_specials():
-    assert set(COPY) | set(RETRIEVAL) | {"sort", "parity", "majority"} == set(task_names())
-    for name in task_names():
+    lengen_tasks = set(COPY) | set(RETRIEVAL) | {"sort", "parity", "majority"}
+    assert lengen_tasks <= set(task_names())  # the arithmetic lab adds tasks with vocabularies of their own
+    for name in sorted(lengen_tasks):
         task = get_task(name)
         n = task.n_symbols
         assert task.vocab == [str(i) for i in range(n)] + ["<bos>", "<sep>", "<eos>", "<pad>"]

@@ -46,7 +46,7 @@ def tok() -> Tokenizer:
 def tok_py(tok) -> Tokenizer:
     """The same tokenizer with the C encoder switched off."""
     other = Tokenizer(tok.merges, list(tok.special_tokens), tok.pattern)
-    other._native, other._native_gpt2 = None, False
+    other._native, other._fast_kind = None, 0
     return other
 
 
@@ -127,7 +127,10 @@ def _random_chunks(text: str, rng: random.Random) -> list[str]:
 
 
 @pytest.mark.parametrize("allowed", [(), "all"])
-def test_encode_iterable_equals_encode_of_the_whole(tok, allowed):
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_encode_iterable_equals_encode_of_the_whole(tok, allowed, pattern):
+    if pattern == "gpt4":
+        tok = Tokenizer(tok.merges, list(tok.special_tokens), GPT4_PATTERN)
     rng = random.Random(0)
     pieces = HARD_STRINGS + ["Max liked to play.\n", "word " * 50, "x\ny\n", "'ll\n'", "99\n9"]
     text = "".join(rng.choice(pieces) for _ in range(6000))
@@ -226,18 +229,20 @@ def test_pickle_round_trip(tok):
 def _random_ascii_heavy(rng: random.Random) -> str:
     """Text that stresses the GPT-2 pre-tokenizer: every ASCII character, space runs, contractions, some non-ASCII."""
     atoms = [chr(c) for c in range(128)] + [" ", "  ", "   \n", "\n", "\r\n", "\t", "'s", "'ll", "'ve", "'re", "'t",
-                                            "'d", "'m", "'x", "abc", "Abc", "123", "!!", " é", "東", "👍", "\u00a0",
-                                            "\u2028", "x\ny", ".\n"]
+                                            "'d", "'m", "'x", "'LL", "'Ve", "'S", "abc", "Abc", "123", "12345", "!!",
+                                            " é", "東", "👍", "\u00a0", "\u2028", "x\ny", ".\n", " \n ", "\t\n\t",
+                                            "(abc", "\tx", "  \r\n  "]
     return "".join(rng.choice(atoms) for _ in range(rng.randint(0, 60)))
 
 
-def test_c_gpt2_pre_tokenizer_gives_the_regex_ids(monkeypatch):
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_c_pre_tokenizer_gives_the_regex_ids(pattern):
     if not tokenizer_module._bpe:
         pytest.skip("C extension not built")
     rng = random.Random(5)
     corpus = [_random_ascii_heavy(rng) for _ in range(3000)]
-    tok = train_bpe(corpus, 1500, num_workers=1)  # dense merges: a different split would show in the ids
-    assert tok._native_gpt2
+    tok = train_bpe(corpus, 1500, pattern=pattern, num_workers=1)  # dense merges: a split shows in the ids
+    assert tok._fast_kind
     for text in corpus[:1500] + [_random_ascii_heavy(rng) for _ in range(1500)] + HARD_STRINGS:
         assert tok.encode_ordinary(text) == tok._encode_ordinary_regex(text), repr(text)
     joined = "".join(corpus)  # long, mixed: cut into ASCII and non-ASCII stretches
@@ -257,3 +262,8 @@ def test_long_pieces_encode_like_short_ones():
             assert tok._native.encode_piece(piece) == tok._encode_bytes_python(piece)
     spaces = " " * 100_000  # one huge pre-token: must not take quadratic time
     assert tok.decode(tok.encode(spaces)) == spaces
+
+
+def test_c_cache_starts_over_when_full_and_stays_correct(tok, tok_py):
+    text = "".join(f" {i} x{i}y" for i in range(150_000))  # > 131072 distinct pre-tokens: the C cache cycles
+    assert tok.encode(text) == tok_py.encode(text)

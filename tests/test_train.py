@@ -19,7 +19,7 @@ from tinyformer.data.tokenfile import write_token_file
 from tinyformer.tokenizer import Tokenizer
 
 TINY_MODEL = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=16"]
-FAST = ["train.precision=fp32", "train.peak_flops=1e12", "train.log_every=1", "train.progress=false", "train.batch_size=4",
+FAST = ["train.precision=fp32", "train.peak_flops=1e12", "train.threads=1", "train.log_every=1", "train.progress=false", "train.batch_size=4",
         "train.warmup=2", "train.lr=3e-3", "train.min_lr=3e-4", "train.sample_tokens=8"]
 
 
@@ -60,9 +60,14 @@ def cli(capsys):
     starting Python and importing torch per call); returns returncode / stdout / stderr."""
     from tinyformer.cli import main
 
+    threads = torch.get_num_threads()
+
     def run(*args, check: bool = False) -> Result:
         capsys.readouterr()
-        rc = main([str(a) for a in args])
+        try:
+            rc = main([str(a) for a in args])
+        finally:
+            torch.set_num_threads(threads)  # train.threads=1 must not leak into other tests
         out, err = capsys.readouterr()
         if check and rc != 0:
             raise AssertionError(f"tinyformer {' '.join(map(str, args))} failed:\n{out}\n{err}")
@@ -176,9 +181,8 @@ def test_checkpoints_keep_last_k_and_best(tmp_path):
 
 def test_failed_checkpoint_write_leaves_latest_intact(tmp_path, monkeypatch):
     import tinyformer.model.io as model_io
-    from tinyformer.train.checkpoint import latest_checkpoint, save_checkpoint
-
     from tinyformer.model import ModelConfig, Transformer
+    from tinyformer.train.checkpoint import latest_checkpoint, save_checkpoint
 
     model = Transformer(ModelConfig(vocab_size=32, n_layers=1, d_model=8, n_heads=2, max_seq_len=4))
     save_checkpoint(tmp_path, 1, model, {"step": 1})
@@ -215,11 +219,10 @@ def test_resume_is_bit_identical(cli, tmp_path, corpus, sampling):
 
 
 def test_run_directory_metrics_and_eval(cli, tmp_path, corpus):
+    from tinyformer.model import ModelConfig, Transformer
     from tinyformer.model.io import load_model
     from tinyformer.train.sampler import open_token_file
     from tinyformer.train.schedule import lr_at
-
-    from tinyformer.model import ModelConfig, Transformer
 
     flops_per_token = Transformer(ModelConfig(n_layers=2, d_model=32, n_heads=2, max_seq_len=16)).flops_per_token(16)
     run = tmp_path / "run"
@@ -325,10 +328,10 @@ def test_missing_and_too_short_files(cli, tmp_path, corpus):
 def test_resume_with_incompatible_config(cli, tmp_path, corpus):
     run = tmp_path / "run"
     train(cli, run, corpus, "train.max_steps=2", "train.eval_every=0")
-    before = (run / "checkpoints" / "index.json").read_text()
+    before = [(run / name).read_text() for name in ("checkpoints/index.json", "config.yaml", "metrics.jsonl")]
     line = one_line_error(train(cli, run, corpus, "train.max_steps=4", "model.n_layers=3", check=False))
     assert "n_layers" in line and "cannot resume" in line
-    assert (run / "checkpoints" / "index.json").read_text() == before
+    assert [(run / name).read_text() for name in ("checkpoints/index.json", "config.yaml", "metrics.jsonl")] == before
     line = one_line_error(train(cli, run, corpus, "train.max_steps=4", "train.batch_size=8", check=False))
     assert "batch" in line
 
@@ -382,3 +385,25 @@ def test_two_processes_match_one(cli, tmp_path, corpus, parallel):
     a, b = load_model(tmp_path / "one"), load_model(tmp_path / "two")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
+
+
+def test_early_stopping_and_best_checkpoint(cli, tmp_path, corpus):
+    run = tmp_path / "run"
+    # lr = 0: the validation loss cannot improve after the first evaluation, so patience 2 stops at step 6
+    train(cli, run, corpus, "train.max_steps=50", "train.eval_every=2", "train.lr=0", "train.min_lr=0",
+          "train.early_stop_patience=2", "train.keep_last=1")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "early_stopped" and summary["step"] == 6
+    index = json.loads((run / "checkpoints" / "index.json").read_text())
+    assert index["best"] == "step-00000002" and index["latest"] == "step-00000006"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000002", "step-00000006"]
+
+
+def test_gradient_accumulation_matches_the_full_batch(cli, tmp_path, corpus):
+    # sequential sampling hands out the same windows whether a step takes them in one or two micro-batches
+    common = ["train.max_steps=4", "train.eval_every=0", "data.sampling=sequential", "train.batch_size=4"]
+    train(cli, tmp_path / "full", corpus, *common)
+    train(cli, tmp_path / "accum", corpus, *common, "train.grad_accum=2")
+    full, accum = metrics(tmp_path / "full"), metrics(tmp_path / "accum")
+    np.testing.assert_allclose([r["train_loss"] for r in accum], [r["train_loss"] for r in full], atol=1e-5, rtol=0)
+    np.testing.assert_allclose([r["grad_norm"] for r in accum], [r["grad_norm"] for r in full], rtol=1e-4)

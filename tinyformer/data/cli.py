@@ -21,6 +21,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--version", default="v2", help="tinystories files to look for in a download dir")
     p.add_argument("--force", action="store_true")
+    s = sub.add_parser("sequences", help="generate a number-sequence text dataset from a YAML file",
+                       description="Rows of numbers (a b a+b, or a recurrence) in any base 2-16, for "
+                                   "`tokenizer train`, `tokenizer encode` and `train`; see tinyformer/tasks/sequences.py")
+    s.add_argument("--config", required=True, help="YAML file: output, kind, count, min_value, max_value, base, "
+                                                   "reverse, column_delimiter, row_delimiter, ...")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. count=1000")
+    s.add_argument("--out", help="output text file (default: the config's output)")
+    s.add_argument("--force", action="store_true", help="overwrite the output file")
+
+
+def _sequences(args: argparse.Namespace) -> int:
+    from tinyformer.config import load_config
+    from tinyformer.tasks.sequences import SequencesConfig, write_sequences
+
+    cfg = load_config(SequencesConfig, args.config, args.overrides)
+    path = write_sequences(cfg, force=args.force, output=args.out)
+    print(f"wrote {cfg.count:,} {cfg.kind} rows in base {cfg.base} to {path} ({path.stat().st_size:,} bytes)")
+    return 0
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -56,7 +74,7 @@ def _download(args: argparse.Namespace) -> int:
             continue
         tty = sys.stderr.isatty()
 
-        def show(done: int, total: int | None, name=remote.name) -> None:
+        def show(done: int, total: int | None, name=remote.name, tty=tty) -> None:
             if tty:
                 pct = f" {100 * done / total:5.1f}%" if total else ""
                 print(f"\r{name}: {done / 1e6:9.1f} MB{pct}", end="", file=sys.stderr, flush=True)
@@ -87,4 +105,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "sequences":
+        return _sequences(args)
     return _download(args) if args.action == "download" else _prepare(args)

@@ -35,7 +35,7 @@ def _open(url: str, offset: int):
         path = Path(urllib.request.url2pathname(url[len("file://") :]))
         if not path.is_file():
             raise TinyformerError(f"source {url} does not exist; check --url-base")
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 -- handed to the caller, which closes it
         f.seek(offset)
         return f, path.stat().st_size, None, True
     redirects = _RecordRedirects()

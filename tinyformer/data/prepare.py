@@ -102,10 +102,15 @@ def prepare(
             tokenizer = train_bpe([inputs[0]], size, special_tokens=[EOT])
         tokenizer.save(tmp / "tokenizer")
         record["tokenizer_fingerprint"] = tokenizer.fingerprint
-        record["sources"] = [{"path": str(source), "sha256": sha256_file(source)}] if source.is_file() else []
+        record["sources"] = [{"path": str(p), "sha256": sha256_file(p)} for p in ([source] if source.is_file() else inputs)]
+        source_sha = sha256_file(source) if source.is_file() else None
         for name, path in zip(("train", "val"), inputs):
             meta = encode_files(tokenizer, [path], tmp / f"{name}.bin", allowed_special="all", log=log)
             record[f"{name}_tokens"] = meta["n_tokens"]
+            if path.parent == work:  # name the real source, not the temporary split file
+                meta["sources"] = [{"path": str(source), "sha256": source_sha, "n_bytes": meta["n_bytes"],
+                                    "part": f"{name} split of the source"}]
+                (tmp / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         for path in work.iterdir():
             path.unlink()
         work.rmdir()

@@ -10,6 +10,7 @@ from pathlib import Path
 FIELD_HELP = {
     "layers": "transformer layers", "heads": "attention heads", "d_model": "model width",
     "d_ff": "MLP width (default 4 x d_model)", "arch": "model preset: gpt2 | llama",
+    "n_predict": "output heads for multi-token prediction (accuracy is reported with 1 and k heads)",
     "lr": "peak learning rate", "min_lr": "final learning rate (default lr/10)",
     "schedule": "cosine | constant | linear", "warmup": "warmup steps", "weight_decay": "AdamW weight decay",
     "grad_clip": "gradient norm clip (0 = off)", "batch_size": "examples per step",
@@ -127,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         for b, acc in result["accuracy"].items():
             greedy = result.get("accuracy_greedy", {}).get(b)
             print(f"  bin {b:>9}: {acc:.3f}" + (f"   greedy {greedy:.3f}" if greedy is not None else ""))
+        for k, accs in result.get("accuracy_heads", {}).items():  # multi-token prediction (n_predict > 1)
+            print(f"  {k} token(s) per pass: " + "  ".join(f"{b}: {a:.3f}" for b, a in accs.items()))
         print(f"run directory: {out}")
         return 0
 

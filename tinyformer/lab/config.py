@@ -43,6 +43,7 @@ class LengenConfig:
     d_model: int = 64
     d_ff: int | None = None
     arch: str = "gpt2"  # a tinyformer.model preset: gpt2 | llama
+    n_predict: int = 1  # output heads (multi-token prediction); > 1 also reports accuracy decoding k at a time
     rope_theta: float = 10000.0
     rope_scaling: float = 1.0  # linear scaling (position interpolation) factor
     max_positions: int | None = None  # learned/abacus table size; None = the longest evaluated input

@@ -107,7 +107,8 @@ def _cell(e: Entry, b: str) -> str:
 def render_markdown(entries: list[Entry], published: dict) -> str:
     """The table: task | scheme | runs | one column per bin | published value per bin where one exists."""
     bins = all_bins(entries)
-    pub_bins = sorted({b for e in entries for b in published_for(published, e.task, e.pe)}, key=bin_key)
+    # published values only for bins we measured too: other lengths are not comparable
+    pub_bins = sorted({b for e in entries for b in published_for(published, e.task, e.pe) if b in bins}, key=bin_key)
     header = ["task", "scheme", "runs", *bins, *(f"published {b}" for b in pub_bins)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:

@@ -105,6 +105,7 @@ class LengenSetup:
             position=cfg.position,
             rope_theta=cfg.rope_theta,
             rope_scaling=cfg.rope_scaling,
+            n_predict=cfg.n_predict,
             dropout=0.0,
         )
 
@@ -168,6 +169,12 @@ def train_run(cfg: LengenConfig, out_dir: str | Path | None = None, *, force: bo
                     break
         train_seconds = time.perf_counter() - start
         final = evaluate(greedy=cfg.greedy)
+        if cfg.n_predict > 1:  # multi-token prediction: exact match decoding 1 and n_predict tokens per pass
+            from tinyformer.lab.multitoken import heads_accuracy
+
+            final["accuracy_heads"] = heads_accuracy(model, setup.eval_sets, positions=setup.eval_positions,
+                                                     device=device, batch_size=cfg.eval_batch_size,
+                                                     max_examples=cfg.greedy_examples)
         result = {
             "task": cfg.task,
             "pe": cfg.pe,

@@ -1,6 +1,33 @@
-"""One configurable decoder-only Transformer: every position scheme, KV-cache generation, HF export/import."""
+"""One configurable decoder-only Transformer: every position scheme, KV-cache generation, HF export/import.
 
-from tinyformer.model.config import ModelConfig
-from tinyformer.model.transformer import Transformer
+    from tinyformer.model import ModelConfig, Transformer
+    model = Transformer(ModelConfig.preset("llama", vocab_size=512, n_layers=4, d_model=128, n_heads=4))
+    logits, loss = model(ids, targets)
 
-__all__ = ["ModelConfig", "Transformer"]
+Names are imported on first use, so that importing `tinyformer.model.export_cli` (which the CLI does to
+list its verbs) does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ModelConfig": "tinyformer.model.config",
+    "Transformer": "tinyformer.model.transformer",
+    "abacus_position_ids": "tinyformer.model.positions",
+    "export_hf": "tinyformer.model.hf",
+    "import_hf": "tinyformer.model.hf",
+    "save_model": "tinyformer.model.io",
+    "load_model": "tinyformer.model.io",
+    "resolve_checkpoint": "tinyformer.model.io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'tinyformer.model' has no attribute {name!r}")

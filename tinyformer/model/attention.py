@@ -80,7 +80,9 @@ def build_attention_mask(
         if n_queries == 1:  # one new token sees the whole cache
             return AttentionMask(None, is_causal=False)
     n_keys = n_past + n_queries
-    device = key_valid.device if key_valid is not None else (query_pos.device if query_pos is not None else None)
+    device = (
+        key_valid.device if key_valid is not None else (query_pos.device if query_pos is not None else None)
+    )
     q_index = torch.arange(n_past, n_keys, device=device).unsqueeze(-1)
     k_index = torch.arange(n_keys, device=device)
     allowed = (k_index <= q_index)[None, None]  # [1, 1, Tq, Tk]
@@ -144,8 +146,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
+        if cache is not None:  # the cache keeps the parameters' dtype; under autocast q may be lower precision
             k, v = cache.update(self.layer_index, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
         probs = None
@@ -156,7 +159,11 @@ class Attention(nn.Module):
             if attn_mask is not None and attn_mask.dtype != torch.bool:
                 attn_mask = attn_mask.to(q.dtype)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=mask.is_causal,
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                is_causal=mask.is_causal,
                 dropout_p=self.dropout if self.training else 0.0,
             )
         y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)

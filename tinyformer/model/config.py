@@ -25,7 +25,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         norm="layernorm", mlp="gelu_tanh", position="learned", bias=True, tie_embeddings=True, norm_eps=1e-5
     ),
     "llama": dict(
-        norm="rmsnorm", mlp="swiglu", position="rope", bias=False, tie_embeddings=False, norm_eps=1e-5,
+        norm="rmsnorm",
+        mlp="swiglu",
+        position="rope",
+        bias=False,
+        tie_embeddings=False,
+        norm_eps=1e-5,
         rope_theta=10000.0,
     ),
 }

@@ -31,7 +31,11 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 
 def sample_next(
-    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
     """One token per row from last-position logits [B, V]."""
     if temperature == 0:
@@ -114,7 +118,9 @@ def generate(
             if stop.numel():
                 finished = finished | torch.isin(token, stop)
             ids = torch.cat((ids, token[:, None]), dim=1)
-            next_pos = positions[:, -1] + 1 if next_position_ids is None else next_position_ids(ids, positions)
+            next_pos = (
+                positions[:, -1] + 1 if next_position_ids is None else next_position_ids(ids, positions)
+            )
             positions = torch.cat((positions, torch.as_tensor(next_pos, device=device).view(b, 1)), dim=1)
             attention_mask = torch.cat((attention_mask, torch.ones_like(token[:, None])), dim=1)
             step_ids, step_pos, step_mask = ids[:, -1:], positions[:, -1:], attention_mask[:, -1:]

@@ -61,10 +61,10 @@ def hf_family(cfg: ModelConfig) -> str:
         )
     bad = _requirements(cfg, family)
     if bad:
-        wants = "; ".join(f"{name}={value!r} has no equivalent there (needs {want})" for name, value, want in bad)
-        raise TinyformerError(
-            f"position={cfg.position!r} exports as {ARCHITECTURES[family]}, but {wants}"
+        wants = "; ".join(
+            f"{name}={value!r} has no equivalent there (needs {want})" for name, value, want in bad
         )
+        raise TinyformerError(f"position={cfg.position!r} exports as {ARCHITECTURES[family]}, but {wants}")
     return family
 
 
@@ -154,7 +154,9 @@ def hf_config(cfg: ModelConfig, bos_token_id: int | None = None, eos_token_id: i
 
 
 def _refuse_import(what: str, family: str) -> None:
-    raise TinyformerError(f"this {ARCHITECTURES[family]} checkpoint uses {what}, which tinyformer cannot express")
+    raise TinyformerError(
+        f"this {ARCHITECTURES[family]} checkpoint uses {what}, which tinyformer cannot express"
+    )
 
 
 def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
@@ -171,10 +173,19 @@ def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
             _refuse_import("cross-attention", family)
         d = hf.get("n_embd", 768)
         cfg = dict(
-            vocab_size=hf.get("vocab_size", 50257), n_layers=hf.get("n_layer", 12), n_heads=hf.get("n_head", 12),
-            d_model=d, d_ff=hf.get("n_inner") or 4 * d, max_seq_len=hf.get("n_positions", 1024),
-            norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp=act, bias=True,
-            tie_embeddings=True if tie is None else tie, position="learned", dropout=hf.get("resid_pdrop", 0.0),
+            vocab_size=hf.get("vocab_size", 50257),
+            n_layers=hf.get("n_layer", 12),
+            n_heads=hf.get("n_head", 12),
+            d_model=d,
+            d_ff=hf.get("n_inner") or 4 * d,
+            max_seq_len=hf.get("n_positions", 1024),
+            norm="layernorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            mlp=act,
+            bias=True,
+            tie_embeddings=True if tie is None else tie,
+            position="learned",
+            dropout=hf.get("resid_pdrop", 0.0),
         )
     elif family == "llama":
         if hf.get("hidden_act", "silu") != "silu":
@@ -188,13 +199,24 @@ def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", "linear"):
             _refuse_import(f"rope_type={rope_type!r} (only default and linear scaling are supported)", family)
-        theta = rope.get("rope_theta", hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta")))
+        theta = rope.get(
+            "rope_theta", hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta"))
+        )
         cfg = dict(
-            vocab_size=hf.get("vocab_size", 32000), n_layers=hf.get("num_hidden_layers", 32), n_heads=heads,
-            n_kv_heads=hf.get("num_key_value_heads") or heads, d_model=d, d_ff=hf.get("intermediate_size", 11008),
-            max_seq_len=hf.get("max_position_embeddings", 2048), norm="rmsnorm",
-            norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", bias=bool(hf.get("attention_bias", False)),
-            tie_embeddings=bool(tie), position="rope", rope_theta=float(theta or 10000.0),
+            vocab_size=hf.get("vocab_size", 32000),
+            n_layers=hf.get("num_hidden_layers", 32),
+            n_heads=heads,
+            n_kv_heads=hf.get("num_key_value_heads") or heads,
+            d_model=d,
+            d_ff=hf.get("intermediate_size", 11008),
+            max_seq_len=hf.get("max_position_embeddings", 2048),
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            mlp="swiglu",
+            bias=bool(hf.get("attention_bias", False)),
+            tie_embeddings=bool(tie),
+            position="rope",
+            rope_theta=float(theta or 10000.0),
             rope_scaling=float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0,
             dropout=float(hf.get("attention_dropout") or 0.0),
         )
@@ -203,7 +225,10 @@ def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
         d, heads = hf.get("d_model", 2048), hf.get("n_heads", 16)
         checks = [
             (not attn.get("alibi", True), "no ALiBi"),
-            (attn.get("alibi_bias_max", 8) != MPT_ALIBI_BIAS_MAX, f"alibi_bias_max={attn.get('alibi_bias_max')}"),
+            (
+                attn.get("alibi_bias_max", 8) != MPT_ALIBI_BIAS_MAX,
+                f"alibi_bias_max={attn.get('alibi_bias_max')}",
+            ),
             (attn.get("clip_qkv") is not None, "clip_qkv"),
             (bool(attn.get("qk_ln")), "qk_ln"),
             (bool(attn.get("prefix_lm")), "prefix_lm"),
@@ -215,16 +240,22 @@ def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
             if bad:
                 _refuse_import(what, family)
         cfg = dict(
-            vocab_size=hf.get("vocab_size", 50368), n_layers=hf.get("n_layers", 24), n_heads=heads, d_model=d,
-            d_ff=4 * d, max_seq_len=hf.get("max_seq_len", 2048), norm="layernorm",
-            norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu", bias=False,
-            tie_embeddings=True if tie is None else tie, position="alibi",
+            vocab_size=hf.get("vocab_size", 50368),
+            n_layers=hf.get("n_layers", 24),
+            n_heads=heads,
+            d_model=d,
+            d_ff=4 * d,
+            max_seq_len=hf.get("max_seq_len", 2048),
+            norm="layernorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            mlp="gelu",
+            bias=False,
+            tie_embeddings=True if tie is None else tie,
+            position="alibi",
             dropout=float(hf.get("resid_pdrop") or 0.0),
         )
     else:
-        raise TinyformerError(
-            f"HF model_type {family!r} cannot be imported; supported: gpt2, llama, mpt"
-        )
+        raise TinyformerError(f"HF model_type {family!r} cannot be imported; supported: gpt2, llama, mpt")
     cfg["init_std"] = hf.get("initializer_range", 0.02)
     return ModelConfig.from_dict(cfg), family
 
@@ -248,40 +279,58 @@ def state_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
         if family == "gpt2":
             h = f"transformer.h.{i}."
             qkv_b = torch.cat([s[p + f"self_attn.{n}_proj.bias"] for n in "qkv"], dim=0)
-            out.update({
-                h + "ln_1.weight": s[p + "input_layernorm.weight"], h + "ln_1.bias": s[p + "input_layernorm.bias"],
-                h + "attn.c_attn.weight": qkv_w.t(), h + "attn.c_attn.bias": qkv_b,
-                h + "attn.c_proj.weight": s[p + "self_attn.o_proj.weight"].t(),
-                h + "attn.c_proj.bias": s[p + "self_attn.o_proj.bias"],
-                h + "ln_2.weight": s[p + "post_attention_layernorm.weight"],
-                h + "ln_2.bias": s[p + "post_attention_layernorm.bias"],
-                h + "mlp.c_fc.weight": s[p + "mlp.up_proj.weight"].t(), h + "mlp.c_fc.bias": s[p + "mlp.up_proj.bias"],
-                h + "mlp.c_proj.weight": s[p + "mlp.down_proj.weight"].t(),
-                h + "mlp.c_proj.bias": s[p + "mlp.down_proj.bias"],
-            })
+            out.update(
+                {
+                    h + "ln_1.weight": s[p + "input_layernorm.weight"],
+                    h + "ln_1.bias": s[p + "input_layernorm.bias"],
+                    h + "attn.c_attn.weight": qkv_w.t(),
+                    h + "attn.c_attn.bias": qkv_b,
+                    h + "attn.c_proj.weight": s[p + "self_attn.o_proj.weight"].t(),
+                    h + "attn.c_proj.bias": s[p + "self_attn.o_proj.bias"],
+                    h + "ln_2.weight": s[p + "post_attention_layernorm.weight"],
+                    h + "ln_2.bias": s[p + "post_attention_layernorm.bias"],
+                    h + "mlp.c_fc.weight": s[p + "mlp.up_proj.weight"].t(),
+                    h + "mlp.c_fc.bias": s[p + "mlp.up_proj.bias"],
+                    h + "mlp.c_proj.weight": s[p + "mlp.down_proj.weight"].t(),
+                    h + "mlp.c_proj.bias": s[p + "mlp.down_proj.bias"],
+                }
+            )
         elif family == "llama":
             for name, tensor in s.items():
                 if name.startswith(p):
                     out["model." + name] = tensor
         else:
             h = f"transformer.blocks.{i}."
-            out.update({
-                h + "norm_1.weight": s[p + "input_layernorm.weight"],
-                h + "attn.Wqkv.weight": qkv_w,
-                h + "attn.out_proj.weight": s[p + "self_attn.o_proj.weight"],
-                h + "norm_2.weight": s[p + "post_attention_layernorm.weight"],
-                h + "ffn.up_proj.weight": s[p + "mlp.up_proj.weight"],
-                h + "ffn.down_proj.weight": s[p + "mlp.down_proj.weight"],
-            })
+            out.update(
+                {
+                    h + "norm_1.weight": s[p + "input_layernorm.weight"],
+                    h + "attn.Wqkv.weight": qkv_w,
+                    h + "attn.out_proj.weight": s[p + "self_attn.o_proj.weight"],
+                    h + "norm_2.weight": s[p + "post_attention_layernorm.weight"],
+                    h + "ffn.up_proj.weight": s[p + "mlp.up_proj.weight"],
+                    h + "ffn.down_proj.weight": s[p + "mlp.down_proj.weight"],
+                }
+            )
     if family == "gpt2":
-        out.update({
-            "transformer.wte.weight": s["embed_tokens.weight"], "transformer.wpe.weight": s["embed_positions.weight"],
-            "transformer.ln_f.weight": s["norm.weight"], "transformer.ln_f.bias": s["norm.bias"],
-        })
+        out.update(
+            {
+                "transformer.wte.weight": s["embed_tokens.weight"],
+                "transformer.wpe.weight": s["embed_positions.weight"],
+                "transformer.ln_f.weight": s["norm.weight"],
+                "transformer.ln_f.bias": s["norm.bias"],
+            }
+        )
     elif family == "llama":
-        out.update({"model.embed_tokens.weight": s["embed_tokens.weight"], "model.norm.weight": s["norm.weight"]})
+        out.update(
+            {"model.embed_tokens.weight": s["embed_tokens.weight"], "model.norm.weight": s["norm.weight"]}
+        )
     else:
-        out.update({"transformer.wte.weight": s["embed_tokens.weight"], "transformer.norm_f.weight": s["norm.weight"]})
+        out.update(
+            {
+                "transformer.wte.weight": s["embed_tokens.weight"],
+                "transformer.norm_f.weight": s["norm.weight"],
+            }
+        )
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = s["lm_head.weight"]
     return {k: v.contiguous() for k, v in out.items()}
@@ -291,11 +340,13 @@ def _strip_base_prefix(state: dict[str, torch.Tensor], family: str) -> dict[str,
     """HF base-model checkpoints (e.g. the original `gpt2` files) lack the `transformer.`/`model.` prefix."""
     prefix = "model." if family == "llama" else "transformer."
     if any(k.startswith(prefix) for k in state):
-        return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+        return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
     return dict(state)
 
 
-def state_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, family: str) -> dict[str, torch.Tensor]:
+def state_from_hf(
+    hf_state: dict[str, torch.Tensor], cfg: ModelConfig, family: str
+) -> dict[str, torch.Tensor]:
     """HF parameters under our names and layouts (the inverse of state_to_hf)."""
     s = _strip_base_prefix(hf_state, family)
     out: dict[str, torch.Tensor] = {}
@@ -305,18 +356,26 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, family: s
             h = f"h.{i}."
             q, k, v = _split3(s[h + "attn.c_attn.weight"].t())
             qb, kb, vb = _split3(s[h + "attn.c_attn.bias"])
-            out.update({
-                p + "input_layernorm.weight": s[h + "ln_1.weight"], p + "input_layernorm.bias": s[h + "ln_1.bias"],
-                p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k, p + "self_attn.v_proj.weight": v,
-                p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb, p + "self_attn.v_proj.bias": vb,
-                p + "self_attn.o_proj.weight": s[h + "attn.c_proj.weight"].t(),
-                p + "self_attn.o_proj.bias": s[h + "attn.c_proj.bias"],
-                p + "post_attention_layernorm.weight": s[h + "ln_2.weight"],
-                p + "post_attention_layernorm.bias": s[h + "ln_2.bias"],
-                p + "mlp.up_proj.weight": s[h + "mlp.c_fc.weight"].t(), p + "mlp.up_proj.bias": s[h + "mlp.c_fc.bias"],
-                p + "mlp.down_proj.weight": s[h + "mlp.c_proj.weight"].t(),
-                p + "mlp.down_proj.bias": s[h + "mlp.c_proj.bias"],
-            })
+            out.update(
+                {
+                    p + "input_layernorm.weight": s[h + "ln_1.weight"],
+                    p + "input_layernorm.bias": s[h + "ln_1.bias"],
+                    p + "self_attn.q_proj.weight": q,
+                    p + "self_attn.k_proj.weight": k,
+                    p + "self_attn.v_proj.weight": v,
+                    p + "self_attn.q_proj.bias": qb,
+                    p + "self_attn.k_proj.bias": kb,
+                    p + "self_attn.v_proj.bias": vb,
+                    p + "self_attn.o_proj.weight": s[h + "attn.c_proj.weight"].t(),
+                    p + "self_attn.o_proj.bias": s[h + "attn.c_proj.bias"],
+                    p + "post_attention_layernorm.weight": s[h + "ln_2.weight"],
+                    p + "post_attention_layernorm.bias": s[h + "ln_2.bias"],
+                    p + "mlp.up_proj.weight": s[h + "mlp.c_fc.weight"].t(),
+                    p + "mlp.up_proj.bias": s[h + "mlp.c_fc.bias"],
+                    p + "mlp.down_proj.weight": s[h + "mlp.c_proj.weight"].t(),
+                    p + "mlp.down_proj.bias": s[h + "mlp.c_proj.bias"],
+                }
+            )
         elif family == "llama":
             for name, tensor in s.items():
                 if name.startswith(p):
@@ -324,17 +383,27 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, family: s
         else:
             h = f"blocks.{i}."
             q, k, v = _split3(s[h + "attn.Wqkv.weight"])
-            out.update({
-                p + "input_layernorm.weight": s[h + "norm_1.weight"],
-                p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k, p + "self_attn.v_proj.weight": v,
-                p + "self_attn.o_proj.weight": s[h + "attn.out_proj.weight"],
-                p + "post_attention_layernorm.weight": s[h + "norm_2.weight"],
-                p + "mlp.up_proj.weight": s[h + "ffn.up_proj.weight"],
-                p + "mlp.down_proj.weight": s[h + "ffn.down_proj.weight"],
-            })
+            out.update(
+                {
+                    p + "input_layernorm.weight": s[h + "norm_1.weight"],
+                    p + "self_attn.q_proj.weight": q,
+                    p + "self_attn.k_proj.weight": k,
+                    p + "self_attn.v_proj.weight": v,
+                    p + "self_attn.o_proj.weight": s[h + "attn.out_proj.weight"],
+                    p + "post_attention_layernorm.weight": s[h + "norm_2.weight"],
+                    p + "mlp.up_proj.weight": s[h + "ffn.up_proj.weight"],
+                    p + "mlp.down_proj.weight": s[h + "ffn.down_proj.weight"],
+                }
+            )
     if family == "gpt2":
-        out.update({"embed_tokens.weight": s["wte.weight"], "embed_positions.weight": s["wpe.weight"],
-                    "norm.weight": s["ln_f.weight"], "norm.bias": s["ln_f.bias"]})
+        out.update(
+            {
+                "embed_tokens.weight": s["wte.weight"],
+                "embed_positions.weight": s["wpe.weight"],
+                "norm.weight": s["ln_f.weight"],
+                "norm.bias": s["ln_f.bias"],
+            }
+        )
     elif family == "llama":
         out.update({"embed_tokens.weight": s["embed_tokens.weight"], "norm.weight": s["norm.weight"]})
     else:
@@ -347,8 +416,12 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, family: s
 # ---------------------------------------------------------------------------- files
 
 
-def write_hf(model: Transformer, out_dir: str | os.PathLike, bos_token_id: int | None = None,
-             eos_token_id: int | None = None) -> None:
+def write_hf(
+    model: Transformer,
+    out_dir: str | os.PathLike,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> None:
     """Write `config.json` and `model.safetensors` into an existing directory. Extra multi-token heads
     (n_predict > 1) are training aids and are not exported: HF models have one LM head."""
     from safetensors.torch import save_file
@@ -359,9 +432,14 @@ def write_hf(model: Transformer, out_dir: str | os.PathLike, bos_token_id: int |
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def export_hf(model: Transformer, out_dir: str | os.PathLike, force: bool = False,
-              bos_token_id: int | None = None, eos_token_id: int | None = None,
-              tokenizer_dir: str | os.PathLike | None = None) -> Path:
+def export_hf(
+    model: Transformer,
+    out_dir: str | os.PathLike,
+    force: bool = False,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+) -> Path:
     """Export to an HF directory, built under a temporary name and renamed at the end (nothing partial).
 
     With `tokenizer_dir` (a tinyformer tokenizer directory), its HF tokenizer files are written beside the
@@ -405,7 +483,9 @@ def _read_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
-        raise TinyformerError(f"{path} has no model.safetensors; only safetensors HF checkpoints can be imported")
+        raise TinyformerError(
+            f"{path} has no model.safetensors; only safetensors HF checkpoints can be imported"
+        )
     state: dict[str, torch.Tensor] = {}
     for name in files:
         try:
@@ -428,7 +508,9 @@ def import_hf(source: Any) -> Transformer:
     try:
         state = state_from_hf(hf_state, cfg, family)
     except KeyError as exc:
-        raise TinyformerError(f"HF {family} weights lack {exc.args[0]}; the checkpoint is incomplete") from None
+        raise TinyformerError(
+            f"HF {family} weights lack {exc.args[0]}; the checkpoint is incomplete"
+        ) from None
     model = Transformer(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]

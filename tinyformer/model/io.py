@@ -48,7 +48,9 @@ def _read_index(checkpoints: Path) -> dict:
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise TinyformerError(f"{checkpoints} has no {INDEX_FILE}; the run has not saved a checkpoint yet") from None
+        raise TinyformerError(
+            f"{checkpoints} has no {INDEX_FILE}; the run has not saved a checkpoint yet"
+        ) from None
     except (OSError, ValueError):
         raise TinyformerError(f"{index_path} is not valid JSON; the run directory is damaged") from None
     if not isinstance(index, dict):
@@ -112,7 +114,9 @@ def load_state(model, weights_path: Path, map_location: str = "cpu") -> None:
     try:
         state = load_file(str(weights_path), device=str(map_location))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise TinyformerError(f"{weights_path} cannot be read ({str(exc).splitlines()[0]}); the file is damaged") from None
+        raise TinyformerError(
+            f"{weights_path} cannot be read ({str(exc).splitlines()[0]}); the file is damaged"
+        ) from None
     expected = _state_dict_to_save(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

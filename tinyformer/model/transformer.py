@@ -194,7 +194,9 @@ class Transformer(nn.Module):
         """Embeddings and all layers: (hidden states before the final norm, mask, rope tables, attentions)."""
         cfg = self.config
         b, t = ids.shape
-        counted = position_ids is None and attention_mask is None and (kv_cache is None or kv_cache.length == 0)
+        counted = (
+            position_ids is None and attention_mask is None and (kv_cache is None or kv_cache.length == 0)
+        )
         position_ids = self.resolve_positions(ids, position_ids, attention_mask, kv_cache)
         valid = attention_mask.bool() if attention_mask is not None else None
         n_past = 0
@@ -206,7 +208,9 @@ class Transformer(nn.Module):
         else:
             key_valid = valid if valid is not None and not bool(valid.all()) else None
             key_pos = position_ids
-        slopes = alibi_slopes(cfg.n_heads) if cfg.position == "alibi" else None  # float32 even in a bf16 model
+        slopes = (
+            alibi_slopes(cfg.n_heads) if cfg.position == "alibi" else None
+        )  # float32 even in a bf16 model
         mask = build_attention_mask(t, n_past, key_valid, slopes, position_ids, key_pos)
         rope = None
         if cfg.position == "rope":
@@ -257,7 +261,9 @@ class Transformer(nn.Module):
     def _head_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean cross-entropy over non-ignored targets, 1.0 if there are any else 0.0), without a host sync."""
         total = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+            logits.float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
         count = (targets != IGNORE_INDEX).sum()
@@ -265,7 +271,10 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def head_logits(
-        self, ids: torch.Tensor, position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Logits of every output head: element k-1 [B, T, V] predicts token t+k at position t."""
         x, mask, rope, _ = self._trunk(ids, position_ids, attention_mask, None, False)
@@ -301,10 +310,28 @@ class Transformer(nn.Module):
         p = self.embed_tokens.weight
         return KVCache(self.config, batch, max_len, p.device, p.dtype)
 
-    def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, stop_tokens=None, seed: int | None = None, **kwargs) -> torch.Tensor:
+    def generate(
+        self,
+        ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_tokens=None,
+        seed: int | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         """Sample continuations with a KV cache; see tinyformer.model.generate.generate."""
         from tinyformer.model.generate import generate
 
-        return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        stop_tokens=stop_tokens, seed=seed, **kwargs)
+        return generate(
+            self,
+            ids,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            stop_tokens=stop_tokens,
+            seed=seed,
+            **kwargs,
+        )

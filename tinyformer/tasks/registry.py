@@ -8,7 +8,7 @@ import importlib
 from tinyformer.errors import TinyformerError
 
 TASKS: dict[str, type] = {}
-BUILTIN_TASK_FILES = ("copy", "retrieval", "sort", "parity", "majority")
+BUILTIN_TASK_FILES = ("copy", "retrieval", "sort", "parity", "majority", "addition")
 
 
 def register_task(cls: type) -> type:
@@ -28,8 +28,16 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str):
-    """A fresh task instance by name, or a one-line error listing the valid names."""
+    """A fresh task instance by name, or a one-line error listing the valid names.
+
+    `NAME:OPTIONS` (e.g. `add:base=16,hints=true`) configures a task that has a `from_options` classmethod.
+    """
     _load_builtin_tasks()
+    name, _, options = name.partition(":")
+    if options and name in TASKS:
+        if not hasattr(TASKS[name], "from_options"):
+            raise TinyformerError(f"task {name!r} takes no options; drop ':{options}'")
+        return TASKS[name].from_options(options)
     if name not in TASKS:
         near = difflib.get_close_matches(name, TASKS, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""

@@ -95,13 +95,18 @@ class TaskStream:
         self.attention_mask = attention_mask
         self.positions = positions
         self.position_fn = POSITION_KINDS[positions]
-        if random_offset_to is not None and max_input_length(task, [self.lengths]) > random_offset_to:
+        if random_offset_to is not None and self.positions_reach() > random_offset_to:
             raise TinyformerError(
-                f"training sequences of task {task.name} reach {max_input_length(task, [self.lengths])} "
+                f"training sequences of task {task.name} reach {self.positions_reach()} "
                 f"positions but the position table has {random_offset_to}; raise max_positions"
             )
         self.rng = np.random.default_rng(seed)
         self.batches = 0
+
+    def positions_reach(self) -> int:
+        """Largest position id + 1 of the longest training input before offsets (Abacus ids count digits only)."""
+        longest = self.task.generate(np.random.default_rng(0), np.array([self.task.check_range(*self.lengths)[1]]))
+        return int(self.position_fn(to_model_arrays(longest)[0], self.task.n_symbols).max()) + 1
 
     def next_arrays(self) -> dict[str, np.ndarray]:
         """The next batch as numpy arrays (what `next_batch` turns into tensors)."""

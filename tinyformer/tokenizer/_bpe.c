@@ -3,7 +3,9 @@
  * train_merges(words, counts, num_merges, progress) applies the same rule as train.train_merges_python
  * (most frequent pair; ties to the greater (left bytes, right bytes); then smaller ids) with incremental
  * pair counts, a pair -> words index and a max-heap with lazy invalidation.
- * Encoder(ranks).encode_piece(bytes) / .encode_pieces(list[str], cache, cache_limit) apply merges by rank.
+ * Encoder(ranks).encode_piece(bytes) / .encode_pieces(list[str], cache, cache_limit) apply merges by rank;
+ * for the GPT-2 and GPT-4 patterns, Encoder.encode_fast and count_fast also pre-tokenize ASCII text in C
+ * (other text goes back to the regex module), exactly as the regex would.
  * Plain CPython C API, no other dependencies.
  */
 #define PY_SSIZE_T_CLEAN
@@ -505,9 +507,9 @@ static int intbuf_reserve(IntBuf *b, size_t extra) {
 
 typedef struct {
     PyObject_HEAD PairMap ranks; /* (left id, right id) -> merged id; a lower id is an earlier merge */
-    uint8_t ascii_class[128];    /* GPT-2 fast path: CLS_* bits per ASCII character, from the regex module */
-    int has_classes;
-    int release_gil;             /* a private encoder: encode_gpt2 lets other threads run while it scans */
+    uint8_t ascii_class[128];    /* fast path: CLS_* bits per ASCII character, from the regex module */
+    int pattern_kind;            /* KIND_GPT2 / KIND_GPT4: which pattern the fast path scans; 0 = none */
+    int release_gil;             /* a private encoder: encode_fast lets other threads run while it scans */
     CacheEntry *cache;           /* cache_slots entries; n_ids == UINT32_MAX marks an empty slot */
     size_t cache_slots, cache_used;
     ByteBuf cache_keys;
@@ -517,6 +519,7 @@ typedef struct {
 } Encoder;
 
 enum { CLS_SPACE = 1, CLS_LETTER = 2, CLS_NUMBER = 4 };
+enum { KIND_NONE = 0, KIND_GPT2 = 2, KIND_GPT4 = 4 };
 
 static void cache_clear(Encoder *self) {
     for (size_t i = 0; i < self->cache_slots; i++) self->cache[i].n_ids = UINT32_MAX;
@@ -560,8 +563,8 @@ static void Encoder_dealloc(Encoder *self) {
 
 static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
     PyObject *ranks, *classes = Py_None;
-    int release_gil = 0;
-    if (!PyArg_ParseTuple(args, "O!|Op", &PyDict_Type, &ranks, &classes, &release_gil)) return -1;
+    int release_gil = 0, kind = 0;
+    if (!PyArg_ParseTuple(args, "O!|Opi", &PyDict_Type, &ranks, &classes, &release_gil, &kind)) return -1;
     self->release_gil = release_gil;
     if (self->ranks.keys) {
         PyErr_SetString(PyExc_RuntimeError, "Encoder is already initialised");
@@ -593,8 +596,12 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
             PyErr_SetString(PyExc_TypeError, "ascii classes must be 128 bytes");
             return -1;
         }
+        if (kind != KIND_GPT2 && kind != KIND_GPT4) {
+            PyErr_SetString(PyExc_ValueError, "pattern kind must be 2 (GPT-2) or 4 (GPT-4)");
+            return -1;
+        }
         memcpy(self->ascii_class, PyBytes_AS_STRING(classes), 128);
-        self->has_classes = 1;
+        self->pattern_kind = kind;
     }
     self->cache_slots = CACHE_MIN_SLOTS;
     self->cache = malloc(CACHE_MIN_SLOTS * sizeof(CacheEntry));
@@ -824,10 +831,59 @@ static inline size_t gpt2_piece_end(const uint8_t *cls, const uint8_t *s, size_t
     return e;
 }
 
-static int encode_ascii_gpt2(Encoder *self, const uint8_t *s, size_t n, IntBuf *out) {
+static inline int is_crlf(uint8_t c) { return c == '\r' || c == '\n'; }
+static inline uint8_t ascii_lower(uint8_t c) { return (c >= 'A' && c <= 'Z') ? (uint8_t)(c + 32) : c; }
+
+/* End of the GPT-4 (cl100k) pre-token starting at i in ASCII text s[0..n); mirrors the alternatives in order:
+ * '(?i:[sdmt]|ll|ve|re) | [^\r\n\p{L}\p{N}]?+\p{L}+ | \p{N}{1,3} | ?[^\s\p{L}\p{N}]++[\r\n]* | \s++$ |
+ * \s*[\r\n] | \s+(?!\S) | \s+ */
+static inline size_t gpt4_piece_end(const uint8_t *cls, const uint8_t *s, size_t i, size_t n) {
+    const uint8_t ANY = CLS_SPACE | CLS_LETTER | CLS_NUMBER;
+    uint8_t c = s[i], k = cls[c];
+    if (c == '\'' && i + 1 < n) {
+        uint8_t d = ascii_lower(s[i + 1]);
+        if (d == 's' || d == 'd' || d == 'm' || d == 't') return i + 2;
+        if (i + 2 < n) {
+            uint8_t e = ascii_lower(s[i + 2]);
+            if ((d == 'l' && e == 'l') || (d == 'v' && e == 'e') || (d == 'r' && e == 'e')) return i + 3;
+        }
+    }
+    size_t start = i;
+    if (!(k & (CLS_LETTER | CLS_NUMBER)) && !is_crlf(c) && i + 1 < n && (cls[s[i + 1]] & CLS_LETTER)) start = i + 1;
+    if (cls[s[start]] & CLS_LETTER) { /* one optional leading character, then letters */
+        size_t e = start + 1;
+        while (e < n && (cls[s[e]] & CLS_LETTER)) e++;
+        return e;
+    }
+    if (k & CLS_NUMBER) { /* at most three digits */
+        size_t e = i + 1;
+        while (e < n && e - i < 3 && (cls[s[e]] & CLS_NUMBER)) e++;
+        return e;
+    }
+    size_t j = (c == ' ' && i + 1 < n && !(cls[s[i + 1]] & ANY)) ? i + 1 : i;
+    if (!(cls[s[j]] & ANY)) { /* other characters, then any line ends */
+        size_t e = j + 1;
+        while (e < n && !(cls[s[e]] & ANY)) e++;
+        while (e < n && is_crlf(s[e])) e++;
+        return e;
+    }
+    size_t e = i + 1; /* whitespace: the run is [i, e) */
+    while (e < n && (cls[s[e]] & CLS_SPACE)) e++;
+    if (e == n) return n;                             /* \s++$ */
+    for (size_t p = e; p > i; p--)                    /* \s*[\r\n]: up to the run's last line end */
+        if (is_crlf(s[p - 1])) return p;
+    if (e - i >= 2) return e - 1;                     /* \s+(?!\S) */
+    return e;                                         /* \s+ */
+}
+
+static inline size_t piece_end(int kind, const uint8_t *cls, const uint8_t *s, size_t i, size_t n) {
+    return kind == KIND_GPT4 ? gpt4_piece_end(cls, s, i, n) : gpt2_piece_end(cls, s, i, n);
+}
+
+static int encode_ascii(Encoder *self, const uint8_t *s, size_t n, IntBuf *out) {
     size_t i = 0;
     while (i < n) {
-        size_t e = gpt2_piece_end(self->ascii_class, s, i, n);
+        size_t e = piece_end(self->pattern_kind, self->ascii_class, s, i, n);
         if (encode_piece_cached(self, s + i, e - i, out) < 0) return -1;
         i = e;
     }
@@ -851,14 +907,14 @@ static int append_list_ids(IntBuf *out, PyObject *list) {
 
 static inline int visible_ascii(Py_UCS4 c) { return c >= 0x21 && c < 0x7F; }
 
-/* encode_gpt2(text, fallback) -> list[int]: the ids of `text` under the GPT-2 pattern. Runs of ASCII text are
+/* encode_fast(text, fallback) -> list[int]: the ids of `text` under the GPT-2/GPT-4 pattern. Runs of ASCII text are
  * pre-tokenized and encoded here; a stretch holding other characters (cut at line ends between visible ASCII
  * characters, where the pattern always splits) goes to fallback(str) -> list[int], the regex path. */
-static PyObject *Encoder_encode_gpt2(Encoder *self, PyObject *args) {
+static PyObject *Encoder_encode_fast(Encoder *self, PyObject *args) {
     PyObject *text, *fallback;
     if (!PyArg_ParseTuple(args, "UO", &text, &fallback)) return NULL;
-    if (!self->has_classes) {
-        PyErr_SetString(PyExc_RuntimeError, "Encoder built without ASCII classes");
+    if (!self->pattern_kind) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder built without a fast pre-tokenizer");
         return NULL;
     }
     IntBuf out = {0};
@@ -895,7 +951,7 @@ static PyObject *Encoder_encode_gpt2(Encoder *self, PyObject *args) {
                 for (Py_ssize_t k = seg; k < i; k++) tmp.data[k - seg] = (uint8_t)PyUnicode_READ(kind, data, k);
                 s = tmp.data;
             }
-            if (encode_ascii_gpt2(self, s, (size_t)(i - seg), &out) < 0) {
+            if (encode_ascii(self, s, (size_t)(i - seg), &out) < 0) {
                 oom = 1;
                 break;
             }
@@ -1058,14 +1114,16 @@ static int count_piece(CountTable *t, const uint8_t *data, size_t n) {
     return 0;
 }
 
-/* count_gpt2(text, ascii_classes, counts: dict[str, int], fallback) -> None: add the GPT-2 pre-token counts of
- * `text` to `counts`. ASCII stretches are split and counted here; others go to fallback(str), which must add
- * their counts to `counts` itself (the regex path). Stretches are cut as in Encoder.encode_gpt2. */
-static PyObject *count_gpt2(PyObject *module, PyObject *args) {
+/* count_fast(text, ascii_classes, kind, counts: dict[str, int], fallback) -> None: add the GPT-2 (kind 2) or
+ * GPT-4 (kind 4) pre-token counts of `text` to `counts`. ASCII stretches are split and counted here; others go
+ * to fallback(str), which must add their counts to `counts` itself (the regex path). Stretches are cut as in
+ * Encoder.encode_fast. */
+static PyObject *count_fast(PyObject *module, PyObject *args) {
     PyObject *text, *classes, *counts, *fallback;
-    if (!PyArg_ParseTuple(args, "USO!O", &text, &classes, &PyDict_Type, &counts, &fallback)) return NULL;
-    if (PyBytes_GET_SIZE(classes) != 128) {
-        PyErr_SetString(PyExc_ValueError, "ascii classes must be 128 bytes");
+    int kind;
+    if (!PyArg_ParseTuple(args, "USiO!O", &text, &classes, &kind, &PyDict_Type, &counts, &fallback)) return NULL;
+    if (PyBytes_GET_SIZE(classes) != 128 || (kind != KIND_GPT2 && kind != KIND_GPT4)) {
+        PyErr_SetString(PyExc_ValueError, "ascii classes must be 128 bytes and kind 2 or 4");
         return NULL;
     }
     const uint8_t *cls = (const uint8_t *)PyBytes_AS_STRING(classes);
@@ -1074,7 +1132,7 @@ static PyObject *count_gpt2(PyObject *module, PyObject *args) {
     PyObject *result = NULL;
     if (count_table_grow(&table) < 0) goto nomem;
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    int kind = PyUnicode_KIND(text);
+    int ukind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     int all_ascii = PyUnicode_IS_ASCII(text);
     Py_ssize_t seg = 0;
@@ -1082,10 +1140,10 @@ static PyObject *count_gpt2(PyObject *module, PyObject *args) {
     for (Py_ssize_t i = all_ascii ? n : 0; i <= n; i++) {
         int cut = i == n;
         if (!cut) {
-            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            Py_UCS4 c = PyUnicode_READ(ukind, data, i);
             if (c >= 128) seg_ascii = 0;
-            cut = c == '\n' && i >= 1 && i + 1 < n && visible_ascii(PyUnicode_READ(kind, data, i - 1)) &&
-                  visible_ascii(PyUnicode_READ(kind, data, i + 1));
+            cut = c == '\n' && i >= 1 && i + 1 < n && visible_ascii(PyUnicode_READ(ukind, data, i - 1)) &&
+                  visible_ascii(PyUnicode_READ(ukind, data, i + 1));
             if (cut) i++;
         }
         if (!cut || i == seg) continue;
@@ -1096,12 +1154,12 @@ static PyObject *count_gpt2(PyObject *module, PyObject *args) {
             } else {
                 tmp.len = 0;
                 if (bytebuf_reserve(&tmp, (size_t)(i - seg)) < 0) goto nomem;
-                for (Py_ssize_t k = seg; k < i; k++) tmp.data[k - seg] = (uint8_t)PyUnicode_READ(kind, data, k);
+                for (Py_ssize_t k = seg; k < i; k++) tmp.data[k - seg] = (uint8_t)PyUnicode_READ(ukind, data, k);
                 s = tmp.data;
             }
             size_t len = (size_t)(i - seg), p = 0;
             while (p < len) {
-                size_t e = gpt2_piece_end(cls, s, p, len);
+                size_t e = piece_end(kind, cls, s, p, len);
                 if (count_piece(&table, s + p, e - p) < 0) goto nomem;
                 p = e;
             }
@@ -1152,8 +1210,8 @@ static PyMethodDef Encoder_methods[] = {
     {"encode_piece", (PyCFunction)Encoder_encode_piece, METH_O, "ids of one pre-token's bytes"},
     {"encode_pieces", (PyCFunction)Encoder_encode_pieces, METH_VARARGS,
      "ids of a list of pre-tokens (str), using and filling a cache dict"},
-    {"encode_gpt2", (PyCFunction)Encoder_encode_gpt2, METH_VARARGS,
-     "ids of a text under the GPT-2 pattern; non-ASCII stretches go to fallback(str) -> list[int]"},
+    {"encode_fast", (PyCFunction)Encoder_encode_fast, METH_VARARGS,
+     "ids of a text under the GPT-2/GPT-4 pattern; non-ASCII stretches go to fallback(str) -> list[int]"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1161,8 +1219,8 @@ static PyTypeObject EncoderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tinyformer.tokenizer._bpe.Encoder",
     .tp_basicsize = sizeof(Encoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Encoder(ranks, ascii_classes=None, release_gil=False): applies BPE merges by rank; release_gil only "
-              "for an encoder that a single thread uses",
+    .tp_doc = "Encoder(ranks, ascii_classes=None, release_gil=False, pattern_kind=0): applies BPE merges by rank; "
+              "pattern_kind 2/4 adds the GPT-2/GPT-4 fast path; release_gil only for an encoder one thread uses",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Encoder_init,
     .tp_dealloc = (destructor)Encoder_dealloc,
@@ -1170,8 +1228,8 @@ static PyTypeObject EncoderType = {
 };
 
 static PyMethodDef module_methods[] = {
-    {"count_gpt2", count_gpt2, METH_VARARGS,
-     "count_gpt2(text, ascii_classes, counts, fallback): add GPT-2 pre-token counts of text to counts"},
+    {"count_fast", count_fast, METH_VARARGS,
+     "count_fast(text, ascii_classes, kind, counts, fallback): add GPT-2/GPT-4 pre-token counts of text to counts"},
     {"train_merges", train_merges, METH_VARARGS,
      "train_merges(words: list[bytes], counts: list[int], num_merges: int, progress=None) -> list[(int, int)]"},
     {NULL, NULL, 0, NULL},

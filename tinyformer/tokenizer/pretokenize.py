@@ -52,6 +52,13 @@ def special_splitter(special_tokens: Iterable[str]) -> regex.Pattern | None:
     return regex.compile("(" + "|".join(regex.escape(s) for s in specials) + ")")
 
 
+def fast_pattern_kind(pattern: str) -> int:
+    """2 or 4 when the C extension can pre-tokenize this pattern itself (GPT-2 / GPT-4), else 0."""
+    if _bpe is None:
+        return 0
+    return {GPT2_PATTERN: 2, GPT4_PATTERN: 4}.get(pattern, 0)
+
+
 @functools.cache
 def ascii_classes() -> bytes:
     """For each ASCII character: 1 = \\s, 2 = \\p{L}, 4 = \\p{N}, as the regex module itself decides."""
@@ -69,11 +76,12 @@ def count_pretokens_in_text(
     """Counts of pre-tokens (as str) in `text`, special tokens removed first; added to `counts` if given."""
     pieces = [text] if splitter is None else splitter.split(text)[::2]  # even positions are ordinary text
     counts = Counter() if counts is None else counts
-    if _bpe is not None and pattern.pattern == GPT2_PATTERN:
+    kind = fast_pattern_kind(pattern.pattern)
+    if kind:
         # The C pre-tokenizer counts ASCII stretches itself and hands the rest to the regex.
         classes = ascii_classes()
         for piece in pieces:
-            _bpe.count_gpt2(piece, classes, counts, lambda part: counts.update(pattern.findall(part)))
+            _bpe.count_fast(piece, classes, kind, counts, lambda part: counts.update(pattern.findall(part)))
         return counts
     for piece in pieces:
         counts.update(pattern.findall(piece))

@@ -20,6 +20,7 @@ from tinyformer.tokenizer.pretokenize import (
     GPT2_PATTERN,
     ascii_classes,
     cut_rules,
+    fast_pattern_kind,
     resolve_pattern,
     special_splitter,
 )
@@ -73,10 +74,10 @@ class Tokenizer:
         self._cache: dict[str, list[int]] = {}
         self._concurrent = False  # True in a per-thread copy: the regex then releases the GIL too
         self._native = None  # the C encoder, when the extension is built
-        self._native_gpt2 = False  # whether it also pre-tokenizes (GPT-2 pattern, ASCII stretches) in C
+        self._fast_kind = 0  # 2 / 4: the C encoder also pre-tokenizes ASCII text (GPT-2 / GPT-4 pattern)
         if _bpe is not None:
-            self._native_gpt2 = self.pattern == GPT2_PATTERN
-            self._native = _bpe.Encoder(self._ranks, ascii_classes() if self._native_gpt2 else None)
+            self._fast_kind = fast_pattern_kind(self.pattern)
+            self._native = self._new_encoder(release_gil=False)
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -123,8 +124,8 @@ class Tokenizer:
     # ------------------------------------------------------------------------------------------ encoding
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text` with no special-token handling: special-token text is encoded as ordinary text."""
-        if self._native_gpt2:
-            return self._native.encode_gpt2(text, self._encode_ordinary_regex)
+        if self._fast_kind:
+            return self._native.encode_fast(text, self._encode_ordinary_regex)
         return self._encode_ordinary_regex(text)
 
     def _encode_ordinary_regex(self, text: str) -> list[int]:
@@ -155,8 +156,12 @@ class Tokenizer:
         other._cache = {}
         other._concurrent = True
         if self._native is not None:
-            other._native = _bpe.Encoder(self._ranks, ascii_classes() if self._native_gpt2 else None, True)
+            other._native = self._new_encoder(release_gil=True)
         return other
+
+    def _new_encoder(self, release_gil: bool):
+        classes = ascii_classes() if self._fast_kind else None
+        return _bpe.Encoder(self._ranks, classes, release_gil, self._fast_kind)
 
     def _encode_bytes_python(self, data: bytes) -> list[int]:
         """Merge the adjacent pair with the lowest rank until none is left (all its occurrences at once)."""

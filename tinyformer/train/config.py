@@ -48,6 +48,7 @@ class TrainConfig:
     compile: bool = False
     tf32: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int | None = None  # CPU threads for torch; None = torch's default (all cores)
     seed: int = 1337
     eval_every: int = 250  # steps; 0 = only at the end
     log_every: int = 10  # steps between metrics.jsonl train records

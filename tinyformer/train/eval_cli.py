@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
-    parser.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint of a run (default best)")
+    parser.add_argument("--which", choices=("best", "latest"), help="checkpoint of a run (default: best, else latest)")
     parser.add_argument("--data", help="token file (.bin); default: the run's validation file")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, help="window length (default: the run's)")
@@ -36,6 +36,10 @@ def load_run_model(path: str, which: str, device):
 
     if not Path(path).exists():
         raise TinyformerError(f"checkpoint {path} does not exist; pass a run directory or a checkpoint directory")
+    if which is None:  # the best checkpoint when the run evaluated, else its latest
+        from tinyformer.train.checkpoint import read_index
+
+        which = "best" if read_index(run_dir).get("best") else "latest"
     model = load_model(path, which=which, map_location="cpu").to(device).eval()
     config = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else {}
     return model, run_dir, config

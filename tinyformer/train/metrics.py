@@ -118,6 +118,7 @@ class Progress:
 
     def __init__(self, total: int, initial: int, enabled: bool, log_every: int) -> None:
         self.enabled, self.log_every, self.total = enabled, max(1, log_every), total
+        self.start_step, self.start_time = initial, time.perf_counter()
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -131,7 +132,10 @@ class Progress:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
             self.bar.update(step - self.bar.n)
         elif step % self.log_every == 0 or step == self.total:
-            print(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} tok/s {tokens_per_s:,.0f}", flush=True)
+            rate = (step - self.start_step) / max(time.perf_counter() - self.start_time, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else 0.0
+            print(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} tok/s {tokens_per_s:,.0f} "
+                  f"eta {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
 
     def note(self, text: str) -> None:
         if not self.enabled:

@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
-    parser.add_argument("--which", choices=("best", "latest"), default="best")
+    parser.add_argument("--which", choices=("best", "latest"), help="checkpoint of a run (default: best, else latest)")
     parser.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8)
@@ -39,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
     for i in range(args.num_samples):
         out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, stop_tokens=stop, seed=args.seed + i)
-        text = tok.decode(out[0].tolist()[len(prompt) if args.prompt else 1 :])
+        new = out[0].tolist()[len(prompt) :]
+        if tok.eot_id in new:  # the story ends at its end-of-text token
+            new = new[: new.index(tok.eot_id)]
+        text = tok.decode(new)
         print((args.prompt + text) if args.prompt else text)
         if i + 1 < args.num_samples:
             print("---")

@@ -96,6 +96,8 @@ def autocast(device: torch.device, precision: str):
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Device, process group (under torchrun) and precision for a run."""
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     info = init_distributed(cfg.parallel, device.type, cfg.dist_backend)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
@@ -497,7 +499,8 @@ class Trainer:
             with atomic_write(self.run_dir / "summary.json") as f:
                 import json
 
-                f.write(json.dumps(summary) + "\n")
+                clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+                f.write(json.dumps(clean) + "\n")
             try:
                 from tinyformer.train.plot import plot_runs
 
@@ -610,11 +613,14 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
     rt = setup_runtime(cfg.train)
     prepare_run_dir(run_dir, rt.info.is_main)
     resolved = RunConfig(run_dir=cfg.run_dir, resume=cfg.resume, model=to_dict(model_cfg), data=cfg.data, train=cfg.train)
-    if rt.info.is_main:
-        save_config(resolved, run_dir / "config.yaml")
-        if tokenizer is not None and not (run_dir / "tokenizer").exists():
-            tokenizer.save(run_dir / "tokenizer")
-    barrier(rt.info)
+    if tokenizer is not None and (run_dir / "tokenizer").is_dir() and cfg.resume != "never":
+        from tinyformer.tokenizer import Tokenizer
+
+        if ckpt.latest_checkpoint(run_dir) and Tokenizer.load(run_dir / "tokenizer").fingerprint != tokenizer.fingerprint:
+            raise TinyformerError(
+                f"cannot resume {run_dir}: it was trained with another tokenizer than {cfg.data.tokenizer}; "
+                "use the run's data or start a new run_dir"
+            )
 
     seed_everything(cfg.train.seed)  # same initial weights on every process
     model = Transformer(model_cfg)
@@ -638,6 +644,11 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
         bytes_per_token=_bytes_per_token(cfg.data.val) if cfg.data.val else train_meta.get("bytes_per_token"),
         sample_fn=sample_fn, model_config=to_dict(model_cfg), seq_len=seq_len, resume=cfg.resume,
     )
+    if rt.info.is_main:  # only now: a refused resume must leave the run's files as they were
+        save_config(resolved, run_dir / "config.yaml")
+        if tokenizer is not None and not (run_dir / "tokenizer").exists():
+            tokenizer.save(run_dir / "tokenizer")
+    barrier(rt.info)
     return trainer.fit()
 
 
