@@ -67,17 +67,19 @@ def run_hex(out: Path, n_predict: int = 1, steps: int | None = None) -> dict:
     return report
 
 
-def run_lengen(out: Path, steps: int, schemes: list[str]) -> list[dict]:
+def run_lengen(out: Path, steps: int, schemes: list[str], max_positions: int = 128) -> list[dict]:
     rows = []
     for pe in schemes:
         changes = {"rope_theta": 500.0} if pe == "rope" else {}
         cfg = LengenConfig(task="add", pe=pe, layers=2, heads=4, d_model=64, lr=1e-3, warmup=100, batch_size=64,
                            steps=steps, train_lengths="1-10", eval_bins=["1-10", "11-20", "21-40"],
                            eval_examples=500, eval_every=max(1, steps // 4), stop_accuracy=1.01,
-                           max_positions=128 if pe in ("ape", "abacus") else None, device="cpu",
+                           max_positions=max_positions if pe == "abacus" else 128 if pe == "ape" else None,
+                           device="cpu",
                            log_every=250, greedy_examples=200, **changes)
-        result = train_run(cfg, out / f"lengen-{pe}", force=True)
-        rows.append({"bench": "lengen", "pe": pe, "params": result["params"], "steps": result["steps"],
+        result = train_run(cfg, out / f"lengen-{pe}-{steps}", force=True)
+        rows.append({"bench": "lengen", "pe": pe, "max_positions": cfg.max_positions, "params": result["params"],
+                     "steps": result["steps"],
                      "train_seconds": result["train_seconds"], "accuracy": result["accuracy"],
                      "accuracy_greedy": result.get("accuracy_greedy")})
         print(json.dumps(rows[-1]), flush=True)
@@ -89,6 +91,8 @@ def main() -> int:
     parser.add_argument("what", choices=("hex", "mtp", "lengen"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/tinyformer-arith"))
     parser.add_argument("--steps", type=int, default=3000, help="lengen: steps per scheme (the budget)")
+    parser.add_argument("--max-positions", type=int, default=128,
+                        help="lengen: Abacus table size; random offsets reach up to it (default 128)")
     parser.add_argument("--hex-steps", type=int, help="hex/mtp: step budget (default 6000)")
     parser.add_argument("--schemes", default="abacus,ape,rope", help="lengen: comma-separated --pe names")
     parser.add_argument("--threads", type=int, default=1)
@@ -100,7 +104,7 @@ def main() -> int:
     elif args.what == "mtp":
         print(json.dumps(run_hex(args.out, n_predict=2, steps=args.hex_steps)), flush=True)
     else:
-        run_lengen(args.out, args.steps, args.schemes.split(","))
+        run_lengen(args.out, args.steps, args.schemes.split(","), args.max_positions)
     return 0
 
 

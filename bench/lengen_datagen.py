@@ -61,7 +61,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--tasks", default=",".join(task_names()))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     layers, heads, d_model = (int(x) for x in args.model.split("x"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
           f"consumer {args.model} ({args.pe}), batch {args.batch_size}, train lengths 1-50")

@@ -75,15 +75,15 @@ def test_task_run_writes_one_png_per_layer_and_valid_probabilities(cli, task_run
     np.testing.assert_array_equal(np.load(tmp_path / "by-ids" / "attention.npz")["layer_1"], data["layer_1"])
 
 
-def test_lm_run_maps_match_hf_gpt2_attentions(cli, lm_run, tmp_path):
+def test_lm_run_maps_match_hf_gpt2_attentions(lm_run, tmp_path):
     transformers = pytest.importorskip("transformers")
+    from tinyformer.cli import main
     from tinyformer.model.hf import export_hf
 
     run, tok, model = lm_run
     text = "+101+:2001+:3011+"
     out = tmp_path / "maps"
-    proc = cli("attention", "--ckpt", run, "--text", text, "--out", out)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["attention", "--ckpt", str(run), "--text", text, "--out", str(out)]) == 0
     data = np.load(out / "attention.npz")
     ids = tok.encode(text)
     assert data["ids"].tolist() == ids

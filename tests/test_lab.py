@@ -155,6 +155,9 @@ def test_grid_typos_are_caught_before_any_run(tmp_path: Path):
     grid.write_text("layers: [2, four]\n")
     with pytest.raises(TinyformerError, match="expected an integer"):
         load_grid(grid)
+    grid.write_text("lr: [1e-3, 1e-4]\neval_bins: [1-8, 9-16]\n")  # a list-valued setting: one value
+    parsed = load_grid(grid)
+    assert parsed["eval_bins"] == [["1-8", "9-16"]] and len(parsed["lr"]) == 2
     default = load_grid(None)
     assert default["layers"] == [2, 4] and default["d_model"] == [64, 128, 256] and default["steps"] == [30000]
 
@@ -233,7 +236,7 @@ def test_cli_errors_from_the_executable(cli, tmp_path: Path):
 def test_demo_prints_the_table_and_says_where_the_heatmap_went(cli, tmp_path: Path):
     from tinyformer.demo import DEMO_SCHEMES, DEMO_TASKS
 
-    proc = cli("demo", "--out", tmp_path / "demo", "--steps-scale", "0.005", "--eval-examples", "16", "--workers", "1")
+    proc = cli("demo", "--out", tmp_path / "demo", "--steps-scale", "0.005", "--eval-examples", "16", "--workers", "0")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert len(DEMO_TASKS) >= 2 and len(DEMO_SCHEMES) >= 3

@@ -122,3 +122,14 @@ def test_generate_tokenizer_train_sample_and_attention_end_to_end(cli, tmp_path)
     assert proc.stdout.startswith("+2431+b34+")
     proc = cli("attention", "--ckpt", run, "--text", "+101+:2001+:3011+", "--out", tmp_path / "maps", check=True)
     assert (tmp_path / "maps" / "layer_01.png").is_file()
+
+
+def test_the_shipped_hex_config_writes_the_addition_task_format():
+    from pathlib import Path
+
+    from tinyformer.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "sequences-hex.yaml"
+    cfg = load_config(SequencesConfig, path, ["count=200"])
+    for a, b, c in read_rows(generate_sequences(cfg), cfg):
+        assert max(a, b) <= 0xFFFF and a + b == c

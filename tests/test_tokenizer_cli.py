@@ -126,12 +126,3 @@ def test_info_on_corrupt_or_unknown_version_file(cli, tmp_path, content, needle)
 def test_info_on_missing_tokenizer(cli, tmp_path):
     assert_one_line_error(cli("tokenizer", "info", "--tokenizer", tmp_path / "none"), "no tokenizer at")
 
-
-def test_demo_trains_on_its_own_sources_deterministically(cli, tmp_path):
-    first = cli("demo", "--out", tmp_path / "a")
-    second = cli("demo", "--out", tmp_path / "b")
-    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    assert "decode(encode(text)) == text: True" in first.stdout
-    assert "bytes per token" in first.stdout
-    a, b = Tokenizer.load(tmp_path / "a"), Tokenizer.load(tmp_path / "b")
-    assert a.fingerprint == b.fingerprint and a.vocab_size == 1000

@@ -334,6 +334,9 @@ def test_resume_with_incompatible_config(cli, tmp_path, corpus):
     assert [(run / name).read_text() for name in ("checkpoints/index.json", "config.yaml", "metrics.jsonl")] == before
     line = one_line_error(train(cli, run, corpus, "train.max_steps=4", "train.batch_size=8", check=False))
     assert "batch" in line
+    (run / "checkpoints" / "step-00000002" / "trainer_state.pt").write_bytes(b"truncated")
+    line = one_line_error(train(cli, run, corpus, "train.max_steps=4", "--resume", check=False))
+    assert "corrupt" in line
 
 
 def test_unwritable_run_dir(cli, tmp_path, corpus):

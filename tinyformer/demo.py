@@ -21,14 +21,15 @@ DEMO_SETTINGS = dict(
     train_lengths="1-10", eval_bins=["1-10", "11-20", "21-30"], eval_examples=300, eval_every=250,
     greedy=True, log_every=100, device="cpu", seed=0,
 )
-DEMO_STEPS = {"majority": 500, "UR": 1500}
+DEMO_STEPS = {"majority": 500, "UR": 2500}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("lengen-demo"),
                         help="where the tables, the heatmap and the runs go (default lengen-demo/)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="parallel runs, one CPU thread each (default: the number of CPU cores, at most 2)")
+                        help="parallel runs, one CPU thread each (default: the number of CPU cores, at most 2; "
+                        "0 = one after another in this process)")
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply every run's step limit (e.g. 0.1 for a quick look)")
     parser.add_argument("--eval-examples", type=int, default=None, help="examples per length bin (default 300)")
@@ -63,41 +64,33 @@ def _run_one(cfg, run_dir: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from tinyformer.errors import TinyformerError
     from tinyformer.lab.report import Entry, write_report
 
-    if args.workers is not None and args.workers < 1:
-        raise TinyformerError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers is not None and args.workers < 0:
+        raise TinyformerError(f"--workers must be 0 (run here) or more, got {args.workers}")
+    if args.steps_scale <= 0:
+        raise TinyformerError(f"--steps-scale must be positive, got {args.steps_scale}")
     configs = demo_configs(args.steps_scale, args.eval_examples)
-    workers = args.workers or max(1, min(2, os.cpu_count() or 1))
+    workers = max(1, min(2, os.cpu_count() or 1)) if args.workers is None else args.workers
     out = Path(args.out)
     first = configs[0]
     print("tinyformer demo: how far do position schemes carry a Transformer beyond its training lengths?")
     print(f"  tasks {', '.join(DEMO_TASKS)}; schemes {', '.join(DEMO_SCHEMES)}; {first.layers}-layer "
           f"d_model {first.d_model} models trained on lengths {first.train_lengths}, evaluated on bins "
           f"{', '.join(first.eval_bins)} ({first.eval_examples} examples each)")
-    print(f"  {len(configs)} runs on {workers} worker process(es); each stops when its training-range bin is "
+    where = f"{workers} worker process(es)" if workers else "this process"
+    print(f"  {len(configs)} runs on {where}; each stops when its training-range bin is "
           "solved or at its step limit\n")
     start = time.perf_counter()
     results: dict[tuple[str, str], dict] = {}
-    # every run in a fresh interpreter: a CPU matmul's last bits can depend on how earlier runs left the
-    # allocator (buffer alignment), so runs sharing a process would not be bit-for-bit reproducible
-    ctx = multiprocessing.get_context("spawn")
-    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **fresh) as pool:
-        # longest runs first, so the workers finish together (the table order is fixed regardless)
-        ordered = sorted(configs, key=lambda c: -c.steps)
-        futures = {pool.submit(_run_one, cfg, out / "runs" / f"{cfg.task}-{cfg.pe}"): cfg for cfg in ordered}
-        for n_done, future in enumerate(_as_completed(futures), 1):
-            cfg = futures[future]
-            result = future.result()
-            results[(cfg.task, cfg.pe)] = result
-            acc = "  ".join(f"{b}: {v:.3f}" for b, v in result["accuracy"].items())
-            print(f"[{n_done}/{len(configs)}] {cfg.task} / {cfg.pe} done: {result['steps']} steps in "
-                  f"{result['wall_seconds']:.0f} s  ->  {acc}", flush=True)
+    # longest runs first, so the workers finish together (the table order is fixed regardless)
+    ordered = sorted(configs, key=lambda c: -c.steps)
+    for n_done, (cfg, result) in enumerate(_run_all(ordered, out, workers), 1):
+        results[(cfg.task, cfg.pe)] = result
+        acc = "  ".join(f"{b}: {v:.3f}" for b, v in result["accuracy"].items())
+        print(f"[{n_done}/{len(configs)}] {cfg.task} / {cfg.pe} done: {result['steps']} steps in "
+              f"{result['wall_seconds']:.0f} s  ->  {acc}", flush=True)
     elapsed = time.perf_counter() - start
 
     entries = [Entry(c.task, c.pe, results[(c.task, c.pe)]["accuracy"]) for c in configs]
@@ -113,10 +106,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_completed(futures):
-    from concurrent.futures import as_completed
+def _run_all(configs, out: Path, workers: int):
+    """Yield (config, result) as runs finish: in worker processes, or here one after another (workers=0)."""
+    if workers == 0:
+        for cfg in configs:
+            yield cfg, _run_one(cfg, out / "runs" / f"{cfg.task}-{cfg.pe}")
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    return as_completed(futures)
+    # every run in a fresh interpreter, so no run's result can depend on which runs shared its process
+    ctx = multiprocessing.get_context("spawn")
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **fresh) as pool:
+        futures = {pool.submit(_run_one, cfg, out / "runs" / f"{cfg.task}-{cfg.pe}"): cfg for cfg in configs}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
 
 def format_table(configs, results) -> str:

@@ -24,6 +24,7 @@ FIELD_HELP = {
     "stop_accuracy": "stop once the training-range bin reaches this accuracy",
     "greedy_examples": "examples per bin for free-running greedy accuracy (default all)",
     "log_every": "log the loss every N steps", "device": "auto | cpu | cuda | mps",
+    "threads": "torch CPU threads (default: torch's choice; 1 is often fastest for tiny models)",
 }
 
 

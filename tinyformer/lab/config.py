@@ -70,6 +70,7 @@ class LengenConfig:
     greedy_examples: int | None = None  # per bin; None = all
     log_every: int = 100
     device: str = "auto"  # auto | cpu | cuda | mps
+    threads: int | None = None  # torch CPU threads; None = torch's default (tiny models often do best with 1)
 
     def __post_init__(self) -> None:
         model_position(self.pe)

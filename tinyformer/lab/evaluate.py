@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from tinyformer.tasks.base import IGNORE_INDEX
 
 
 def exact_match(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

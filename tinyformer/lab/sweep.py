@@ -29,7 +29,7 @@ DEFAULT_GRID = {
 }
 DEFAULT_SEEDS = (0, 1, 2)
 # fields that change how a run is carried out or logged, not what it computes
-NOT_IN_KEY = ("device", "log_every", "eval_batch_size")
+NOT_IN_KEY = ("device", "threads", "log_every", "eval_batch_size")
 
 
 def config_key(cfg: LengenConfig) -> str:
@@ -47,7 +47,7 @@ def load_grid(path: str | Path | None) -> dict:
     raw = DEFAULT_GRID if path is None else read_yaml(path)
     if not raw:
         raise TinyformerError(f"grid file {path} is empty; give fields with lists of values, e.g. lr: [1e-3, 1e-4]")
-    grid = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in raw.items()}
+    grid = {k: _values(k, v) for k, v in raw.items()}
     for name in ("task", "pe"):
         if name in grid:
             raise TinyformerError(f"grid file {path} sets {name!r}; pass it with --{name} instead")
@@ -62,6 +62,18 @@ def load_grid(path: str | Path | None) -> dict:
         except TinyformerError as exc:
             raise TinyformerError(f"{where}: {exc}") from None
     return grid
+
+
+def _values(key: str, value) -> list:
+    """A grid entry as a list of values. For list-valued settings (eval_bins) a flat list is one value."""
+    if not isinstance(value, (list, tuple)):
+        return [value]
+    if key in LIST_FIELDS and not any(isinstance(v, (list, tuple)) for v in value):
+        return [list(value)]
+    return list(value)
+
+
+LIST_FIELDS = ("eval_bins",)
 
 
 def combinations(grid: dict) -> list[dict]:

@@ -129,6 +129,8 @@ def train_run(cfg: LengenConfig, out_dir: str | Path | None = None, *, force: bo
     device = resolve_device(cfg.device)
     if out_dir is not None:
         check_output(out_dir, force)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = Transformer(setup.model_config()).to(device)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -22,9 +22,16 @@ def register_task(cls: type) -> type:
 
 
 def task_names() -> list[str]:
-    """Every registered task name, in registration order."""
+    """Every registered task name: built-in task files in BUILTIN_TASK_FILES order (whatever order they were
+    imported in), then any other registered task, each file's tasks in registration order."""
     _load_builtin_tasks()
-    return list(TASKS)
+    files = [f"tinyformer.tasks.{m}" for m in BUILTIN_TASK_FILES]
+
+    def file_rank(name: str) -> int:
+        module = TASKS[name].__module__
+        return files.index(module) if module in files else len(files)
+
+    return sorted(TASKS, key=file_rank)  # stable: registration order within a file
 
 
 def get_task(name: str):
@@ -41,7 +48,7 @@ def get_task(name: str):
     if name not in TASKS:
         near = difflib.get_close_matches(name, TASKS, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
-        raise TinyformerError(f"unknown task {name!r}; {hint}valid tasks: {', '.join(TASKS)}")
+        raise TinyformerError(f"unknown task {name!r}; {hint}valid tasks: {', '.join(task_names())}")
     return TASKS[name]()
 
 
