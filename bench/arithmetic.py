@@ -4,6 +4,7 @@ multi-token prediction (1 vs k heads), and length generalization of Abacus vs le
     python bench/arithmetic.py hex     [--out DIR]   # add-hex, operands 1-4 hex digits
     python bench/arithmetic.py mtp     [--out DIR]   # the same with n_predict=2: accuracy decoding 1 and 2 per pass
     python bench/arithmetic.py lengen  [--out DIR] [--steps N]   # base 10 reversed, train 1-10, eval to 40
+    python bench/arithmetic.py places --run DIR   # accuracy per answer place of a lengen run, by digit range
 
 Every run uses one thread (on a shared 2-core machine two threads were 13x slower per step) and prints
 one JSON line per result; bench/arithmetic.md records them.
@@ -86,9 +87,39 @@ def run_lengen(out: Path, steps: int, schemes: list[str], max_positions: int = 1
     return rows
 
 
+def per_place(run_dir: Path, bins=((5, 10), (11, 11), (12, 14)), count: int = 200, places: int = 8) -> list[dict]:
+    """Teacher-forced accuracy of each answer place (units first) of a reversed-addition run, per digit range:
+    shows where a model that fails a longer bin goes wrong."""
+    import numpy as np
+
+    from tinyformer.config import from_dict, read_yaml
+    from tinyformer.model.io import load_model
+
+    cfg = from_dict(LengenConfig, read_yaml(run_dir / "config.yaml"))
+    setup = LengenSetup(cfg.replace(eval_examples=8))
+    model = load_model(run_dir / "model")
+    rows = []
+    for lo, hi in bins:
+        es = make_eval_set(setup.task, lo, hi, count, seed=HELD_OUT_SEED)
+        ids, targets = es.examples.tokens[:, :-1], es.examples.labels[:, 1:]
+        with torch.no_grad():
+            logits, _ = model(torch.from_numpy(ids), position_ids=torch.from_numpy(setup.eval_positions(ids)))
+        right = logits.argmax(-1).numpy() == targets
+        first = (targets != -100).argmax(1)
+        acc = []
+        for k in range(places):  # only rows whose answer has a digit at place k
+            col = np.minimum(first + k, targets.shape[1] - 1)
+            want = targets[np.arange(len(ids)), col]
+            has = (want != -100) & (want < setup.task.n_symbols) & (first + k < targets.shape[1])
+            acc.append(float(right[np.arange(len(ids)), col][has].mean()) if has.any() else float("nan"))
+        rows.append({"bench": "places", "pe": cfg.pe, "bin": f"{lo}-{hi}", "place_accuracy": [round(a, 3) for a in acc]})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("hex", "mtp", "lengen"))
+    parser.add_argument("what", choices=("hex", "mtp", "lengen", "places"))
+    parser.add_argument("--run", type=Path, help="places: a lengen run directory of task add")
     parser.add_argument("--out", type=Path, default=Path("/tmp/tinyformer-arith"))
     parser.add_argument("--steps", type=int, default=3000, help="lengen: steps per scheme (the budget)")
     parser.add_argument("--max-positions", type=int, default=128,
@@ -103,6 +134,9 @@ def main() -> int:
         print(json.dumps(run_hex(args.out, steps=args.hex_steps)), flush=True)
     elif args.what == "mtp":
         print(json.dumps(run_hex(args.out, n_predict=2, steps=args.hex_steps)), flush=True)
+    elif args.what == "places":
+        for row in per_place(args.run):
+            print(json.dumps(row), flush=True)
     else:
         run_lengen(args.out, args.steps, args.schemes.split(","), args.max_positions)
     return 0

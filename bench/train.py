@@ -18,7 +18,7 @@ import torch
 from tinyformer.model import ModelConfig, Transformer
 from tinyformer.train.metrics import matmul_ceiling
 from tinyformer.train.optim import build_optimizer
-from tinyformer.train.trainer import autocast
+from tinyformer.train.trainer import autocast, sdpa_backend
 
 SHAPES = {
     # configs/tinystories.yaml: 4 layers, d_model 256, 8 heads, d_ff 1024, context 256, batch 16, vocab 10000
@@ -38,7 +38,8 @@ def build(shape: str) -> tuple[Transformer, int, int]:
     return Transformer(cfg), batch, cfg.max_seq_len
 
 
-def tokens_per_second(model, batch: int, seq_len: int, precision: str, steps: int, compiled: bool) -> float:
+def tokens_per_second(model, batch: int, seq_len: int, precision: str, steps: int, compiled: bool,
+                      attention: str = "auto") -> float:
     """Median-of-steps throughput of full optimizer steps (after warm-up)."""
     opt = build_optimizer(model, lr=1e-4, weight_decay=0.1)
     step_model = torch.compile(model) if compiled else model
@@ -47,9 +48,10 @@ def tokens_per_second(model, batch: int, seq_len: int, precision: str, steps: in
     times = []
     for i in range(steps + 3):
         t0 = time.perf_counter()
-        with autocast(device, precision):
-            _, loss = step_model(ids, targets=ids)
-        loss.backward()
+        with sdpa_backend(attention):
+            with autocast(device, precision):
+                _, loss = step_model(ids, targets=ids)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -69,27 +71,29 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    print(f"{'shape':12} {'precision':9} {'compile':7} {'tokens/s':>10} {'ceiling GF/s':>12} "
+    print(f"{'shape':12} {'precision':9} {'compile':7} {'attention':9} {'tokens/s':>10} {'ceiling GF/s':>12} "
           f"{'MFU':>6} {'MFU vs fp32 ceil':>16}")
     for shape in args.shapes.split(","):
         model, batch, seq_len = build(shape)
         fpt = model.flops_per_token(seq_len)
         results = {}
-        for compiled in ([False, True] if args.compile else [False]):
-            for precision in ("fp32", "bf16"):
-                # ceilings measured right before and right after the steps; the higher one counts, so a
-                # burst of load from other processes during one measurement cannot inflate MFU
-                before = {p: matmul_ceiling("cpu", p) for p in {"fp32", precision}}
-                tps = tokens_per_second(model, batch, seq_len, precision, args.steps, compiled)
-                after = {p: matmul_ceiling("cpu", p) for p in {"fp32", precision}}
-                fp32_ceiling = max(before["fp32"], after["fp32"])
-                ceiling = max(before[precision], after[precision])
-                results[(precision, compiled)] = tps
-                print(f"{shape:12} {precision:9} {str(compiled):7} {tps:10,.0f} {ceiling / 1e9:12.1f} "
-                      f"{tps * fpt / ceiling:6.1%} {tps * fpt / fp32_ceiling:16.1%}")
-        fp32 = results[("fp32", False)]
+        variants = [(p, c, a) for c in ([False, True] if args.compile else [False]) for p in ("fp32", "bf16")
+                    for a in ("auto", "math")]
+        for precision, compiled, attention in variants:
+            # ceilings measured right before and right after the steps; the higher one counts, so a
+            # burst of load from other processes during one measurement cannot inflate MFU
+            before = {p: matmul_ceiling("cpu", p) for p in {"fp32", precision}}
+            tps = tokens_per_second(model, batch, seq_len, precision, args.steps, compiled, attention)
+            after = {p: matmul_ceiling("cpu", p) for p in {"fp32", precision}}
+            fp32_ceiling = max(before["fp32"], after["fp32"])
+            ceiling = max(before[precision], after[precision])
+            results[(precision, compiled, attention)] = tps
+            print(f"{shape:12} {precision:9} {str(compiled):7} {attention:9} {tps:10,.0f} "
+                  f"{ceiling / 1e9:12.1f} {tps * fpt / ceiling:6.1%} {tps * fpt / fp32_ceiling:16.1%}")
+        fp32 = results[("fp32", False, "auto")]
         best_key = max(results, key=results.get)
-        print(f"{shape}: best {best_key[0]}{' compiled' if best_key[1] else ''} = {results[best_key] / fp32:.2f}x "
+        print(f"{shape}: best {best_key[0]}{' compiled' if best_key[1] else ''} {best_key[2]} attention = "
+              f"{results[best_key] / fp32:.2f}x "
               f"fp32 eager tokens/s ({fpt / 1e6:.2f} MFLOP/token)")
 
 

@@ -96,6 +96,14 @@ def test_a_run_writes_its_directory_and_is_deterministic(tmp_path: Path):
     assert saved["accuracy_greedy"] == saved["accuracy"]
 
 
+def test_abacus_runs_train_and_decode_with_symbol_run_positions():
+    from tinyformer.lab.train import train_run
+
+    result = train_run(tiny_config(task="NF", pe="abacus", train_lengths="1-6", eval_bins=["1-6", "7-12"]),
+                       log=lambda s: None)
+    assert result["accuracy_greedy"] == result["accuracy"]
+
+
 def test_training_stops_once_the_training_bin_is_solved():
     from tinyformer.lab.train import train_run
 
@@ -248,3 +256,30 @@ def test_demo_prints_the_table_and_says_where_the_heatmap_went(cli, tmp_path: Pa
     assert f"heatmap: {heatmap}" in out and heatmap.read_bytes()[:4] == b"\x89PNG"
     csv_rows = list(csv.DictReader((tmp_path / "demo" / "report.csv").open()))
     assert {(r["task"], r["scheme"]) for r in csv_rows} == {(t, p) for t in DEMO_TASKS for p in DEMO_SCHEMES}
+
+
+def test_the_generic_trainer_trains_on_a_task_stream_and_resumes_exactly(tmp_path: Path):
+    # the task stream is a batch source like any other: the project's Trainer consumes it, checkpoints its
+    # state and, stopped halfway and resumed, continues with exactly the batches of an uninterrupted run
+    from tinyformer.lab.train import LengenSetup
+    from tinyformer.model import Transformer
+    from tinyformer.train.config import TrainConfig
+    from tinyformer.train.trainer import Trainer, setup_runtime
+
+    setup = LengenSetup(tiny_config(pe="ape"))
+
+    def run(run_dir: Path, stop_at: int | None = None) -> list[float]:
+        cfg = TrainConfig(max_steps=6, stop_at_step=stop_at, batch_size=8, warmup=2, eval_every=0, log_every=1,
+                          ckpt_every=3, device="cpu", progress=False, peak_flops=1e9, sample_tokens=0)
+        run_dir.mkdir(exist_ok=True)
+        torch.manual_seed(0)
+        trainer = Trainer(Transformer(setup.model_config()), cfg, run_dir, setup.stream(), setup_runtime(cfg),
+                          seq_len=setup.table_size)
+        trainer.fit()
+        records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        return [r["train_loss"] for r in records if r.get("kind") == "train"]
+
+    straight = run(tmp_path / "straight")
+    assert len(straight) == 6
+    run(tmp_path / "resumed", stop_at=3)
+    assert run(tmp_path / "resumed") == straight

@@ -10,6 +10,10 @@ Format (the one of the hexadecimal-addition reference, McLeish et al.'s reversed
   tens, ...), in operands and answer alike, so `+g2h4+g1+g3h4+` is 42 + 1 = 43 reversed.
 Each operand's digit count is drawn independently and uniformly from the length range; numbers of more than
 one digit have a non-zero leading digit. Task options: `add:base=16,reverse=false,hints=true`.
+Position ids (`--pe abacus`): digits (and hint letters) count 1, 2, ... inside their number, `+` gets 0.
+In the reversed format without hints that index is the place value + 1 in operands and answer alike,
+which is also what position coupling (Cho et al., 2024) assigns; the plain format cannot be coupled
+causally (the answer's length is unknown when its first digit is written): no separate coupling option.
 """
 
 from __future__ import annotations
