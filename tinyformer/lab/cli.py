@@ -30,9 +30,10 @@ FIELD_HELP = {
 
 def _add_config_flags(p: argparse.ArgumentParser, with_task: bool = True) -> None:
     from tinyformer.lab.config import PE_SCHEMES
+    from tinyformer.tasks.registry import task_names
 
     if with_task:
-        p.add_argument("--task", help="task name (UF UB NF NB UL UR NLFirst NRFirst NLLast NRLast sort parity majority)")
+        p.add_argument("--task", help=f"task name ({' '.join(task_names())}; add:base=N,reverse=...,hints=...)")
         p.add_argument("--pe", help=f"position scheme: {' | '.join(PE_SCHEMES)}")
     p.add_argument("--config", type=Path, help="YAML file of run settings (flags override it)")
     p.add_argument("--eval-bins", help="comma-separated evaluation bins, e.g. 1-50,51-100,101-150")

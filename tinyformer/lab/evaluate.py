@@ -66,10 +66,10 @@ def greedy_continuation(model, prompt: np.ndarray, n_new: int, positions: Positi
     return torch.cat(out, dim=1).cpu().numpy()
 
 
-def free_running(model, ids: np.ndarray, targets: np.ndarray, n_real: np.ndarray, positions: PositionFn, device):
-    """[B] bools: greedy generation from the prompt reproduces every supervised token.
+def decoded_exact_match(ids: np.ndarray, targets: np.ndarray, decode) -> np.ndarray:
+    """[B] bools: `decode(prompt, n_new)` from the prompt reproduces every supervised token.
 
-    The prompt is everything before the first supervised token; generation runs to the last supervised
+    The prompt is everything before the first supervised token; decoding runs to the last supervised
     token. Rows are grouped by (prompt length, generated length) so each group decodes as one batch.
     """
     supervised = targets != IGNORE_INDEX
@@ -81,10 +81,17 @@ def free_running(model, ids: np.ndarray, targets: np.ndarray, n_real: np.ndarray
         rows = np.flatnonzero((keys == key).all(1))
         start, stop = int(key[0]), int(key[1])
         prompt = ids[rows, : start + 1]  # targets[t] is token t+1: the first answer token follows ids[start]
-        generated = greedy_continuation(model, prompt, stop - start + 1, positions, device)
+        generated = decode(prompt, stop - start + 1)
         want, mask = targets[rows, start : stop + 1], supervised[rows, start : stop + 1]
         correct[rows] = ((generated == want) | ~mask).all(1)
     return correct
+
+
+def free_running(model, ids: np.ndarray, targets: np.ndarray, n_real: np.ndarray, positions: PositionFn, device):
+    """[B] bools: greedy generation (KV cache) from the prompt reproduces every supervised token."""
+    return decoded_exact_match(
+        ids, targets, lambda prompt, n_new: greedy_continuation(model, prompt, n_new, positions, device)
+    )
 
 
 def evaluate_bins(model, eval_sets, *, batch_size: int = 256, positions: PositionFn = default_positions,

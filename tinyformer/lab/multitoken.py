@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tinyformer.lab.evaluate import IGNORE_INDEX, PositionFn, default_positions
+from tinyformer.lab.evaluate import PositionFn, decoded_exact_match, default_positions
 
 
 @torch.no_grad()
@@ -37,23 +37,11 @@ def block_greedy(model, prompt: np.ndarray, n_new: int, k: int, positions: Posit
 
 def block_exact_match(model, ids: np.ndarray, targets: np.ndarray, k: int,
                       positions: PositionFn = default_positions, device="cpu") -> np.ndarray:
-    """[B] bools: decoding k tokens per pass from the prompt reproduces every supervised token.
-
-    As in `free_running`, the prompt ends right before the first supervised target; rows are grouped by
-    (prompt length, answer length) so each group decodes as one batch.
-    """
-    supervised = targets != IGNORE_INDEX
-    first = supervised.argmax(1)
-    last = supervised.shape[1] - 1 - supervised[:, ::-1].argmax(1)
-    correct = np.zeros(len(ids), dtype=bool)
-    keys = np.stack([first, last], axis=1)
-    for key in np.unique(keys, axis=0):
-        rows = np.flatnonzero((keys == key).all(1))
-        start, stop = int(key[0]), int(key[1])
-        generated = block_greedy(model, ids[rows, : start + 1], stop - start + 1, k, positions, device)
-        want, mask = targets[rows, start : stop + 1], supervised[rows, start : stop + 1]
-        correct[rows] = ((generated == want) | ~mask).all(1)
-    return correct
+    """[B] bools: decoding k tokens per pass from the prompt reproduces every supervised token (the
+    prompt and grouping are those of `free_running`)."""
+    return decoded_exact_match(
+        ids, targets, lambda prompt, n_new: block_greedy(model, prompt, n_new, k, positions, device)
+    )
 
 
 def heads_accuracy(model, eval_sets, *, positions: PositionFn = default_positions, device="cpu",
