@@ -299,6 +299,14 @@ def test_unknown_config_key_names_the_closest(cli, tmp_path, corpus):
     assert not (tmp_path / "r").exists()
 
 
+def test_model_key_typo_is_reported_before_any_data_is_read(cli, tmp_path):
+    # the data paths do not exist: the typo must still be what the user hears about first
+    line = one_line_error(cli("train", f"run_dir={tmp_path / 'r'}", f"data.train={tmp_path / 'none.bin'}",
+                              "model.n_layer=2", check=False))
+    assert "model.n_layer" in line and "'n_layers'" in line
+    assert not (tmp_path / "r").exists()
+
+
 def test_token_ids_out_of_range(cli, tmp_path, corpus):
     bad = tmp_path / "wide.bin"
     write_token_file(bad, np.arange(600) % 300, 300, n_bytes=600)

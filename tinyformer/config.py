@@ -23,7 +23,7 @@ from tinyformer.errors import TinyformerError
 T = TypeVar("T")
 
 
-def _closest(name: str, valid: Iterable[str]) -> str:
+def closest_hint(name: str, valid: Iterable[str]) -> str:
     valid = sorted(valid)
     near = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
     if near:
@@ -116,7 +116,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     for key, value in data.items():
         full = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise TinyformerError(f"unknown config key '{full}'; {_closest(str(key), fields)}")
+            raise TinyformerError(f"unknown config key '{full}'; {closest_hint(str(key), fields)}")
         kwargs[key] = _coerce(value, hints[key], full)
     try:
         return cls(**kwargs)

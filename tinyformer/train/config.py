@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tinyformer.config import deep_merge, from_dict, parse_overrides, read_yaml
+from tinyformer.config import closest_hint, deep_merge, from_dict, parse_overrides, read_yaml
+from tinyformer.errors import TinyformerError
 
 
 @dataclass
@@ -83,4 +84,19 @@ class RunConfig:
 def load_run_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> RunConfig:
     """YAML preset (optional) + dotted overrides (`train.lr=1e-3`) -> RunConfig; unknown keys are errors."""
     data = read_yaml(path) if path else {}
-    return from_dict(RunConfig, deep_merge(data, parse_overrides(overrides)))
+    cfg = from_dict(RunConfig, deep_merge(data, parse_overrides(overrides)))
+    _check_model_keys(cfg.model)
+    return cfg
+
+
+def _check_model_keys(model: dict[str, Any]) -> None:
+    """Catch a typo in the model section now, before any data is read (the section becomes a ModelConfig
+    only once the tokenizer's vocab size is known)."""
+    import dataclasses
+
+    from tinyformer.model.config import ModelConfig
+
+    valid = {f.name for f in dataclasses.fields(ModelConfig)} | {"preset"}
+    for key in model:
+        if key not in valid:
+            raise TinyformerError(f"unknown config key 'model.{key}'; {closest_hint(str(key), valid)}")
