@@ -418,3 +418,26 @@ def test_gradient_accumulation_matches_the_full_batch(cli, tmp_path, corpus):
     full, accum = metrics(tmp_path / "full"), metrics(tmp_path / "accum")
     np.testing.assert_allclose([r["train_loss"] for r in accum], [r["train_loss"] for r in full], atol=1e-5, rtol=0)
     np.testing.assert_allclose([r["grad_norm"] for r in accum], [r["grad_norm"] for r in full], rtol=1e-4)
+
+
+def test_fine_tuning_starts_from_an_hf_checkpoint(cli, tmp_path, corpus):
+    transformers = pytest.importorskip("transformers")
+    from tinyformer.model.io import load_model
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=256, n_positions=16, n_embd=32,
+                                                             n_layer=2, n_head=2)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    run = tmp_path / "ft"
+    # lr 0: the run's weights must still be exactly the HF model's after its steps
+    cli("train", f"run_dir={run}", *data_args(corpus), *FAST, "train.init_from=" + str(tmp_path / "hf"),
+        "train.lr=0", "train.min_lr=0", "train.max_steps=2", "model.dropout=0.0", check=True)
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        ours = load_model(run)(ids)[0]
+        assert (ours - hf(ids).logits).abs().max().item() < 1e-5
+    # the weights fix the shape: a model key that disagrees is refused before any work
+    line = one_line_error(cli("train", f"run_dir={tmp_path / 'bad'}", *data_args(corpus), *FAST,
+                              "train.init_from=" + str(tmp_path / "hf"), "model.n_layers=4", check=False))
+    assert "model.n_layers" in line and "init_from" in line
+    assert not (tmp_path / "bad").exists()

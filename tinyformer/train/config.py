@@ -32,6 +32,9 @@ class TrainConfig:
     """Optimisation, precision, cadence of evaluation / checkpoints, and parallelism."""
 
     max_steps: int = 1000
+    # Fine-tuning: start from these weights (an HF GPT-2/Llama/MPT directory, or a tinyformer run or
+    # checkpoint directory); the model's shape comes from them, the optimizer starts fresh.
+    init_from: str | None = None
     stop_at_step: int | None = None  # end this invocation early, with a checkpoint (the schedule still uses max_steps)
     batch_size: int = 16  # sequences per optimizer step, summed over all processes and accumulation steps
     grad_accum: int = 1  # micro-batches per optimizer step (per process)

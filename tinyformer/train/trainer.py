@@ -584,6 +584,37 @@ def _model_config(cfg: RunConfig, vocab_size: int | None):
     return ModelConfig.preset(preset, **fields) if preset else ModelConfig.from_dict(fields)
 
 
+def _initial_weights(source: str, model_section: dict[str, Any]):
+    """(ModelConfig, state dict) of the model to fine-tune: an HF directory (config.json) or a tinyformer
+    run/checkpoint. The model section may only change dropout: the shape is the source's."""
+    import dataclasses
+
+    from tinyformer.model import io as model_io
+
+    path = Path(source)
+    if not path.exists():
+        raise TinyformerError(f"train.init_from {source} does not exist; pass an HF model directory or a run directory")
+    if (path / "config.json").is_file():
+        from tinyformer.model.hf import import_hf
+
+        model = import_hf(path)
+    else:
+        try:
+            model = model_io.load_model(path, which="best")
+        except TinyformerError:
+            model = model_io.load_model(path, which="latest")
+    model_cfg = model.config
+    for key, value in model_section.items():
+        if key == "dropout":
+            model_cfg = dataclasses.replace(model_cfg, dropout=value)
+        elif key == "preset" or getattr(model_cfg, key) != value:
+            raise TinyformerError(
+                f"model.{key} conflicts with train.init_from={source}, whose weights fix the model's shape; "
+                "remove it from the model section (only model.dropout can change when fine-tuning)"
+            )
+    return model_cfg, model.state_dict()
+
+
 def prepare_run_dir(run_dir: Path, main: bool) -> None:
     """Create the run directory and make sure it can be written, before any work starts."""
     if not main:
@@ -617,7 +648,11 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
 
     train_meta = open_token_file(cfg.data.train)[1]
     vocab_guess = tokenizer.vocab_size if tokenizer is not None else train_meta.get("vocab_size")
-    model_cfg = _model_config(cfg, vocab_guess)
+    init_state = None
+    if cfg.train.init_from:
+        model_cfg, init_state = _initial_weights(cfg.train.init_from, cfg.model)
+    else:
+        model_cfg = _model_config(cfg, vocab_guess)
     seq_len = cfg.train.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len and model_cfg.position in ("learned", "abacus"):
         raise TinyformerError(f"train.seq_len={seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}")
@@ -640,6 +675,8 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
 
     seed_everything(cfg.train.seed)  # same initial weights on every process
     model = Transformer(model_cfg)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     seed_everything(cfg.train.seed + 1 + rt.info.rank)  # dropout differs per process
     micro = cfg.train.batch_size // max(1, rt.info.world_size * cfg.train.grad_accum)
     source = TokenFileBatches(
