@@ -263,85 +263,75 @@ def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
 # ---------------------------------------------------------------------------- weights
 
 
-def _split3(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(t.contiguous() for t in w.chunk(3, dim=0))  # type: ignore[return-value]
+# One name table per family, read in both directions, so export and import cannot drift apart.
+# HF names are relative to the base model (`transformer.` / `model.`), which `_BASE_PREFIX` adds.
+_BASE_PREFIX = {"gpt2": "transformer.", "llama": "model.", "mpt": "transformer."}
+_GLOBAL_NAMES = {  # (ours, HF)
+    "gpt2": [("embed_tokens.weight", "wte.weight"), ("embed_positions.weight", "wpe.weight"),
+             ("norm.weight", "ln_f.weight"), ("norm.bias", "ln_f.bias")],
+    "llama": [("embed_tokens.weight", "embed_tokens.weight"), ("norm.weight", "norm.weight")],
+    "mpt": [("embed_tokens.weight", "wte.weight"), ("norm.weight", "norm_f.weight")],
+}
+_LAYER_PREFIX = {"gpt2": "h.{i}.", "mpt": "blocks.{i}."}  # Llama's layers carry our own names
+_LAYER_NAMES = {  # (ours, HF, stored transposed in HF: GPT-2's Conv1D keeps Linear weights as [in, out])
+    "gpt2": [("input_layernorm.weight", "ln_1.weight", False), ("input_layernorm.bias", "ln_1.bias", False),
+             ("self_attn.o_proj.weight", "attn.c_proj.weight", True), ("self_attn.o_proj.bias", "attn.c_proj.bias", False),
+             ("post_attention_layernorm.weight", "ln_2.weight", False),
+             ("post_attention_layernorm.bias", "ln_2.bias", False),
+             ("mlp.up_proj.weight", "mlp.c_fc.weight", True), ("mlp.up_proj.bias", "mlp.c_fc.bias", False),
+             ("mlp.down_proj.weight", "mlp.c_proj.weight", True), ("mlp.down_proj.bias", "mlp.c_proj.bias", False)],
+    "mpt": [("input_layernorm.weight", "norm_1.weight", False), ("self_attn.o_proj.weight", "attn.out_proj.weight", False),
+            ("post_attention_layernorm.weight", "norm_2.weight", False),
+            ("mlp.up_proj.weight", "ffn.up_proj.weight", False), ("mlp.down_proj.weight", "ffn.down_proj.weight", False)],
+}
+_FUSED_QKV = {  # q, k, v stacked into one HF tensor: (HF weight, HF bias or None, transposed)
+    "gpt2": ("attn.c_attn.weight", "attn.c_attn.bias", True),
+    "mpt": ("attn.Wqkv.weight", None, False),
+}
+
+
+def _name_pairs(cfg: ModelConfig, family: str, llama_keys) -> list[tuple[str, str, bool]]:
+    """(our name, HF name relative to the base model, transposed) for every one-to-one parameter;
+    `llama_keys` are the per-layer names, identical on both sides for Llama."""
+    pairs = [(ours, hf, False) for ours, hf in _GLOBAL_NAMES[family]]
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        if family == "llama":
+            pairs += [(k, k, False) for k in llama_keys if k.startswith(p)]
+        else:
+            h = _LAYER_PREFIX[family].format(i=i)
+            pairs += [(p + ours, h + hf, t) for ours, hf, t in _LAYER_NAMES[family]]
+    return pairs
+
+
+def _maybe_t(tensor: torch.Tensor, transposed: bool) -> torch.Tensor:
+    return tensor.t() if transposed else tensor
 
 
 def state_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
-    """Our parameters under HF names and layouts (GPT-2's Conv1D stores Linear weights transposed)."""
+    """Our parameters under HF names and layouts."""
     cfg = model.config
     family = hf_family(cfg)
     s = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    out: dict[str, torch.Tensor] = {}
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}."
-        qkv_w = torch.cat([s[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], dim=0)
-        if family == "gpt2":
-            h = f"transformer.h.{i}."
-            qkv_b = torch.cat([s[p + f"self_attn.{n}_proj.bias"] for n in "qkv"], dim=0)
-            out.update(
-                {
-                    h + "ln_1.weight": s[p + "input_layernorm.weight"],
-                    h + "ln_1.bias": s[p + "input_layernorm.bias"],
-                    h + "attn.c_attn.weight": qkv_w.t(),
-                    h + "attn.c_attn.bias": qkv_b,
-                    h + "attn.c_proj.weight": s[p + "self_attn.o_proj.weight"].t(),
-                    h + "attn.c_proj.bias": s[p + "self_attn.o_proj.bias"],
-                    h + "ln_2.weight": s[p + "post_attention_layernorm.weight"],
-                    h + "ln_2.bias": s[p + "post_attention_layernorm.bias"],
-                    h + "mlp.c_fc.weight": s[p + "mlp.up_proj.weight"].t(),
-                    h + "mlp.c_fc.bias": s[p + "mlp.up_proj.bias"],
-                    h + "mlp.c_proj.weight": s[p + "mlp.down_proj.weight"].t(),
-                    h + "mlp.c_proj.bias": s[p + "mlp.down_proj.bias"],
-                }
-            )
-        elif family == "llama":
-            for name, tensor in s.items():
-                if name.startswith(p):
-                    out["model." + name] = tensor
-        else:
-            h = f"transformer.blocks.{i}."
-            out.update(
-                {
-                    h + "norm_1.weight": s[p + "input_layernorm.weight"],
-                    h + "attn.Wqkv.weight": qkv_w,
-                    h + "attn.out_proj.weight": s[p + "self_attn.o_proj.weight"],
-                    h + "norm_2.weight": s[p + "post_attention_layernorm.weight"],
-                    h + "ffn.up_proj.weight": s[p + "mlp.up_proj.weight"],
-                    h + "ffn.down_proj.weight": s[p + "mlp.down_proj.weight"],
-                }
-            )
-    if family == "gpt2":
-        out.update(
-            {
-                "transformer.wte.weight": s["embed_tokens.weight"],
-                "transformer.wpe.weight": s["embed_positions.weight"],
-                "transformer.ln_f.weight": s["norm.weight"],
-                "transformer.ln_f.bias": s["norm.bias"],
-            }
-        )
-    elif family == "llama":
-        out.update(
-            {"model.embed_tokens.weight": s["embed_tokens.weight"], "model.norm.weight": s["norm.weight"]}
-        )
-    else:
-        out.update(
-            {
-                "transformer.wte.weight": s["embed_tokens.weight"],
-                "transformer.norm_f.weight": s["norm.weight"],
-            }
-        )
+    base = _BASE_PREFIX[family]
+    out = {base + hf: _maybe_t(s[ours], t) for ours, hf, t in _name_pairs(cfg, family, s)}
+    if family in _FUSED_QKV:
+        w_name, b_name, t = _FUSED_QKV[family]
+        for i in range(cfg.n_layers):
+            p, h = f"layers.{i}.", base + _LAYER_PREFIX[family].format(i=i)
+            out[h + w_name] = _maybe_t(torch.cat([s[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]), t)
+            if b_name:
+                out[h + b_name] = torch.cat([s[p + f"self_attn.{n}_proj.bias"] for n in "qkv"])
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = s["lm_head.weight"]
     return {k: v.contiguous() for k, v in out.items()}
 
 
 def _strip_base_prefix(state: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
-    """HF base-model checkpoints (e.g. the original `gpt2` files) lack the `transformer.`/`model.` prefix."""
-    prefix = "model." if family == "llama" else "transformer."
-    if any(k.startswith(prefix) for k in state):
-        return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
-    return dict(state)
+    """HF names relative to the base model; base-model checkpoints (e.g. the original `gpt2` files) already
+    lack the `transformer.`/`model.` prefix."""
+    prefix = _BASE_PREFIX[family]
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def state_from_hf(
@@ -349,65 +339,15 @@ def state_from_hf(
 ) -> dict[str, torch.Tensor]:
     """HF parameters under our names and layouts (the inverse of state_to_hf)."""
     s = _strip_base_prefix(hf_state, family)
-    out: dict[str, torch.Tensor] = {}
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}."
-        if family == "gpt2":
-            h = f"h.{i}."
-            q, k, v = _split3(s[h + "attn.c_attn.weight"].t())
-            qb, kb, vb = _split3(s[h + "attn.c_attn.bias"])
-            out.update(
-                {
-                    p + "input_layernorm.weight": s[h + "ln_1.weight"],
-                    p + "input_layernorm.bias": s[h + "ln_1.bias"],
-                    p + "self_attn.q_proj.weight": q,
-                    p + "self_attn.k_proj.weight": k,
-                    p + "self_attn.v_proj.weight": v,
-                    p + "self_attn.q_proj.bias": qb,
-                    p + "self_attn.k_proj.bias": kb,
-                    p + "self_attn.v_proj.bias": vb,
-                    p + "self_attn.o_proj.weight": s[h + "attn.c_proj.weight"].t(),
-                    p + "self_attn.o_proj.bias": s[h + "attn.c_proj.bias"],
-                    p + "post_attention_layernorm.weight": s[h + "ln_2.weight"],
-                    p + "post_attention_layernorm.bias": s[h + "ln_2.bias"],
-                    p + "mlp.up_proj.weight": s[h + "mlp.c_fc.weight"].t(),
-                    p + "mlp.up_proj.bias": s[h + "mlp.c_fc.bias"],
-                    p + "mlp.down_proj.weight": s[h + "mlp.c_proj.weight"].t(),
-                    p + "mlp.down_proj.bias": s[h + "mlp.c_proj.bias"],
-                }
-            )
-        elif family == "llama":
-            for name, tensor in s.items():
-                if name.startswith(p):
-                    out[name] = tensor
-        else:
-            h = f"blocks.{i}."
-            q, k, v = _split3(s[h + "attn.Wqkv.weight"])
-            out.update(
-                {
-                    p + "input_layernorm.weight": s[h + "norm_1.weight"],
-                    p + "self_attn.q_proj.weight": q,
-                    p + "self_attn.k_proj.weight": k,
-                    p + "self_attn.v_proj.weight": v,
-                    p + "self_attn.o_proj.weight": s[h + "attn.out_proj.weight"],
-                    p + "post_attention_layernorm.weight": s[h + "norm_2.weight"],
-                    p + "mlp.up_proj.weight": s[h + "ffn.up_proj.weight"],
-                    p + "mlp.down_proj.weight": s[h + "ffn.down_proj.weight"],
-                }
-            )
-    if family == "gpt2":
-        out.update(
-            {
-                "embed_tokens.weight": s["wte.weight"],
-                "embed_positions.weight": s["wpe.weight"],
-                "norm.weight": s["ln_f.weight"],
-                "norm.bias": s["ln_f.bias"],
-            }
-        )
-    elif family == "llama":
-        out.update({"embed_tokens.weight": s["embed_tokens.weight"], "norm.weight": s["norm.weight"]})
-    else:
-        out.update({"embed_tokens.weight": s["wte.weight"], "norm.weight": s["norm_f.weight"]})
+    out = {ours: _maybe_t(s[hf], t) for ours, hf, t in _name_pairs(cfg, family, s)}
+    if family in _FUSED_QKV:
+        w_name, b_name, t = _FUSED_QKV[family]
+        for i in range(cfg.n_layers):
+            p, h = f"layers.{i}.", _LAYER_PREFIX[family].format(i=i)
+            qkv = [_maybe_t(s[h + w_name], t)] + ([s[h + b_name]] if b_name else [])
+            for suffix, fused in zip(("weight", "bias"), qkv):
+                for n, part in zip("qkv", fused.chunk(3, dim=0)):
+                    out[p + f"self_attn.{n}_proj.{suffix}"] = part
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = s["lm_head.weight"]
     return {k: v.contiguous() for k, v in out.items()}
