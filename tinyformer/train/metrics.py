@@ -2,7 +2,8 @@
 
 MFU = tokens/s x model.flops_per_token(seq_len) / peak FLOP/s. The peak is, in order: `train.peak_flops`
 when set; the published dense peak of a known CUDA device for the precision in use; otherwise a matmul
-ceiling measured on this machine at start (square matmuls in the run's dtype), which is what CPUs get.
+ceiling measured on this machine (square matmuls in the run's dtype), which is what CPUs get: measured at
+start and again at each evaluation, keeping the highest, since a measurement taken under load reads low.
 """
 
 from __future__ import annotations
