@@ -155,3 +155,21 @@ def test_pattern_that_hf_reads_differently_is_refused(tmp_path: Path):
     with pytest.raises(TinyformerError, match="splits text differently.*ours '123', HF '12345'"):
         to_hf(Tokenizer([], pattern=literal_cl100k), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_export_builds_the_id_to_bytes_table_once(tok: Tokenizer, tmp_path: Path, monkeypatch):
+    """Exporters read the table once per id; were it rebuilt per read, exports would be quadratic."""
+    from tinyformer.tokenizer.export import export, hf_tokenizer_json, to_tiktoken
+
+    builds = []
+    build = Tokenizer._build_vocab
+    monkeypatch.setattr(Tokenizer, "_build_vocab", lambda self: builds.append(1) or build(self))
+    fresh = Tokenizer(tok.merges, list(tok.special_tokens), tok.pattern)
+    hf_tokenizer_json(fresh)
+    to_tiktoken(fresh)
+    for fmt in ("hf", "tiktoken", "gpt2"):
+        export(fresh, fmt, tmp_path / fmt)
+    assert fresh.vocab[300] == fresh.id_to_bytes(300)
+    assert len(builds) == 1  # 256 + 200 ids, read by seven exports
+    with pytest.raises(TypeError):
+        fresh.vocab[0] = b"x"  # shared, so read-only

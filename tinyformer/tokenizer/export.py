@@ -26,7 +26,8 @@ def hf_tokenizer_json(tok) -> dict[str, Any]:
     """The `tokenizer.json` dict: a byte-level BPE whose pre-tokenizer is our exact regex (a Split), then
     the byte-to-unicode step with its own regex off, so any pattern, not only GPT-2's, carries over."""
     check_representable(tok)
-    n_ordinary = 256 + len(tok.merges)
+    vocab, merges = tok.vocab, tok.merges
+    n_ordinary = 256 + len(merges)
     return {
         "version": "1.0",
         "truncation": None,
@@ -61,9 +62,9 @@ def hf_tokenizer_json(tok) -> dict[str, Any]:
             "end_of_word_suffix": None,
             "fuse_unk": False,
             "byte_fallback": False,
-            "vocab": {bytes_to_token_str(tok.vocab[i]): i for i in range(n_ordinary)},
+            "vocab": {bytes_to_token_str(vocab[i]): i for i in range(n_ordinary)},
             # "a b" strings, not pairs: the form every tokenizers version reads (byte-level text has no spaces)
-            "merges": [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in tok.merges],
+            "merges": [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in merges],
         },
     }
 
@@ -124,7 +125,8 @@ def to_hf(tok, out_dir: str | os.PathLike) -> Path:
 def mergeable_ranks(tok) -> dict[bytes, int]:
     """tiktoken's rank table: token bytes -> id, for every non-special token."""
     check_representable(tok)
-    return {tok.vocab[i]: i for i in range(256 + len(tok.merges))}
+    vocab = tok.vocab
+    return {vocab[i]: i for i in range(256 + len(tok.merges))}
 
 
 def to_tiktoken(tok, name: str | None = None):

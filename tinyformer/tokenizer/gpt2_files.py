@@ -46,8 +46,9 @@ def token_str_to_bytes(text: str) -> bytes | None:
 def check_representable(tok) -> None:
     """Formats keyed by token bytes (vocab.json, tokenizer.json, tiktoken ranks) need distinct tokens."""
     seen: dict[bytes, int] = {}
+    vocab = tok.vocab
     for i in range(256 + len(tok.merges)):
-        token = tok.vocab[i]
+        token = vocab[i]
         if token in seen:
             raise TinyformerError(
                 f"tokens {seen[token]} and {i} are the same bytes {token!r}; formats keyed by token text "
@@ -60,14 +61,15 @@ def write_gpt2_files(tok, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write `vocab.json` (token string -> id, special tokens included) and `merges.txt` into `out_dir`."""
     check_representable(tok)
     out_dir = Path(out_dir)
-    vocab = {bytes_to_token_str(tok.vocab[i]): i for i in range(256 + len(tok.merges))}
+    token_bytes, merges = tok.vocab, tok.merges
+    vocab = {bytes_to_token_str(token_bytes[i]): i for i in range(256 + len(merges))}
     for text, i in tok.special_tokens.items():
         if text in vocab:
             raise TinyformerError(f"special token {text!r} has the same vocab.json text as token {vocab[text]}")
         vocab[text] = i
     vocab_path, merges_path = out_dir / "vocab.json", out_dir / "merges.txt"
     vocab_path.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = [MERGES_HEADER] + [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in tok.merges]
+    lines = [MERGES_HEADER] + [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in merges]
     merges_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return vocab_path, merges_path
 

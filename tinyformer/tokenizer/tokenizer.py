@@ -10,8 +10,9 @@ import hashlib
 import json
 import operator
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import regex
 
@@ -71,6 +72,7 @@ class Tokenizer:
         self._special_by_id = {i: s for s, i in self._special_tokens.items()}
         self._token_bytes.extend(s.encode("utf-8") for s in specials)
         self._special_re = special_splitter(specials)
+        self._vocab: Mapping[int, bytes] | None = None  # built on first use: see `vocab`
         self._cache: dict[str, list[int]] = {}
         self._concurrent = False  # True in a per-thread copy: the regex then releases the GIL too
         self._native = None  # the C encoder, when the extension is built
@@ -85,8 +87,14 @@ class Tokenizer:
         return list(self._merges)
 
     @property
-    def vocab(self) -> dict[int, bytes]:
-        return dict(enumerate(self._token_bytes))
+    def vocab(self) -> Mapping[int, bytes]:
+        """id -> token bytes (read-only), built once per tokenizer: exporters index it once per id."""
+        if self._vocab is None:
+            self._vocab = self._build_vocab()
+        return self._vocab
+
+    def _build_vocab(self) -> Mapping[int, bytes]:
+        return MappingProxyType(dict(enumerate(self._token_bytes)))
 
     @property
     def special_tokens(self) -> dict[str, int]:
