@@ -127,12 +127,12 @@ def _random_chunks(text: str, rng: random.Random) -> list[str]:
 
 
 @pytest.mark.parametrize("allowed", [(), "all"])
-@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k"])
 def test_encode_iterable_equals_encode_of_the_whole(tok, allowed, pattern):
-    if pattern == "gpt4":
-        tok = Tokenizer(tok.merges, list(tok.special_tokens), GPT4_PATTERN)
+    if pattern != "gpt2":
+        tok = Tokenizer(tok.merges, list(tok.special_tokens), pattern)
     rng = random.Random(0)
-    pieces = HARD_STRINGS + ["Max liked to play.\n", "word " * 50, "x\ny\n", "'ll\n'", "99\n9"]
+    pieces = HARD_STRINGS + ["Max liked to play.\n", "word " * 50, "x\ny\n", "'ll\n'", "99\n9", "a.\n/b", "!\n//"]
     text = "".join(rng.choice(pieces) for _ in range(6000))
     assert len(text) > 3 * (1 << 16)  # long enough that the stream is cut several times
     streamed = list(tok.encode_iterable(_random_chunks(text, rng), allowed_special=allowed))
@@ -227,15 +227,18 @@ def test_pickle_round_trip(tok):
 
 
 def _random_ascii_heavy(rng: random.Random) -> str:
-    """Text that stresses the GPT-2 pre-tokenizer: every ASCII character, space runs, contractions, some non-ASCII."""
+    """Text that stresses the C pre-tokenizers: every ASCII character, space runs, contractions, case runs, line
+    ends before '/', and some mixed scripts and cases (combining marks, titlecase and modifier letters)."""
     atoms = [chr(c) for c in range(128)] + [" ", "  ", "   \n", "\n", "\r\n", "\t", "'s", "'ll", "'ve", "'re", "'t",
                                             "'d", "'m", "'x", "'LL", "'Ve", "'S", "abc", "Abc", "123", "12345", "!!",
                                             " é", "東", "👍", "\u00a0", "\u2028", "x\ny", ".\n", " \n ", "\t\n\t",
-                                            "(abc", "\tx", "  \r\n  "]
+                                            "(abc", "\tx", "  \r\n  ", "HELLO", "HeLLo", "ABCdef's", "/", "!\n/",
+                                            ".\n/x", "//\n", " /", "'ALL", "Ünïcödé", "ÀB", "Straße", "Привет мир",
+                                            "ΣΑΣ", "x\u0301", "\u01c5x", "\u02b0", "\u0660\u0661", "ǅ'S"]
     return "".join(rng.choice(atoms) for _ in range(rng.randint(0, 60)))
 
 
-@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k"])
 def test_c_pre_tokenizer_gives_the_regex_ids(pattern):
     if not tokenizer_module._bpe:
         pytest.skip("C extension not built")
@@ -267,3 +270,23 @@ def test_long_pieces_encode_like_short_ones():
 def test_c_cache_starts_over_when_full_and_stays_correct(tok, tok_py):
     text = "".join(f" {i} x{i}y" for i in range(150_000))  # > 131072 distinct pre-tokens: the C cache cycles
     assert tok.encode(text) == tok_py.encode(text)
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k"])
+def test_c_pre_token_counts_equal_the_regex_counts(pattern):
+    """The C pre-tokenizer, compared piece by piece (ids could hide a wrong split that the merges undo)."""
+    from collections import Counter
+
+    import regex
+
+    from tinyformer.tokenizer.pretokenize import count_pretokens_in_text, fast_pattern_kind, resolve_pattern
+
+    pattern = resolve_pattern(pattern)
+    if not fast_pattern_kind(pattern):
+        pytest.skip("C extension not built")
+    rng = random.Random(11)
+    compiled = regex.compile(pattern)
+    texts = [_random_ascii_heavy(rng) for _ in range(2000)] + HARD_STRINGS
+    texts.append("".join(texts))
+    for text in texts:
+        assert count_pretokens_in_text(text, compiled, None) == Counter(compiled.findall(text)), repr(text)

@@ -3,8 +3,9 @@
  * train_merges(words, counts, num_merges, progress) applies the same rule as train.train_merges_python
  * (most frequent pair; ties to the greater (left bytes, right bytes); then smaller ids) with incremental
  * pair counts, a pair -> words index and a max-heap with lazy invalidation.
- * Encoder(ranks).encode_piece(bytes) / .encode_pieces(list[str], cache, cache_limit) apply merges by rank;
- * for the GPT-2 and GPT-4 patterns, Encoder.encode_fast and count_fast also pre-tokenize ASCII text in C
+ * Encoder(ranks).encode_piece(bytes) / .encode_pieces(list[str], cache, cache_limit) apply merges by rank
+ * (tiktoken's rule: the leftmost adjacent pair with the lowest merged id, one at a time);
+ * for the GPT-2, GPT-4 and o200k patterns, Encoder.encode_fast and count_fast also pre-tokenize ASCII text in C
  * (other text goes back to the regex module), exactly as the regex would.
  * Plain CPython C API, no other dependencies.
  */
@@ -507,8 +508,9 @@ static int intbuf_reserve(IntBuf *b, size_t extra) {
 
 typedef struct {
     PyObject_HEAD PairMap ranks; /* (left id, right id) -> merged id; a lower id is an earlier merge */
+    int32_t byte_id[256];        /* the id of each single byte (its value, unless the ids came from elsewhere) */
     uint8_t ascii_class[128];    /* fast path: CLS_* bits per ASCII character, from the regex module */
-    int pattern_kind;            /* KIND_GPT2 / KIND_GPT4: which pattern the fast path scans; 0 = none */
+    int pattern_kind;            /* KIND_GPT2 / KIND_GPT4 / KIND_O200K: the pattern the fast path scans; 0 = none */
     int release_gil;             /* a private encoder: encode_fast lets other threads run while it scans */
     CacheEntry *cache;           /* cache_slots entries; n_ids == UINT32_MAX marks an empty slot */
     size_t cache_slots, cache_used;
@@ -518,8 +520,11 @@ typedef struct {
     int32_t n_id_objs;
 } Encoder;
 
-enum { CLS_SPACE = 1, CLS_LETTER = 2, CLS_NUMBER = 4 };
-enum { KIND_NONE = 0, KIND_GPT2 = 2, KIND_GPT4 = 4 };
+/* CLS_UPPER: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}], CLS_LOWER: [\p{Ll}\p{Lm}\p{Lo}\p{M}] (o200k's two letter sets) */
+enum { CLS_SPACE = 1, CLS_LETTER = 2, CLS_NUMBER = 4, CLS_UPPER = 8, CLS_LOWER = 16 };
+enum { KIND_NONE = 0, KIND_GPT2 = 2, KIND_GPT4 = 4, KIND_O200K = 200 };
+
+static inline int known_kind(int kind) { return kind == KIND_GPT2 || kind == KIND_GPT4 || kind == KIND_O200K; }
 
 static void cache_clear(Encoder *self) {
     for (size_t i = 0; i < self->cache_slots; i++) self->cache[i].n_ids = UINT32_MAX;
@@ -562,10 +567,29 @@ static void Encoder_dealloc(Encoder *self) {
 }
 
 static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
-    PyObject *ranks, *classes = Py_None;
+    PyObject *ranks, *classes = Py_None, *byte_ids = Py_None;
     int release_gil = 0, kind = 0;
-    if (!PyArg_ParseTuple(args, "O!|Opi", &PyDict_Type, &ranks, &classes, &release_gil, &kind)) return -1;
+    if (!PyArg_ParseTuple(args, "O!|OpiO", &PyDict_Type, &ranks, &classes, &release_gil, &kind, &byte_ids))
+        return -1;
     self->release_gil = release_gil;
+    int32_t max_id = 255;
+    for (int b = 0; b < 256; b++) self->byte_id[b] = b;
+    if (byte_ids != Py_None) {
+        if (!PyList_Check(byte_ids) || PyList_GET_SIZE(byte_ids) != 256) {
+            PyErr_SetString(PyExc_TypeError, "byte_ids must be a list of 256 ints");
+            return -1;
+        }
+        for (int b = 0; b < 256; b++) {
+            long v = PyLong_AsLong(PyList_GET_ITEM(byte_ids, b));
+            if (v == -1 && PyErr_Occurred()) return -1;
+            if (v < 0 || v >= INT32_MAX) {
+                PyErr_SetString(PyExc_ValueError, "byte ids must be non-negative 32-bit ints");
+                return -1;
+            }
+            self->byte_id[b] = (int32_t)v;
+            if (v > max_id) max_id = (int32_t)v;
+        }
+    }
     if (self->ranks.keys) {
         PyErr_SetString(PyExc_RuntimeError, "Encoder is already initialised");
         return -1;
@@ -576,7 +600,6 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
     }
     Py_ssize_t pos = 0;
     PyObject *key, *value;
-    int32_t max_id = 255;
     while (PyDict_Next(ranks, &pos, &key, &value)) {
         int a, b;
         if (!PyTuple_Check(key) || !PyArg_ParseTuple(key, "ii", &a, &b)) {
@@ -596,8 +619,8 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
             PyErr_SetString(PyExc_TypeError, "ascii classes must be 128 bytes");
             return -1;
         }
-        if (kind != KIND_GPT2 && kind != KIND_GPT4) {
-            PyErr_SetString(PyExc_ValueError, "pattern kind must be 2 (GPT-2) or 4 (GPT-4)");
+        if (!known_kind(kind)) {
+            PyErr_SetString(PyExc_ValueError, "pattern kind must be 2 (GPT-2), 4 (GPT-4) or 200 (o200k)");
             return -1;
         }
         memcpy(self->ascii_class, PyBytes_AS_STRING(classes), 128);
@@ -615,30 +638,35 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-/* BPE on ids[0..n): merge the adjacent pair with the lowest merged id, all its occurrences left to right,
- * until no pair merges; returns the new n. Quadratic, but the fastest for the short pieces text is made of. */
-static Py_ssize_t bpe_ids_short(const PairMap *ranks, int32_t *ids, Py_ssize_t n) {
+/* The merged id of the pair (a, b), or INT32_MAX when they do not merge (or merge only into an id >= limit). */
+static inline int32_t merged_id(const PairMap *ranks, int32_t a, int32_t b, int32_t limit) {
+    int32_t r = map_get(ranks, pair_key(a, b));
+    return r >= 0 && r < limit ? r : INT32_MAX;
+}
+
+#define LONG_PIECE 64
+
+/* BPE on ids[0..n), n <= LONG_PIECE: merge the leftmost adjacent pair with the lowest merged id, one at a time
+ * (tiktoken's rule), until no pair merges; returns the new n. Quadratic, but the fastest for short pieces. */
+static Py_ssize_t bpe_ids_short(const PairMap *ranks, int32_t *ids, Py_ssize_t n, int32_t limit) {
+    int32_t r[LONG_PIECE]; /* r[i]: merged id of (ids[i], ids[i + 1]) */
+    for (Py_ssize_t i = 0; i + 1 < n; i++) r[i] = merged_id(ranks, ids[i], ids[i + 1], limit);
     while (n >= 2) {
-        int32_t best = INT32_MAX, a = 0, b = 0;
+        int32_t best = INT32_MAX;
+        Py_ssize_t at = -1;
         for (Py_ssize_t i = 0; i + 1 < n; i++) {
-            int32_t r = map_get(ranks, pair_key(ids[i], ids[i + 1]));
-            if (r >= 0 && r < best) {
-                best = r;
-                a = ids[i];
-                b = ids[i + 1];
+            if (r[i] < best) {
+                best = r[i];
+                at = i;
             }
         }
-        if (best == INT32_MAX) break;
-        Py_ssize_t j = 0;
-        for (Py_ssize_t i = 0; i < n;) {
-            if (i + 1 < n && ids[i] == a && ids[i + 1] == b) {
-                ids[j++] = best;
-                i += 2;
-            } else {
-                ids[j++] = ids[i++];
-            }
-        }
-        n = j;
+        if (at < 0) break;
+        ids[at] = best;
+        memmove(ids + at + 1, ids + at + 2, (size_t)(n - at - 2) * sizeof(int32_t));
+        if (n - at - 3 > 0) memmove(r + at + 1, r + at + 2, (size_t)(n - at - 3) * sizeof(int32_t));
+        n--;
+        if (at + 1 < n) r[at] = merged_id(ranks, ids[at], ids[at + 1], limit);
+        if (at > 0) r[at - 1] = merged_id(ranks, ids[at - 1], ids[at], limit);
     }
     return n;
 }
@@ -678,10 +706,9 @@ static RankPos rp_pop(RankPos *heap, Py_ssize_t *len) {
 }
 
 /* The same result for long pieces in O(n log n): a linked list of symbols and a min-heap of (rank, position).
- * Popping by (rank, position) merges the occurrences of the lowest-rank pair left to right, exactly as the
- * short version does, because a merge only creates pairs that hold the new id, whose ranks are all higher.
- * Returns the new n, or -1 when out of memory. */
-static Py_ssize_t bpe_ids_long(const PairMap *ranks, int32_t *ids, Py_ssize_t n) {
+ * Each pop is the leftmost pair with the lowest merged id, as in the short version (stale entries, whose
+ * pair has changed since, are skipped). Returns the new n, or -1 when out of memory. */
+static Py_ssize_t bpe_ids_long(const PairMap *ranks, int32_t *ids, Py_ssize_t n, int32_t limit) {
     Py_ssize_t *next = malloc((size_t)n * sizeof(Py_ssize_t)), *prev = malloc((size_t)n * sizeof(Py_ssize_t));
     RankPos *heap = malloc((size_t)(n + 2 * n) * sizeof(RankPos)); /* n initial + at most 2 pushes per merge */
     if (!next || !prev || !heap) {
@@ -695,25 +722,25 @@ static Py_ssize_t bpe_ids_long(const PairMap *ranks, int32_t *ids, Py_ssize_t n)
         next[i] = i + 1 < n ? i + 1 : -1;
         prev[i] = i - 1;
         if (i + 1 < n) {
-            int32_t r = map_get(ranks, pair_key(ids[i], ids[i + 1]));
-            if (r >= 0) rp_push(heap, &heap_len, (RankPos){r, (int32_t)i});
+            int32_t r = merged_id(ranks, ids[i], ids[i + 1], limit);
+            if (r != INT32_MAX) rp_push(heap, &heap_len, (RankPos){r, (int32_t)i});
         }
     }
     while (heap_len > 0) {
         RankPos e = rp_pop(heap, &heap_len);
         Py_ssize_t p = e.pos, q = next[p];
-        if (ids[p] < 0 || q < 0 || map_get(ranks, pair_key(ids[p], ids[q])) != e.rank) continue; /* stale */
+        if (ids[p] < 0 || q < 0 || merged_id(ranks, ids[p], ids[q], limit) != e.rank) continue; /* stale */
         ids[p] = e.rank;
         ids[q] = -1; /* removed */
         next[p] = next[q];
         if (next[q] >= 0) prev[next[q]] = p;
         if (prev[p] >= 0) {
-            int32_t r = map_get(ranks, pair_key(ids[prev[p]], ids[p]));
-            if (r >= 0) rp_push(heap, &heap_len, (RankPos){r, (int32_t)prev[p]});
+            int32_t r = merged_id(ranks, ids[prev[p]], ids[p], limit);
+            if (r != INT32_MAX) rp_push(heap, &heap_len, (RankPos){r, (int32_t)prev[p]});
         }
         if (next[p] >= 0) {
-            int32_t r = map_get(ranks, pair_key(ids[p], ids[next[p]]));
-            if (r >= 0) rp_push(heap, &heap_len, (RankPos){r, (int32_t)p});
+            int32_t r = merged_id(ranks, ids[p], ids[next[p]], limit);
+            if (r != INT32_MAX) rp_push(heap, &heap_len, (RankPos){r, (int32_t)p});
         }
     }
     Py_ssize_t m = 0;
@@ -724,10 +751,8 @@ static Py_ssize_t bpe_ids_long(const PairMap *ranks, int32_t *ids, Py_ssize_t n)
     return m;
 }
 
-#define LONG_PIECE 64
-
-static Py_ssize_t bpe_ids(const PairMap *ranks, int32_t *ids, Py_ssize_t n) {
-    return n > LONG_PIECE ? bpe_ids_long(ranks, ids, n) : bpe_ids_short(ranks, ids, n);
+static Py_ssize_t bpe_ids(const PairMap *ranks, int32_t *ids, Py_ssize_t n, int32_t limit) {
+    return n > LONG_PIECE ? bpe_ids_long(ranks, ids, n, limit) : bpe_ids_short(ranks, ids, n, limit);
 }
 
 static PyObject *id_object(Encoder *self, int32_t id) {
@@ -773,8 +798,8 @@ static int encode_piece_cached(Encoder *self, const uint8_t *data, size_t n, Int
     /* miss: run BPE straight into `out`, then remember the result */
     if (intbuf_reserve(out, n) < 0) return -1;
     int32_t *ids = out->data + out->len;
-    for (size_t i = 0; i < n; i++) ids[i] = data[i];
-    Py_ssize_t merged = bpe_ids(&self->ranks, ids, (Py_ssize_t)n);
+    for (size_t i = 0; i < n; i++) ids[i] = self->byte_id[data[i]];
+    Py_ssize_t merged = bpe_ids(&self->ranks, ids, (Py_ssize_t)n, INT32_MAX);
     if (merged < 0) return -1;
     size_t m = (size_t)merged;
     out->len += m;
@@ -876,7 +901,69 @@ static inline size_t gpt4_piece_end(const uint8_t *cls, const uint8_t *s, size_t
     return e;                                         /* \s+ */
 }
 
+/* o200k's optional contraction (?i:'s|'t|'re|'ve|'m|'ll|'d) at e: the end after it. */
+static inline size_t o200k_contraction(const uint8_t *s, size_t e, size_t n) {
+    if (e + 1 >= n || s[e] != '\'') return e;
+    uint8_t d = ascii_lower(s[e + 1]);
+    if (d == 's' || d == 't' || d == 'm' || d == 'd') return e + 2;
+    if (e + 2 < n) {
+        uint8_t f = ascii_lower(s[e + 2]);
+        if ((d == 'r' && f == 'e') || (d == 'v' && f == 'e') || (d == 'l' && f == 'l')) return e + 3;
+    }
+    return e;
+}
+
+/* End of the o200k pre-token starting at i in ASCII text s[0..n); mirrors the alternatives in order:
+ * [^\r\n\p{L}\p{N}]?UPPER*LOWER+C? | [^\r\n\p{L}\p{N}]?UPPER+LOWER*C? | \p{N}{1,3} | ?[^\s\p{L}\p{N}]+[\r\n/]* |
+ * \s*[\r\n]+ | \s+(?!\S) | \s+   (UPPER, LOWER: the CLS_UPPER / CLS_LOWER sets; C: the contraction). Each letter
+ * alternative first tries with the optional leading character, then without. In ASCII UPPER and LOWER are
+ * disjoint (checked where the classes are made), so the runs need no backtracking. */
+static inline size_t o200k_piece_end(const uint8_t *cls, const uint8_t *s, size_t i, size_t n) {
+    const uint8_t ANY = CLS_SPACE | CLS_LETTER | CLS_NUMBER;
+    uint8_t c = s[i], k = cls[c];
+    size_t starts[2];
+    int n_starts = 0;
+    if (!(k & (CLS_LETTER | CLS_NUMBER)) && !is_crlf(c)) starts[n_starts++] = i + 1;
+    starts[n_starts++] = i;
+    for (int t = 0; t < n_starts; t++) { /* UPPER* LOWER+ */
+        size_t u = starts[t];
+        while (u < n && (cls[s[u]] & CLS_UPPER)) u++;
+        if (u < n && (cls[s[u]] & CLS_LOWER)) {
+            size_t e = u + 1;
+            while (e < n && (cls[s[e]] & CLS_LOWER)) e++;
+            return o200k_contraction(s, e, n);
+        }
+    }
+    for (int t = 0; t < n_starts; t++) { /* UPPER+ LOWER* (LOWER* is empty here, or the first loop matched) */
+        size_t u = starts[t];
+        if (u < n && (cls[s[u]] & CLS_UPPER)) {
+            while (u < n && (cls[s[u]] & CLS_UPPER)) u++;
+            return o200k_contraction(s, u, n);
+        }
+    }
+    if (k & CLS_NUMBER) { /* at most three digits */
+        size_t e = i + 1;
+        while (e < n && e - i < 3 && (cls[s[e]] & CLS_NUMBER)) e++;
+        return e;
+    }
+    size_t j = (c == ' ' && i + 1 < n && !(cls[s[i + 1]] & ANY)) ? i + 1 : i;
+    if (!(cls[s[j]] & ANY)) { /* other characters, then any line ends and slashes */
+        size_t e = j + 1;
+        while (e < n && !(cls[s[e]] & ANY)) e++;
+        while (e < n && (is_crlf(s[e]) || s[e] == '/')) e++;
+        return e;
+    }
+    size_t e = i + 1; /* whitespace: the run is [i, e) */
+    while (e < n && (cls[s[e]] & CLS_SPACE)) e++;
+    for (size_t p = e; p > i; p--)                    /* \s*[\r\n]+: up to the run's last line end */
+        if (is_crlf(s[p - 1])) return p;
+    if (e == n) return n;                             /* \s+(?!\S) at the end of the text */
+    if (e - i >= 2) return e - 1;                     /* \s+(?!\S) */
+    return e;                                         /* \s+ */
+}
+
 static inline size_t piece_end(int kind, const uint8_t *cls, const uint8_t *s, size_t i, size_t n) {
+    if (kind == KIND_O200K) return o200k_piece_end(cls, s, i, n);
     return kind == KIND_GPT4 ? gpt4_piece_end(cls, s, i, n) : gpt2_piece_end(cls, s, i, n);
 }
 
@@ -907,9 +994,65 @@ static int append_list_ids(IntBuf *out, PyObject *list) {
 
 static inline int visible_ascii(Py_UCS4 c) { return c >= 0x21 && c < 0x7F; }
 
-/* encode_fast(text, fallback) -> list[int]: the ids of `text` under the GPT-2/GPT-4 pattern. Runs of ASCII text are
- * pre-tokenized and encoded here; a stretch holding other characters (cut at line ends between visible ASCII
- * characters, where the pattern always splits) goes to fallback(str) -> list[int], the regex path. */
+/* The end of the stretch of text[i..n) up to the next place where the GPT-2, GPT-4 and o200k patterns always
+ * split, and whether the stretch is all ASCII. Those places: before a space that follows a visible ASCII
+ * character (no pre-token goes on over such a space), and after a line end between two visible ASCII
+ * characters, the second not '/' (o200k's punctuation pre-tokens take line ends and slashes after them). */
+static Py_ssize_t stretch_end(int kind, const void *data, Py_ssize_t i, Py_ssize_t n, int *ascii) {
+    *ascii = 1;
+    for (Py_ssize_t k = i; k < n; k++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, k);
+        if (c >= 128) {
+            *ascii = 0;
+        } else if (c == ' ') {
+            if (k > i && visible_ascii(PyUnicode_READ(kind, data, k - 1))) return k;
+        } else if (c == '\n' && k >= 1 && k + 1 < n) {
+            Py_UCS4 next = PyUnicode_READ(kind, data, k + 1);
+            if (visible_ascii(PyUnicode_READ(kind, data, k - 1)) && visible_ascii(next) && next != '/') return k + 1;
+        }
+    }
+    return n;
+}
+
+/* Walks a text as ASCII stretches, for the C pre-tokenizer, and runs of stretches holding other characters,
+ * for the regex: text[start..end) is the next piece of work, ascii says which. Runs are as long as they can be,
+ * so the regex is called once per run, not once per word. */
+typedef struct {
+    const void *data;
+    int kind, all_ascii;
+    Py_ssize_t n, pos;
+} Stretches;
+
+static int next_stretch(Stretches *w, Py_ssize_t *start, Py_ssize_t *end, int *ascii) {
+    if (w->pos >= w->n) return 0;
+    *start = w->pos;
+    if (w->all_ascii) {
+        *end = w->n;
+        *ascii = 1;
+    } else {
+        *end = stretch_end(w->kind, w->data, w->pos, w->n, ascii);
+        if (!*ascii) { /* join the following non-ASCII stretches; an ASCII one is scanned again next time */
+            int next_ascii = 0;
+            Py_ssize_t e;
+            while (*end < w->n && (e = stretch_end(w->kind, w->data, *end, w->n, &next_ascii), !next_ascii)) *end = e;
+        }
+    }
+    w->pos = *end;
+    return 1;
+}
+
+/* An ASCII stretch as bytes: the text's own buffer when it is all ASCII, else copied into tmp. */
+static const uint8_t *ascii_bytes(const Stretches *w, Py_ssize_t start, Py_ssize_t end, ByteBuf *tmp) {
+    if (w->all_ascii) return (const uint8_t *)w->data + start;
+    tmp->len = 0;
+    if (bytebuf_reserve(tmp, (size_t)(end - start)) < 0) return NULL;
+    for (Py_ssize_t k = start; k < end; k++) tmp->data[k - start] = (uint8_t)PyUnicode_READ(w->kind, w->data, k);
+    return tmp->data;
+}
+
+/* encode_fast(text, fallback) -> list[int]: the ids of `text` under the GPT-2/GPT-4/o200k pattern. ASCII
+ * stretches are pre-tokenized and encoded here; runs holding other characters go to fallback(str) -> list[int],
+ * the regex path. */
 static PyObject *Encoder_encode_fast(Encoder *self, PyObject *args) {
     PyObject *text, *fallback;
     if (!PyArg_ParseTuple(args, "UO", &text, &fallback)) return NULL;
@@ -920,62 +1063,37 @@ static PyObject *Encoder_encode_fast(Encoder *self, PyObject *args) {
     IntBuf out = {0};
     ByteBuf tmp = {0};
     PyObject *result = NULL;
-    const Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    const int kind = PyUnicode_KIND(text);
-    const void *data = PyUnicode_DATA(text);
-    const int all_ascii = PyUnicode_IS_ASCII(text);
+    Stretches w = {PyUnicode_DATA(text), PyUnicode_KIND(text), PyUnicode_IS_ASCII(text), PyUnicode_GET_LENGTH(text), 0};
     /* A private encoder (one thread only) lets other threads run while it scans: the GIL is taken back
      * only to call the fallback and to build the result. */
     PyThreadState *released = self->release_gil ? PyEval_SaveThread() : NULL;
-    int oom = 0;
-    Py_ssize_t seg = 0;
-    int seg_ascii = 1;
-    for (Py_ssize_t i = all_ascii ? n : 0; i <= n; i++) {
-        int cut = i == n;
-        if (!cut) {
-            Py_UCS4 c = PyUnicode_READ(kind, data, i);
-            if (c >= 128) seg_ascii = 0;
-            cut = c == '\n' && i >= 1 && i + 1 < n && visible_ascii(PyUnicode_READ(kind, data, i - 1)) &&
-                  visible_ascii(PyUnicode_READ(kind, data, i + 1));
-            if (cut) i++; /* the segment ends after the line end */
-        }
-        if (!cut || i == seg) continue;
-        if (seg_ascii) {
-            const uint8_t *s = (const uint8_t *)data + seg;
-            if (!all_ascii) {
-                tmp.len = 0;
-                if (bytebuf_reserve(&tmp, (size_t)(i - seg)) < 0) {
-                    oom = 1;
-                    break;
-                }
-                for (Py_ssize_t k = seg; k < i; k++) tmp.data[k - seg] = (uint8_t)PyUnicode_READ(kind, data, k);
-                s = tmp.data;
-            }
-            if (encode_ascii(self, s, (size_t)(i - seg), &out) < 0) {
+    int oom = 0, ascii;
+    Py_ssize_t start, end;
+    while (next_stretch(&w, &start, &end, &ascii)) {
+        if (ascii) {
+            const uint8_t *s = ascii_bytes(&w, start, end, &tmp);
+            if (!s || encode_ascii(self, s, (size_t)(end - start), &out) < 0) {
                 oom = 1;
                 break;
             }
-        } else {
-            if (released) PyEval_RestoreThread(released);
-            int rc = -1;
-            PyObject *part = PyUnicode_Substring(text, seg, i);
-            if (part) {
-                PyObject *ids = PyObject_CallOneArg(fallback, part);
-                Py_DECREF(part);
-                if (ids) {
-                    rc = append_list_ids(&out, ids);
-                    Py_DECREF(ids);
-                }
-            }
-            if (rc < 0) {
-                released = NULL; /* we hold the GIL, with the error set */
-                goto fail;
-            }
-            if (released) released = PyEval_SaveThread();
+            continue;
         }
-        seg = i;
-        seg_ascii = 1;
-        i--; /* the loop's i++ moves to the first character of the next segment */
+        if (released) PyEval_RestoreThread(released);
+        int rc = -1;
+        PyObject *part = PyUnicode_Substring(text, start, end);
+        if (part) {
+            PyObject *ids = PyObject_CallOneArg(fallback, part);
+            Py_DECREF(part);
+            if (ids) {
+                rc = append_list_ids(&out, ids);
+                Py_DECREF(ids);
+            }
+        }
+        if (rc < 0) {
+            released = NULL; /* we hold the GIL, with the error set */
+            goto fail;
+        }
+        if (released) released = PyEval_SaveThread();
     }
     if (released) PyEval_RestoreThread(released);
     if (oom) {
@@ -1006,6 +1124,51 @@ static PyObject *Encoder_encode_piece(Encoder *self, PyObject *arg) {
         return NULL;
     }
     return encode_bytes(self, (const uint8_t *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg));
+}
+
+/* split(token: bytes, below: int) -> list[int]: BPE of the bytes using only merged ids < below, no cache
+ * (a token's two parts, when its id is `below`: how merges are recovered from a rank file). */
+static PyObject *Encoder_split(Encoder *self, PyObject *args) {
+    const char *data;
+    Py_ssize_t n;
+    int below;
+    if (!PyArg_ParseTuple(args, "y#i", &data, &n, &below)) return NULL;
+    int32_t *ids = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    if (!ids) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) ids[i] = self->byte_id[(uint8_t)data[i]];
+    Py_ssize_t m = bpe_ids(&self->ranks, ids, n, below);
+    PyObject *list = m < 0 ? PyErr_NoMemory() : ids_to_list(self, ids, (size_t)m);
+    free(ids);
+    return list;
+}
+
+/* copy(release_gil: bool) -> Encoder: the same ranks, byte ids and fast path, with an empty cache of its own;
+ * copies the tables in C, so a copy per thread is cheap even for a large vocab. */
+static PyObject *Encoder_copy(Encoder *self, PyObject *args) {
+    int release_gil = 0;
+    if (!PyArg_ParseTuple(args, "|p", &release_gil)) return NULL;
+    Encoder *other = (Encoder *)Py_TYPE(self)->tp_alloc(Py_TYPE(self), 0);
+    if (!other) return NULL;
+    other->ranks.keys = malloc(self->ranks.cap * sizeof(uint64_t));
+    other->ranks.vals = malloc(self->ranks.cap * sizeof(int32_t));
+    other->cache = malloc(CACHE_MIN_SLOTS * sizeof(CacheEntry));
+    other->id_objs = calloc((size_t)self->n_id_objs, sizeof(PyObject *));
+    if (!other->ranks.keys || !other->ranks.vals || !other->cache || !other->id_objs) {
+        Py_DECREF(other);
+        return PyErr_NoMemory();
+    }
+    memcpy(other->ranks.keys, self->ranks.keys, self->ranks.cap * sizeof(uint64_t));
+    memcpy(other->ranks.vals, self->ranks.vals, self->ranks.cap * sizeof(int32_t));
+    other->ranks.cap = self->ranks.cap;
+    other->ranks.used = self->ranks.used;
+    memcpy(other->byte_id, self->byte_id, sizeof(self->byte_id));
+    memcpy(other->ascii_class, self->ascii_class, sizeof(self->ascii_class));
+    other->pattern_kind = self->pattern_kind;
+    other->release_gil = release_gil;
+    other->n_id_objs = self->n_id_objs;
+    other->cache_slots = CACHE_MIN_SLOTS;
+    cache_clear(other);
+    return (PyObject *)other;
 }
 
 /* encode_pieces(pieces: list[str], cache: dict[str, list[int]], cache_limit: int) -> list[int] */
@@ -1114,16 +1277,16 @@ static int count_piece(CountTable *t, const uint8_t *data, size_t n) {
     return 0;
 }
 
-/* count_fast(text, ascii_classes, kind, counts: dict[str, int], fallback) -> None: add the GPT-2 (kind 2) or
- * GPT-4 (kind 4) pre-token counts of `text` to `counts`. ASCII stretches are split and counted here; others go
+/* count_fast(text, ascii_classes, kind, counts: dict[str, int], fallback) -> None: add the GPT-2 (kind 2),
+ * GPT-4 (kind 4) or o200k (kind 200) pre-token counts of `text` to `counts`. ASCII stretches are split and counted here; others go
  * to fallback(str), which must add their counts to `counts` itself (the regex path). Stretches are cut as in
  * Encoder.encode_fast. */
 static PyObject *count_fast(PyObject *module, PyObject *args) {
     PyObject *text, *classes, *counts, *fallback;
     int kind;
     if (!PyArg_ParseTuple(args, "USiO!O", &text, &classes, &kind, &PyDict_Type, &counts, &fallback)) return NULL;
-    if (PyBytes_GET_SIZE(classes) != 128 || (kind != KIND_GPT2 && kind != KIND_GPT4)) {
-        PyErr_SetString(PyExc_ValueError, "ascii classes must be 128 bytes and kind 2 or 4");
+    if (PyBytes_GET_SIZE(classes) != 128 || !known_kind(kind)) {
+        PyErr_SetString(PyExc_ValueError, "ascii classes must be 128 bytes and kind 2, 4 or 200");
         return NULL;
     }
     const uint8_t *cls = (const uint8_t *)PyBytes_AS_STRING(classes);
@@ -1131,49 +1294,27 @@ static PyObject *count_fast(PyObject *module, PyObject *args) {
     ByteBuf tmp = {0};
     PyObject *result = NULL;
     if (count_table_grow(&table) < 0) goto nomem;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    int ukind = PyUnicode_KIND(text);
-    const void *data = PyUnicode_DATA(text);
-    int all_ascii = PyUnicode_IS_ASCII(text);
-    Py_ssize_t seg = 0;
-    int seg_ascii = 1;
-    for (Py_ssize_t i = all_ascii ? n : 0; i <= n; i++) {
-        int cut = i == n;
-        if (!cut) {
-            Py_UCS4 c = PyUnicode_READ(ukind, data, i);
-            if (c >= 128) seg_ascii = 0;
-            cut = c == '\n' && i >= 1 && i + 1 < n && visible_ascii(PyUnicode_READ(ukind, data, i - 1)) &&
-                  visible_ascii(PyUnicode_READ(ukind, data, i + 1));
-            if (cut) i++;
-        }
-        if (!cut || i == seg) continue;
-        if (seg_ascii) {
-            const uint8_t *s;
-            if (all_ascii) {
-                s = (const uint8_t *)data;
-            } else {
-                tmp.len = 0;
-                if (bytebuf_reserve(&tmp, (size_t)(i - seg)) < 0) goto nomem;
-                for (Py_ssize_t k = seg; k < i; k++) tmp.data[k - seg] = (uint8_t)PyUnicode_READ(ukind, data, k);
-                s = tmp.data;
-            }
-            size_t len = (size_t)(i - seg), p = 0;
+    Stretches w = {PyUnicode_DATA(text), PyUnicode_KIND(text), PyUnicode_IS_ASCII(text), PyUnicode_GET_LENGTH(text), 0};
+    int ascii;
+    Py_ssize_t start, end;
+    while (next_stretch(&w, &start, &end, &ascii)) {
+        if (ascii) {
+            const uint8_t *s = ascii_bytes(&w, start, end, &tmp);
+            if (!s) goto nomem;
+            size_t len = (size_t)(end - start), p = 0;
             while (p < len) {
                 size_t e = piece_end(kind, cls, s, p, len);
                 if (count_piece(&table, s + p, e - p) < 0) goto nomem;
                 p = e;
             }
         } else {
-            PyObject *part = PyUnicode_Substring(text, seg, i);
+            PyObject *part = PyUnicode_Substring(text, start, end);
             if (!part) goto fail;
             PyObject *r = PyObject_CallOneArg(fallback, part);
             Py_DECREF(part);
             if (!r) goto fail;
             Py_DECREF(r);
         }
-        seg = i;
-        seg_ascii = 1;
-        i--;
     }
     for (size_t j = 0; j < table.cap; j++) {
         CountEntry *e = &table.slots[j];
@@ -1211,7 +1352,9 @@ static PyMethodDef Encoder_methods[] = {
     {"encode_pieces", (PyCFunction)Encoder_encode_pieces, METH_VARARGS,
      "ids of a list of pre-tokens (str), using and filling a cache dict"},
     {"encode_fast", (PyCFunction)Encoder_encode_fast, METH_VARARGS,
-     "ids of a text under the GPT-2/GPT-4 pattern; non-ASCII stretches go to fallback(str) -> list[int]"},
+     "ids of a text under the GPT-2/GPT-4/o200k pattern; non-ASCII stretches go to fallback(str) -> list[int]"},
+    {"split", (PyCFunction)Encoder_split, METH_VARARGS, "split(token, below): BPE of bytes with merged ids < below"},
+    {"copy", (PyCFunction)Encoder_copy, METH_VARARGS, "copy(release_gil=False): a new encoder, empty cache"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1219,8 +1362,9 @@ static PyTypeObject EncoderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tinyformer.tokenizer._bpe.Encoder",
     .tp_basicsize = sizeof(Encoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Encoder(ranks, ascii_classes=None, release_gil=False, pattern_kind=0): applies BPE merges by rank; "
-              "pattern_kind 2/4 adds the GPT-2/GPT-4 fast path; release_gil only for an encoder one thread uses",
+    .tp_doc = "Encoder(ranks, ascii_classes=None, release_gil=False, pattern_kind=0, byte_ids=None): applies BPE "
+              "merges by rank; pattern_kind 2/4/200 adds the GPT-2/GPT-4/o200k fast path; release_gil only for an "
+              "encoder one thread uses; byte_ids: the id of each byte (default: its value)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Encoder_init,
     .tp_dealloc = (destructor)Encoder_dealloc,
@@ -1229,7 +1373,7 @@ static PyTypeObject EncoderType = {
 
 static PyMethodDef module_methods[] = {
     {"count_fast", count_fast, METH_VARARGS,
-     "count_fast(text, ascii_classes, kind, counts, fallback): add GPT-2/GPT-4 pre-token counts of text to counts"},
+     "count_fast(text, ascii_classes, kind, counts, fallback): add GPT-2/GPT-4/o200k pre-token counts to counts"},
     {"train_merges", train_merges, METH_VARARGS,
      "train_merges(words: list[bytes], counts: list[int], num_merges: int, progress=None) -> list[(int, int)]"},
     {NULL, NULL, 0, NULL},

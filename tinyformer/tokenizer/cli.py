@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--special-tokens", nargs="+", action="extend", default=[], metavar="TOKEN",
                        help='special tokens, e.g. "<|endoftext|>" (split out before training; last ids)')
     train.add_argument("--pattern", default="gpt2",
-                       help="pre-tokenizer: gpt2 (default), gpt4, or a regex of your own")
+                       help="pre-tokenizer: gpt2 (default), gpt4, o200k, or a regex of your own")
     train.add_argument("--out", required=True, help="output directory (tokenizer.json + vocab.txt)")
     train.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     train.add_argument("--errors", choices=["strict", "replace"], default="strict",

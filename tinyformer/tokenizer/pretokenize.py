@@ -1,7 +1,8 @@
 """Pre-tokenization: split special tokens out, cut text into regex pre-tokens, count them over big files in parallel.
 
-Files are read in blocks cut at places where the GPT-2/GPT-4 patterns always split (right after a special
-token, or at a line end between two visible ASCII characters), so a chunked count equals a whole-file count.
+Files are read in blocks cut at places where the GPT-2/GPT-4/o200k patterns always split (right after a special
+token, or at a line end between two visible ASCII characters, the second not '/'), so a chunked count equals a
+whole-file count.
 """
 
 from __future__ import annotations
@@ -28,19 +29,29 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 GPT4_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s++$|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+# o200k_base's (GPT-4o), as tiktoken publishes it.
+O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "o200k": O200K_PATTERN}
 
 BLOCK_BYTES = 1 << 20  # 1 MiB per work item: amortises process hand-off, balances load, keeps memory small
 MAX_BLOCK_BYTES = 1 << 26  # a block with no safe cut grows to at most this before it is cut at any line end
 
 
 def resolve_pattern(pattern: str) -> str:
-    """'gpt2' / 'gpt4' or a regex of one's own; a regex that does not compile is a one-line error."""
+    """'gpt2' / 'gpt4' / 'o200k' or a regex of one's own; a regex that does not compile is a one-line error."""
     pattern = PATTERNS.get(pattern, pattern)
     try:
         regex.compile(pattern)
     except regex.error as exc:
-        raise TinyformerError(f"pre-tokenizer pattern does not compile: {exc}; use gpt2, gpt4 or a valid regex") from None
+        raise TinyformerError(f"pre-tokenizer pattern does not compile: {exc}; use gpt2, gpt4, o200k or a valid regex") from None
     return pattern
 
 
@@ -53,21 +64,21 @@ def special_splitter(special_tokens: Iterable[str]) -> regex.Pattern | None:
 
 
 def fast_pattern_kind(pattern: str) -> int:
-    """2 or 4 when the C extension can pre-tokenize this pattern itself (GPT-2 / GPT-4), else 0."""
+    """2, 4 or 200 when the C extension can pre-tokenize this pattern itself (GPT-2 / GPT-4 / o200k), else 0."""
     if _bpe is None:
         return 0
-    return {GPT2_PATTERN: 2, GPT4_PATTERN: 4}.get(pattern, 0)
+    kind = {GPT2_PATTERN: 2, GPT4_PATTERN: 4, O200K_PATTERN: 200}.get(pattern, 0)
+    if kind == 200 and any(c & 8 and c & 16 for c in ascii_classes()):
+        return 0  # the C scan assumes no ASCII character is in both of o200k's letter sets
+    return kind
 
 
 @functools.cache
 def ascii_classes() -> bytes:
-    """For each ASCII character: 1 = \\s, 2 = \\p{L}, 4 = \\p{N}, as the regex module itself decides."""
-    return bytes(
-        (1 if regex.match(r"\s", chr(c)) else 0)
-        | (2 if regex.match(r"\p{L}", chr(c)) else 0)
-        | (4 if regex.match(r"\p{N}", chr(c)) else 0)
-        for c in range(128)
-    )
+    """For each ASCII character, as the regex module itself decides: 1 = \\s, 2 = \\p{L}, 4 = \\p{N},
+    8 = [\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}], 16 = [\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}] (o200k's two letter sets)."""
+    classes = (r"\s", r"\p{L}", r"\p{N}", r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]")
+    return bytes(sum(1 << bit for bit, cls in enumerate(classes) if regex.match(cls, chr(c))) for c in range(128))
 
 
 def count_pretokens_in_text(
@@ -91,6 +102,7 @@ def count_pretokens_in_text(
 # ---------------------------------------------------------------------------------------------- file blocks
 
 _VISIBLE = frozenset(range(0x21, 0x7F))
+_VISIBLE_AFTER = _VISIBLE - {ord("/")}  # o200k's punctuation pre-tokens go on over a line end and '/'
 
 
 @functools.cache
@@ -122,7 +134,7 @@ def _safe_cut(block: bytes, specials: Sequence[bytes], force: bool, rules: tuple
         i = block.rfind(b"\n", 0, i)
         if i <= 0 or i + 1 <= cut:
             break
-        if block[i - 1] in _VISIBLE and block[i + 1] in _VISIBLE:
+        if block[i - 1] in _VISIBLE and block[i + 1] in _VISIBLE_AFTER:
             return i + 1
     if cut:
         return cut
@@ -149,7 +161,7 @@ def _first_safe_cut(window: bytes, specials: Sequence[bytes], rules: tuple[bool,
         i = window.find(b"\n", i + 1)
         if i < 0 or i + 1 >= len(window) or (best and i + 1 >= best):
             break
-        if window[i - 1] in _VISIBLE and window[i + 1] in _VISIBLE:
+        if window[i - 1] in _VISIBLE and window[i + 1] in _VISIBLE_AFTER:
             return i + 1
     return best
 

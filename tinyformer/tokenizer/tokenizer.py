@@ -39,6 +39,7 @@ EOT = "<|endoftext|>"
 CACHE_SIZE = 1 << 17  # pre-token -> ids entries kept before the cache is cleared
 
 _VISIBLE_ASCII = frozenset(chr(c) for c in range(0x21, 0x7F))
+_VISIBLE_AFTER = _VISIBLE_ASCII - {"/"}  # a line end before '/' is no sure split for o200k
 
 
 class Tokenizer:
@@ -362,7 +363,7 @@ def _stream_cut(buf: str, limit: int, splitter: regex.Pattern | None, rules: tup
     if line_ok:
         i = buf.rfind("\n", 0, limit)
         while i > 0:
-            if buf[i - 1] in _VISIBLE_ASCII and buf[i + 1] in _VISIBLE_ASCII:
+            if buf[i - 1] in _VISIBLE_ASCII and buf[i + 1] in _VISIBLE_AFTER:
                 return i + 1
             i = buf.rfind("\n", 0, i)
     if special_ok and splitter is not None:
