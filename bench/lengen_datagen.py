@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from tinyformer.lab.config import LengenConfig
-from tinyformer.lab.train import LengenSetup
+from tinyformer.lab.setup import TaskSetup, model_position
+from tinyformer.lab.sweep import lab_config
 from tinyformer.model import Transformer
 from tinyformer.tasks import TaskStream, get_task, task_names
 from tinyformer.train.optim import build_optimizer
@@ -32,10 +32,10 @@ def rate(fn, seconds: float, per_call: int) -> float:
 
 def model_rate(name: str, layers: int, heads: int, d_model: int, args, stream: TaskStream) -> float:
     """Examples/s of full training steps of the consuming model on batches of this task."""
-    cfg = LengenConfig(task=name, pe=args.pe, layers=layers, heads=heads, d_model=d_model, eval_examples=8,
-                       device=args.device)
+    cfg = lab_config({"task.name": name, "model.position": model_position(args.pe), "model.n_layers": layers,
+                      "model.n_heads": heads, "model.d_model": d_model, "eval.examples": 8})
     torch.manual_seed(0)
-    model = Transformer(LengenSetup(cfg).model_config()).to(args.device)
+    model = Transformer(TaskSetup(cfg).model_config()).to(args.device)
     opt = build_optimizer(model, lr=1e-4, weight_decay=0.01)
     batches = [{k: v.to(args.device) for k, v in stream.next_batch().items()} for _ in range(8)]
     counter = [0]

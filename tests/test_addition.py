@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from tinyformer.errors import TinyformerError
-from tinyformer.model.positions import abacus_position_ids
 from tinyformer.tasks import TaskStream, get_task, make_eval_set
 from tinyformer.tasks.addition import DIGITS, HINTS, to_digits
 from tinyformer.tasks.stream import symbol_run_positions
@@ -93,14 +92,23 @@ def test_abacus_ids_of_the_issue_example_and_of_a_reversed_problem():
     assert symbol_run_positions(ids, rev.n_symbols).tolist() == [expected]
 
 
+def loop_abacus_ids(row, is_digit) -> list[int]:
+    """The definition, one token at a time: a digit's 1-based index inside its number, 0 elsewhere."""
+    out, run = [], 0
+    for tok in row:
+        run = run + 1 if is_digit(tok) else 0
+        out.append(run)
+    return out
+
+
 @pytest.mark.parametrize("base,reverse,hints", FORMATS)
-def test_lab_abacus_ids_agree_with_the_model_abacus_function(base, reverse, hints):
+def test_lab_abacus_ids_follow_the_definition_token_by_token(base, reverse, hints):
     task = task_for(base, reverse, hints)
     rng = np.random.default_rng(7)
     ex = task.generate(rng, task.sample_lengths(rng, 1, 9, 64))
-    is_digit = torch.from_numpy(ex.tokens < task.n_symbols)
-    model_ids = abacus_position_ids(is_digit).numpy()
-    assert (symbol_run_positions(ex.tokens, task.n_symbols) == model_ids).all()
+    ours = symbol_run_positions(ex.tokens, task.n_symbols)
+    for row, got in zip(ex.tokens, ours):
+        assert got.tolist() == loop_abacus_ids(row.tolist(), lambda t: t < task.n_symbols)
 
 
 def test_training_stream_offsets_only_digit_positions_and_supervises_only_answers():
@@ -155,16 +163,16 @@ def test_bad_options_and_ranges_are_one_line_errors():
     "args,message",
     [
         (["--task", "add:base=20", "--pe", "abacus"], "between 2 and 16"),
-        (["--task", "add", "--pe", "abacus", "--train-lengths", "1-10", "--eval-bins", "9-3"], "not valid"),
-        (["--task", "add", "--pe", "abacus", "--train-lengths", "1-10", "--eval-bins", "1-10,11-40",
-          "--max-positions", "20"], "max_positions"),
-        (["--task", "add", "--pe", "ape", "--train-lengths", "1-10", "--eval-bins", "1-40",
-          "--max-positions", "64"], "max_positions"),
+        (["--task", "add", "--pe", "abacus", "task.train_lengths=1-10", "eval.bins=[9-3]"], "not valid"),
+        (["--task", "add", "--pe", "abacus", "task.train_lengths=1-10", "eval.bins=[1-10,11-40]",
+          "model.n_positions=20"], "model.n_positions"),
+        (["--task", "add", "--pe", "ape", "task.train_lengths=1-10", "eval.bins=[1-40]",
+          "model.n_positions=64"], "model.n_positions"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_writes_nothing(cli, tmp_path, args, message):
     out = tmp_path / "run"
-    proc = cli("lengen", "train", *args, "--steps", "1", "--device", "cpu", "--out", out)
+    proc = cli("lengen", "train", *args, "--steps", "1", "train.device=cpu", "--out", out)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("tinyformer: error:")
     assert message in proc.stderr
@@ -199,17 +207,19 @@ def test_decoding_k_tokens_per_pass_uses_heads_1_to_k_at_the_last_position():
                 assert (full[:, p + 1 + j] == heads[j][:, p].argmax(-1).numpy()).all()
 
 
-def test_lab_run_with_two_heads_reports_accuracy_decoding_one_and_two_per_pass():
-    from tinyformer.lab.config import LengenConfig
-    from tinyformer.lab.train import train_run
+def test_lab_run_with_two_heads_reports_accuracy_decoding_one_and_two_per_pass(tmp_path):
+    from tinyformer.lab.run import train_task
+    from tinyformer.lab.sweep import lab_config
 
-    cfg = LengenConfig(task="add:base=3", pe="abacus", layers=1, heads=2, d_model=32, train_lengths="1-2",
-                       eval_bins=["1-2"], steps=300, eval_every=300, eval_examples=200, n_predict=2,
-                       max_positions=8, device="cpu", lr=3e-3, warmup=20, stop_accuracy=1.01)
+    cfg = lab_config({"task.name": "add:base=3", "model.position": "abacus", "model.n_layers": 1,
+                      "model.n_heads": 2, "model.d_model": 32, "task.train_lengths": "1-2", "eval.bins": ["1-2"],
+                      "train.max_steps": 300, "train.eval_every": 300, "eval.examples": 200, "model.n_predict": 2,
+                      "model.n_positions": 8, "train.device": "cpu", "train.lr": 3e-3, "train.warmup": 20,
+                      "eval.stop_accuracy": 1.01, "train.precision": "fp32", "train.progress": False,
+                      "run_dir": str(tmp_path / "run")})
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster, and much faster on a busy machine
     try:
-        result = train_run(cfg, log=lambda _: None)
+        result = train_task(cfg)
     finally:
         torch.set_num_threads(threads)
     heads = result["accuracy_heads"]

@@ -19,14 +19,16 @@ from tinyformer.model.io import save_model
 @pytest.fixture(scope="module")
 def task_run(tmp_path_factory):
     """A real (tiny, two-step) lab run of the addition task with Abacus positions."""
-    from tinyformer.lab.config import LengenConfig
-    from tinyformer.lab.train import train_run
+    from tinyformer.lab.run import train_task
+    from tinyformer.lab.sweep import lab_config
 
     out = tmp_path_factory.mktemp("lab") / "add-run"
-    cfg = LengenConfig(task="add:reverse=false", pe="abacus", layers=2, heads=4, d_model=32, steps=2,
-                       train_lengths="1-3", eval_bins=["1-3"], eval_examples=8, eval_every=2, greedy=False,
-                       max_positions=16, device="cpu", warmup=1)
-    train_run(cfg, out, log=lambda _: None)
+    cfg = lab_config({"task.name": "add:reverse=false", "model.position": "abacus", "model.n_layers": 2,
+                      "model.n_heads": 4, "model.d_model": 32, "train.max_steps": 2, "task.train_lengths": "1-3",
+                      "eval.bins": ["1-3"], "eval.examples": 8, "train.eval_every": 2, "eval.greedy": False,
+                      "model.n_positions": 16, "train.device": "cpu", "train.warmup": 1, "train.progress": False,
+                      "run_dir": str(out)})
+    train_task(cfg)
     return out
 
 

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from tinyformer.errors import TinyformerError
-from tinyformer.lab.config import LengenConfig
 from tinyformer.lab.evaluate import exact_match, free_running, token_matches
 from tinyformer.lab.report import Entry, load_published, render_csv, render_markdown, write_report
-from tinyformer.lab.sweep import best, config_key, load_grid, read_rows, sweep
+from tinyformer.lab.sweep import best, config_key, lab_config, load_grid, read_rows, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,80 +43,91 @@ def test_exact_match_needs_every_supervised_token_and_ignores_the_rest():
     assert token_matches(logits, targets) == (3 + 2 + 2 + 2, 11)
 
 
-class ScriptedModel(torch.nn.Module):
-    """A stand-in with the model's generation interface whose next token is a fixed function of the prefix:
-    it predicts (last token + 1) mod 6, except that it says 0 after a 3. Used to check free-running decoding."""
-
-    training = False
-
-    def new_kv_cache(self, batch: int, max_len: int):
-        return {"tokens": None}
-
-    def forward(self, ids, targets=None, position_ids=None, kv_cache=None):
-        seq = ids if kv_cache is None or kv_cache["tokens"] is None else torch.cat([kv_cache["tokens"], ids], 1)
-        if kv_cache is not None:
-            kv_cache["tokens"] = seq
-        nxt = torch.where(seq == 3, torch.zeros_like(seq), (seq + 1) % 6)[:, -ids.shape[1]:]
-        return torch.nn.functional.one_hot(nxt, 6).float(), None
+def naive_greedy(model, prompt: np.ndarray, n_new: int) -> np.ndarray:
+    """The reference decoder: recompute the whole sequence for every new token, no cache."""
+    seq = torch.from_numpy(prompt)
+    for _ in range(n_new):
+        logits, _ = model(seq)
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[:, prompt.shape[1]:].numpy()
 
 
 def test_free_running_decodes_from_its_own_outputs():
-    ids = np.array([[1, 1, 2, 3, 0], [1, 1, 2, 4, 5], [1, 1, 2, 3, 4]])
-    targets = np.array([[-100, -100, 3, 0, 1], [-100, -100, 3, 4, 5], [-100, -100, 3, 4, 5]])
-    # row 0: prompt 1 1 2 -> 3 0 1 (model's own chain) = targets; row 1: the model says 3 0 1, not 3 4 5
-    # row 2: teacher forcing would pass position 3 (after 3 comes... 0, wrong) - both say wrong
-    model = ScriptedModel()
-    got = free_running(model, ids, targets, np.array([5, 5, 5]),
+    # a random tiny model: free_running (KV cache, grouped by prompt length) must agree row by row with the
+    # naive decoder, and count a row correct exactly when its own continuation matches every target
+    from tinyformer.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=6, n_layers=1, n_heads=2, d_model=16, position="rope")).eval()
+    ids = np.array([[1, 1, 2, 3, 0], [1, 1, 2, 4, 5], [1, 2, 3, 4, 5], [2, 2, 2, 2, 2]])
+    prompts = {0: ids[:2, :3], 1: ids[2:, :2]}
+    own = np.concatenate([naive_greedy(model, prompts[0], 3), naive_greedy(model, prompts[1], 3)])
+    # rows 0 and 2 ask for the model's own continuation, rows 1 and 3 for a changed first or last token
+    targets = np.full_like(ids, -100)
+    targets[:2, 2:] = own[:2]
+    targets[2:, 1:4] = own[2:]
+    targets[1, 2] = (own[1, 0] + 1) % 6
+    targets[3, 3] = (own[3, 2] + 1) % 6
+    got = free_running(model, ids, targets, np.array([5, 5, 5, 5]),
                        lambda x: np.broadcast_to(np.arange(x.shape[1]), x.shape), "cpu")
-    assert got.tolist() == [True, False, False]
+    assert got.tolist() == [True, False, True, False]
 
 
-def tiny_config(**over) -> LengenConfig:
-    base = dict(task="UR", pe="rope", layers=1, heads=2, d_model=16, steps=6, eval_every=3, eval_examples=24,
-                train_lengths="1-8", eval_bins=["1-8", "9-16"], batch_size=8, warmup=2, log_every=2, device="cpu")
-    return LengenConfig(**{**base, **over})
+def tiny_config(**over):
+    base = {"task.name": "UR", "model.position": "rope", "model.n_layers": 1, "model.n_heads": 2,
+            "model.d_model": 16, "train.max_steps": 6, "train.eval_every": 3, "eval.examples": 24,
+            "task.train_lengths": "1-8", "eval.bins": ["1-8", "9-16"], "train.batch_size": 8, "train.warmup": 2,
+            "train.log_every": 2, "train.device": "cpu", "train.progress": False, "train.precision": "fp32"}
+    return lab_config({**base, **over})
+
+
+def train_tiny(run_dir: Path, **over) -> dict:
+    from tinyformer.lab.run import train_task
+
+    return train_task(tiny_config(run_dir=str(run_dir), **over))
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_a_run_writes_its_directory_and_is_deterministic(tmp_path: Path):
-    from tinyformer.lab.train import train_run
-
-    a = train_run(tiny_config(pe="ape"), tmp_path / "a", log=lambda s: None)
-    b = train_run(tiny_config(pe="ape"), tmp_path / "b", log=lambda s: None)
+    a = train_tiny(tmp_path / "a", **{"model.position": "learned"})
+    b = train_tiny(tmp_path / "b", **{"model.position": "learned"})
     assert a["accuracy"] == b["accuracy"] and a["token_accuracy"] == b["token_accuracy"]
     files = {p.name for p in (tmp_path / "a").iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "results.json"} <= files
-    metrics = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if "eval" in m] == [3, 6]
-    assert [m["loss"] for m in metrics] == [m["loss"] for m in
-                                            map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines())]
-    saved = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert set(saved["accuracy"]) == {"1-8", "9-16"} and saved["config"]["pe"] == "ape"
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"} <= files
+    metrics = records(tmp_path / "a")
+    assert [m["step"] for m in metrics if m["kind"] == "eval"] == [3, 6]
+    assert [m.get("train_loss") for m in metrics] == [m.get("train_loss") for m in records(tmp_path / "b")]
+    saved = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert set(saved["accuracy"]) == {"1-8", "9-16"} and saved["scheme"] == "ape" and saved["task"] == "UR"
     # greedy decoding through the KV cache agrees with teacher-forced exact match (contiguous supervision)
     assert saved["accuracy_greedy"] == saved["accuracy"]
 
 
-def test_abacus_runs_train_and_decode_with_symbol_run_positions():
-    from tinyformer.lab.train import train_run
-
-    result = train_run(tiny_config(task="NF", pe="abacus", train_lengths="1-6", eval_bins=["1-6", "7-12"]),
-                       log=lambda s: None)
+def test_abacus_runs_train_and_decode_with_symbol_run_positions(tmp_path: Path):
+    result = train_tiny(tmp_path / "r", **{"task.name": "NF", "model.position": "abacus",
+                                           "task.train_lengths": "1-6", "eval.bins": ["1-6", "7-12"]})
     assert result["accuracy_greedy"] == result["accuracy"]
 
 
-def test_training_stops_once_the_training_bin_is_solved():
-    from tinyformer.lab.train import train_run
-
+def test_training_stops_once_the_training_bin_is_solved(tmp_path: Path):
     # stop_accuracy 0 is reached at the first evaluation
-    result = train_run(tiny_config(steps=30, stop_accuracy=0.0, greedy=False), log=lambda s: None)
-    assert result["steps"] == 3 and result["stopped_early"]
+    result = train_tiny(tmp_path / "r", **{"train.max_steps": 30, "eval.stop_accuracy": 0.0, "eval.greedy": False})
+    assert result["step"] == 3 and result["status"] == "solved"
+    # running it again reads the finished run back instead of training on
+    again = train_tiny(tmp_path / "r", **{"train.max_steps": 30, "eval.stop_accuracy": 0.0, "eval.greedy": False})
+    assert again == result
 
 
 def fake_train(calls: list):
     """A stand-in for training: accuracy is a deterministic function of the config, runs are recorded."""
 
-    def train(cfg: LengenConfig, run_dir: Path) -> dict:
-        calls.append((cfg.layers, cfg.lr, cfg.seed))
-        score = cfg.layers / 10 + (0.05 if cfg.lr == 1e-3 else 0.0) + cfg.seed / 100
+    def train(cfg, run_dir: Path) -> dict:
+        layers, lr, seed = cfg.model.n_layers, cfg.train.lr, cfg.train.seed
+        calls.append((layers, lr, seed))
+        score = layers / 10 + (0.05 if lr == 1e-3 else 0.0) + seed / 100
         return {"steps": 10, "stopped_early": False, "train_seconds": 0.1,
                 "accuracy": {"1-50": 1.0, "51-100": score, "101-150": score / 2}}
 
@@ -125,10 +135,11 @@ def fake_train(calls: list):
 
 
 def test_sweep_resumes_where_it_stopped_and_best_reruns_seeds(tmp_path: Path):
-    grid = {"layers": [2, 4], "lr": [1e-3, 1e-4]}
+    grid = {"model.n_layers": [2, 4], "train.lr": [1e-3, 1e-4]}
     calls: list = []
-    base = {"task": "UR", "pe": "rope", "steps": 10}
-    sweep(base, {"layers": [2], "lr": [1e-3, 1e-4]}, tmp_path, train=fake_train(calls), log=lambda s: None)
+    base = {"task.name": "UR", "model.position": "rope", "train.max_steps": 10}
+    sweep(base, {"model.n_layers": [2], "train.lr": [1e-3, 1e-4]}, tmp_path, train=fake_train(calls),
+          log=lambda s: None)
     assert len(calls) == 2
     # an interrupted write leaves a torn last line: ignored, and the run it belonged to is redone
     summary = tmp_path / "UR" / "summary-rope.jsonl"
@@ -147,27 +158,30 @@ def test_sweep_resumes_where_it_stopped_and_best_reruns_seeds(tmp_path: Path):
     acc = result["accuracy"]["51-100"]
     assert acc["mean"] == pytest.approx(0.46) and acc["std"] == pytest.approx(0.01)
     assert (acc["min"], acc["max"]) == (pytest.approx(0.45), pytest.approx(0.47))
-    assert json.loads((tmp_path / "UR" / "best-rope.json").read_text())["config"]["layers"] == 4
+    saved = json.loads((tmp_path / "UR" / "best-rope.json").read_text())
+    assert saved["settings"]["model.n_layers"] == 4 and saved["by"] == "51-100"
 
 
 def test_config_key_ignores_logging_but_not_settings():
-    assert config_key(tiny_config()) == config_key(tiny_config(device="cuda", log_every=50))
-    assert config_key(tiny_config()) != config_key(tiny_config(lr=2e-3))
+    same = {"train.device": "cuda", "train.log_every": 50, "train.threads": 1, "run_dir": "elsewhere"}
+    assert config_key(tiny_config()) == config_key(tiny_config(**same))
+    assert config_key(tiny_config()) != config_key(tiny_config(**{"train.lr": 2e-3}))
+    assert config_key(tiny_config()) != config_key(tiny_config(**{"train.precision": "bf16"}))
 
 
 def test_grid_typos_are_caught_before_any_run(tmp_path: Path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("layers: [2, 4]\nd_modle: [64]\n")
-    with pytest.raises(TinyformerError, match=r"grid\.yaml.*unknown config key 'd_modle'.*'d_model'"):
+    grid.write_text("model.n_layers: [2, 4]\nmodel.d_modle: [64]\n")
+    with pytest.raises(TinyformerError, match=r"grid\.yaml.*unknown config key 'model.d_modle'.*'d_model'"):
         load_grid(grid)
-    grid.write_text("layers: [2, four]\n")
-    with pytest.raises(TinyformerError, match="expected an integer"):
+    grid.write_text("model:\n  n_layers: [2, four]\n")  # nested sections work too
+    with pytest.raises(TinyformerError, match="model.n_layers: expected an integer"):
         load_grid(grid)
-    grid.write_text("lr: [1e-3, 1e-4]\neval_bins: [1-8, 9-16]\n")  # a list-valued setting: one value
+    grid.write_text("train.lr: [1e-3, 1e-4]\neval.bins: [1-8, 9-16]\n")  # a list-valued setting: one value
     parsed = load_grid(grid)
-    assert parsed["eval_bins"] == [["1-8", "9-16"]] and len(parsed["lr"]) == 2
+    assert parsed["eval.bins"] == [["1-8", "9-16"]] and len(parsed["train.lr"]) == 2
     default = load_grid(None)
-    assert default["layers"] == [2, 4] and default["d_model"] == [64, 128, 256] and default["steps"] == [30000]
+    assert default["model.n_layers"] == [2, 4] and default["model.d_model"] == [64, 128, 256]
 
 
 def test_report_puts_published_numbers_beside_ours(tmp_path: Path):
@@ -193,7 +207,8 @@ def test_report_puts_published_numbers_beside_ours(tmp_path: Path):
 
 def test_cli_report_from_a_results_tree(tmp_path: Path, cli):
     calls: list = []
-    sweep({"task": "UL", "pe": "ape"}, {"layers": [2, 4]}, tmp_path, train=fake_train(calls), log=lambda s: None)
+    sweep({"task.name": "UL", "model.position": "learned"}, {"model.n_layers": [2, 4]}, tmp_path,
+          train=fake_train(calls), log=lambda s: None)
     proc = cli("lengen", "report", "--results", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "| UL | ape | 1 | 1.000 | 0.450 | 0.225 | 1.000 | 0.996 |" in proc.stdout
@@ -205,11 +220,16 @@ def test_cli_report_from_a_results_tree(tmp_path: Path, cli):
     [
         (["train", "--task", "UX", "--pe", "rope"], "unknown task 'UX'; valid tasks: UF, UB, NF, NB, UL, UR, NLFirst"),
         (["train", "--task", "UR", "--pe", "rotary"], "unknown position scheme 'rotary'.*valid schemes: ape, learned"),
-        (["train", "--task", "UF", "--pe", "ape", "--max-positions", "120"],
-         "bin 101-150 of task UF needs 302 learned positions but max_positions=120"),
-        (["train", "--task", "UL", "--pe", "rope", "--eval-bins", "1-3"], "task UL cannot build examples"),
-        (["train", "--task", "UL", "--pe", "rope", "--layers", "two"], "layers: expected an integer"),
-        (["sweep", "--task", "UR", "--pe", "rope", "--grid", "GRID"], "unknown config key 'hedas'.*'heads'"),
+        (["train", "--task", "UF", "--pe", "ape", "model.n_positions=120"],
+         "bin 101-150 of task UF needs 302 learned positions but model.n_positions=120"),
+        (["train", "--task", "UL", "--pe", "rope", "eval.bins=[1-3]"], "task UL cannot build examples"),
+        (["train", "--task", "UL", "--pe", "rope", "model.n_layers=two"], "model.n_layers: expected an integer"),
+        (["train", "--task", "UL", "model.d_modle=64"], "unknown config key 'model.d_modle'; did you mean 'd_model'"),
+        (["train", "--task", "UL", "train.lrr=1"], "unknown config key 'train.lrr'; did you mean 'lr'"),
+        (["train", "--task", "UL", "task.nmae=UR"], "unknown config key 'task.name'|unknown config key 'task.nmae'"),
+        (["train", "--task", "UL", "eval.bin=[1-3]"], "unknown config key 'eval.bin'; did you mean 'bins'"),
+        (["train", "--task", "UL", "trian.lr=1"], "unknown config key 'trian'; did you mean 'train'"),
+        (["sweep", "--task", "UR", "--pe", "rope", "--grid", "GRID"], "unknown config key 'model.hedas'.*'n_heads'"),
         (["sweep", "--task", "UR", "--pe", "rope", "--grid", "MISSING"], "does not exist"),
         (["best", "--task", "UR", "--pe", "rope", "--results", "RES"], "no sweep results"),
         (["report", "--results", "RES"], "does not exist"),
@@ -220,7 +240,7 @@ def test_bad_input_is_one_line_error_and_leaves_nothing(tmp_path: Path, capsys, 
     from tinyformer.cli import main
 
     grid = tmp_path / "grid.yaml"
-    grid.write_text("hedas: [4, 8]\n")
+    grid.write_text("model.hedas: [4, 8]\n")
     args = [str({"GRID": grid, "MISSING": tmp_path / "nope.yaml", "RES": tmp_path / "res"}.get(a, a)) for a in args]
     extra = ["--out", str(tmp_path / "out")] if args[0] == "train" else []
     assert main(["lengen", *args, *extra]) == 2
@@ -258,28 +278,39 @@ def test_demo_prints_the_table_and_says_where_the_heatmap_went(cli, tmp_path: Pa
     assert {(r["task"], r["scheme"]) for r in csv_rows} == {(t, p) for t in DEMO_TASKS for p in DEMO_SCHEMES}
 
 
-def test_the_generic_trainer_trains_on_a_task_stream_and_resumes_exactly(tmp_path: Path):
-    # the task stream is a batch source like any other: the project's Trainer consumes it, checkpoints its
-    # state and, stopped halfway and resumed, continues with exactly the batches of an uninterrupted run
-    from tinyformer.lab.train import LengenSetup
-    from tinyformer.model import Transformer
-    from tinyformer.train.config import TrainConfig
-    from tinyformer.train.trainer import Trainer, setup_runtime
+def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tmp_path: Path):
+    # a lab run is the engine's run: stopped halfway (train.stop_at_step) and resumed with resume=auto, its
+    # metrics and final weights are those of a run that never stopped
+    from safetensors.torch import load_file
 
-    setup = LengenSetup(tiny_config(pe="ape"))
+    over = {"train.max_steps": 8, "train.eval_every": 4, "train.log_every": 1, "eval.stop_accuracy": 2.0,
+            "model.position": "learned"}
+    straight = train_tiny(tmp_path / "straight", **over)
+    paused = train_tiny(tmp_path / "resumed", **over, **{"train.stop_at_step": 5})
+    assert paused["status"] == "paused" and paused["step"] == 5
+    resumed = train_tiny(tmp_path / "resumed", **over)
+    assert resumed["status"] == "finished" and resumed["accuracy"] == straight["accuracy"]
 
-    def run(run_dir: Path, stop_at: int | None = None) -> list[float]:
-        cfg = TrainConfig(max_steps=6, stop_at_step=stop_at, batch_size=8, warmup=2, eval_every=0, log_every=1,
-                          ckpt_every=3, device="cpu", progress=False, peak_flops=1e9, sample_tokens=0)
-        run_dir.mkdir(exist_ok=True)
-        torch.manual_seed(0)
-        trainer = Trainer(Transformer(setup.model_config()), cfg, run_dir, setup.stream(), setup_runtime(cfg),
-                          seq_len=setup.table_size)
-        trainer.fit()
-        records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-        return [r["train_loss"] for r in records if r.get("kind") == "train"]
+    def strip(rs):
+        return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "mfu"} for r in rs]
 
-    straight = run(tmp_path / "straight")
-    assert len(straight) == 6
-    run(tmp_path / "resumed", stop_at=3)
-    assert run(tmp_path / "resumed") == straight
+    assert strip(records(tmp_path / "resumed")) == strip(records(tmp_path / "straight"))
+    final = "checkpoints/step-00000008/model.safetensors"
+    a, b = load_file(tmp_path / "straight" / final), load_file(tmp_path / "resumed" / final)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_autocast_solves_a_small_task_like_fp32(tmp_path: Path):
+    # the engine's precision reaches lab runs: under bf16 autocast a small task is solved as in fp32
+    over = {"task.name": "majority", "model.position": "rope", "model.d_model": 32, "model.n_layers": 2,
+            "task.train_lengths": "1-16", "eval.bins": ["1-16"], "train.batch_size": 32, "train.lr": 3e-3,
+            "train.max_steps": 400, "train.eval_every": 10, "eval.examples": 64, "train.warmup": 20,
+            "train.log_every": 10}
+    fp32 = train_tiny(tmp_path / "fp32", **over)
+    bf16 = train_tiny(tmp_path / "bf16", **over, **{"train.precision": "bf16"})
+    assert bf16["precision"] == "bf16" and fp32["precision"] == "fp32"
+    assert fp32["status"] == bf16["status"] == "solved"
+    assert fp32["accuracy"]["1-16"] == bf16["accuracy"]["1-16"] == 1.0
+    # the same batches, different arithmetic: bf16 really ran (its losses differ from fp32's)
+    losses = [[r["train_loss"] for r in records(tmp_path / k) if r["kind"] == "train"] for k in ("fp32", "bf16")]
+    assert losses[0] != losses[1] and losses[0][0] == pytest.approx(losses[1][0], rel=0.02)

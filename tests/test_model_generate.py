@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tinyformer.batch import run_positions
 from tinyformer.errors import TinyformerError
 from tinyformer.model import ModelConfig, Transformer
 from tinyformer.model.generate import filter_logits
-from tinyformer.model.positions import abacus_position_ids
 
 POSITIONS = ["learned", "sinusoidal", "rope", "alibi", "nope", "abacus"]
 DIGITS = set(range(10))  # in these tests token ids 0..9 play the digits
@@ -20,6 +20,10 @@ def tiny(position: str, **kw) -> Transformer:
         vocab_size=23, n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, max_seq_len=64, position=position
     )
     return Transformer(ModelConfig(**{**base, **kw})).eval()
+
+
+def abacus_position_ids(is_digit: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(run_positions(is_digit.numpy()))
 
 
 def abacus_next(ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

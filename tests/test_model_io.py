@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 
 from tinyformer.errors import TinyformerError
 from tinyformer.model import ModelConfig, Transformer
-from tinyformer.model.io import load_model, resolve_checkpoint, save_model
+from tinyformer.model.io import load_model, save_model
+from tinyformer.rundir import load_model as load_run_model
+from tinyformer.rundir import resolve_checkpoint
 
 
 def tiny(**kw) -> Transformer:
@@ -47,9 +49,10 @@ def test_save_and_load_give_the_same_model(tmp_path, tie):
 
 def test_run_directory_resolves_latest_and_best(tmp_path):
     run = make_run(tmp_path, tiny())
-    assert resolve_checkpoint(run).name == "step-00000020"
+    assert resolve_checkpoint(run, "latest").name == "step-00000020"
+    assert resolve_checkpoint(run).name == "step-00000010", "by default the best checkpoint, when there is one"
     assert resolve_checkpoint(run, "best").name == "step-00000010"
-    assert resolve_checkpoint(run / "checkpoints").name == "step-00000020"
+    assert resolve_checkpoint(run / "checkpoints", "latest").name == "step-00000020"
     assert (
         resolve_checkpoint(run / "checkpoints" / "step-00000010" / "model.safetensors").name
         == "step-00000010"
@@ -60,10 +63,10 @@ def test_run_directory_resolves_latest_and_best(tmp_path):
     ("damage", "needle"),
     [
         ("missing", "does not exist"),
-        ("no_index", "has no index.json"),
+        ("no_index", "has no checkpoints/index.json"),
         ("no_best", "names no 'best' checkpoint"),
         ("index_points_nowhere", "is missing"),
-        ("bad_index", "is not valid JSON"),
+        ("bad_index", "index.json is corrupt"),
         ("truncated_weights", "cannot be read"),
         ("no_config", "has no model.json"),
         ("config_typo", "unknown config key 'model.n_layer'; did you mean 'n_layers'"),
@@ -96,7 +99,7 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path, damage, needle):
         (ckpt / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
     which = "best" if damage == "no_best" else "latest"
     with pytest.raises(TinyformerError) as err:
-        load_model(run, which)
+        load_run_model(run, which)
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 

@@ -10,7 +10,6 @@ import torch
 from tinyformer.errors import TinyformerError
 from tinyformer.model import ModelConfig, Transformer
 from tinyformer.model.positions import (
-    abacus_position_ids,
     alibi_slopes,
     apply_rope,
     rope_cos_sin,
@@ -158,13 +157,18 @@ def test_nope_has_no_positional_signal_in_one_layer():
 # ---------------------------------------------------------------------------- Abacus
 
 
+def abacus_position_ids(is_digit: torch.Tensor) -> torch.Tensor:
+    from tinyformer.batch import run_positions
+
+    return torch.from_numpy(run_positions(is_digit.numpy()))
+
+
 def test_abacus_ids_count_digits_inside_each_number():
     text = "12+345=4321"
     is_digit = torch.tensor([[c.isdigit() for c in text]])
     assert abacus_position_ids(is_digit).tolist() == [[1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4]]
-    assert abacus_position_ids(is_digit, offset=10).tolist() == [[11, 12, 0, 11, 12, 13, 0, 11, 12, 13, 14]]
-    two_rows = abacus_position_ids(torch.cat((is_digit, is_digit)), offset=torch.tensor([0, 5]))
-    assert two_rows[1].tolist() == [6, 7, 0, 6, 7, 8, 0, 6, 7, 8, 9]
+    two_rows = abacus_position_ids(torch.cat((is_digit, ~is_digit)))
+    assert two_rows[1].tolist() == [0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0]
 
 
 def test_abacus_digits_at_the_same_place_share_a_position_embedding():

@@ -199,11 +199,14 @@ def test_read_token_file_errors_are_one_line(tmp_path: Path, damage, message: st
 
 
 def test_token_file_made_with_another_tokenizer_is_refused(tmp_path: Path):
-    from tinyformer.data.tokenfile import check_token_file_matches
+    from tinyformer.data.tokenfile import check_token_file
 
-    meta = write_token_file(tmp_path / "x.bin", [1, 2], vocab_size=500, tokenizer_fingerprint="ab" * 32)
-    check_token_file_matches(meta, tmp_path / "x.bin", vocab_size=500, fingerprint="ab" * 32)
-    with pytest.raises(TinyformerError, match="encoded with tokenizer abababababab, not cdcdcdcdcdcd"):
-        check_token_file_matches(meta, tmp_path / "x.bin", fingerprint="cd" * 32)
-    with pytest.raises(TinyformerError, match="vocab size 500 but the model has 400"):
-        check_token_file_matches(meta, tmp_path / "x.bin", vocab_size=400)
+    write_token_file(tmp_path / "x.bin", [1, 2, 450], vocab_size=500, tokenizer_fingerprint="ab" * 32)
+    meta = check_token_file(tmp_path / "x.bin", vocab_size=500, fingerprint="ab" * 32)
+    assert meta["n_tokens"] == 3
+    with pytest.raises(TinyformerError, match="encoded with tokenizer abababababab..., but the run's tokenizer is cdcd"):
+        check_token_file(tmp_path / "x.bin", 500, fingerprint="cd" * 32)
+    with pytest.raises(TinyformerError, match="holds token id 450, but the model's vocab_size is 400"):
+        check_token_file(tmp_path / "x.bin", vocab_size=400)
+    with pytest.raises(TinyformerError, match="data.val is not set"):
+        check_token_file(None, 500, what="val")

@@ -156,9 +156,10 @@ def test_sampler_state_resumes_exactly(corpus):
 
 
 def test_sequential_pass_covers_every_window_once(corpus):
-    from tinyformer.train.sampler import TokenFileBatches, open_token_file
+    from tinyformer.data.tokenfile import read_token_file
+    from tinyformer.train.sampler import TokenFileBatches
 
-    tokens = np.asarray(open_token_file(corpus["train"])[0], dtype=np.int64)
+    tokens = np.asarray(read_token_file(corpus["train"])[0], dtype=np.int64)
     s = TokenFileBatches(corpus["train"], 1, 16, sampling="sequential", seed=0)
     every_window = sorted(map(tuple, tokens[: s.n_windows * 16].reshape(-1, 16)))
     drawn = sorted(tuple(s.next_batch()["ids"][0].tolist()) for _ in range(s.n_windows))
@@ -167,22 +168,24 @@ def test_sequential_pass_covers_every_window_once(corpus):
 
 def test_checkpoints_keep_last_k_and_best(tmp_path):
     from tinyformer.model import ModelConfig, Transformer
-    from tinyformer.train.checkpoint import read_index, save_checkpoint
+    from tinyformer.rundir import read_index
+    from tinyformer.train.checkpoint import save_checkpoint
 
     model = Transformer(ModelConfig(vocab_size=32, n_layers=1, d_model=8, n_heads=2, max_seq_len=4))
     for step, loss in zip(range(1, 6), [3.0, 1.0, 2.0, 4.0, 5.0]):
-        save_checkpoint(tmp_path, step, model, {"step": step}, val_loss=loss, keep_last=2)
+        save_checkpoint(tmp_path, step, model, {"step": step}, score=loss, keep_last=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
     assert names == ["step-00000002", "step-00000004", "step-00000005"]
     index = read_index(tmp_path)
     assert index["latest"] == "step-00000005" and index["best"] == "step-00000002"
-    assert index["best_val_loss"] == 1.0
+    assert index["best_score"] == 1.0
 
 
 def test_failed_checkpoint_write_leaves_latest_intact(tmp_path, monkeypatch):
     import tinyformer.model.io as model_io
     from tinyformer.model import ModelConfig, Transformer
-    from tinyformer.train.checkpoint import latest_checkpoint, save_checkpoint
+    from tinyformer.rundir import latest_checkpoint
+    from tinyformer.train.checkpoint import save_checkpoint
 
     model = Transformer(ModelConfig(vocab_size=32, n_layers=1, d_model=8, n_heads=2, max_seq_len=4))
     save_checkpoint(tmp_path, 1, model, {"step": 1})
@@ -219,15 +222,15 @@ def test_resume_is_bit_identical(cli, tmp_path, corpus, sampling):
 
 
 def test_run_directory_metrics_and_eval(cli, tmp_path, corpus):
+    from tinyformer.data.tokenfile import read_token_file
     from tinyformer.model import ModelConfig, Transformer
-    from tinyformer.model.io import load_model
-    from tinyformer.train.sampler import open_token_file
+    from tinyformer.rundir import load_model
     from tinyformer.train.schedule import lr_at
 
     flops_per_token = Transformer(ModelConfig(n_layers=2, d_model=32, n_heads=2, max_seq_len=16)).flops_per_token(16)
     run = tmp_path / "run"
     train(cli, run, corpus, "train.max_steps=12", "train.eval_every=6", "train.keep_last=1")
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "samples.txt", "plots/loss.png",
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "samples.txt", "plots/curves.png",
                  "tokenizer/tokenizer.json", "checkpoints/index.json"):
         assert (run / name).exists(), name
     records = metrics(run)
@@ -243,7 +246,7 @@ def test_run_directory_metrics_and_eval(cli, tmp_path, corpus):
 
     # the last eval covers the whole validation file: recompute it independently with the saved model
     model = load_model(run, "latest")
-    tokens = torch.from_numpy(np.asarray(open_token_file(corpus["val"])[0], dtype=np.int64))
+    tokens = torch.from_numpy(np.asarray(read_token_file(corpus["val"])[0], dtype=np.int64))
     with torch.no_grad():
         nll = sum(
             torch.nn.functional.cross_entropy(model(tokens[None, i : i + 16])[0][0, : len(tokens[i + 1 : i + 17])],
@@ -391,7 +394,7 @@ def test_two_processes_match_one(cli, tmp_path, corpus, parallel):
 
     names = load_file(str(tmp_path / "two" / "checkpoints" / "step-00000006" / "model.safetensors")).keys()
     assert not any("_orig_mod" in n or "module." in n or "_fsdp" in n for n in names)
-    from tinyformer.model.io import load_model
+    from tinyformer.rundir import load_model
 
     a, b = load_model(tmp_path / "one"), load_model(tmp_path / "two")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
@@ -422,7 +425,7 @@ def test_gradient_accumulation_matches_the_full_batch(cli, tmp_path, corpus):
 
 def test_fine_tuning_starts_from_an_hf_checkpoint(cli, tmp_path, corpus):
     transformers = pytest.importorskip("transformers")
-    from tinyformer.model.io import load_model
+    from tinyformer.rundir import load_model
 
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=256, n_positions=16, n_embd=32,

@@ -16,13 +16,13 @@ from tinyformer.errors import TinyformerError
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "tokenizer": ("tinyformer.tokenizer.cli", "train, apply, inspect and export byte-level BPE tokenizers"),
+    "tokenizer": ("tinyformer.tokenizer.cli", "train, encode with, inspect and export byte-level BPE tokenizers"),
     "data": ("tinyformer.data.cli", "download and prepare corpora (TinyStories, Tiny Shakespeare)"),
     "train": ("tinyformer.train.cli", "train a model from a YAML config with key=value overrides"),
     "eval": ("tinyformer.train.eval_cli", "loss, perplexity and bits per byte of a run on a token file"),
     "sample": ("tinyformer.train.sample_cli", "generate text from a run"),
-    "plot": ("tinyformer.train.plot_cli", "draw loss and perplexity curves of one or more runs"),
-    "export": ("tinyformer.model.export_cli", "export a run to the HF format (GPT-2, Llama, MPT)"),
+    "plot": ("tinyformer.train.plot_cli", "draw loss, perplexity or accuracy curves of one or more runs"),
+    "export": ("tinyformer.train.export_cli", "export a run to the HF format (GPT-2, Llama, MPT)"),
     "lengen": ("tinyformer.lab.cli", "length-generalization lab: train, sweep, best, report"),
     "attention": ("tinyformer.lab.attention_cli", "attention heatmaps of a run on a text"),
     "demo": ("tinyformer.demo", "the embedded default: a short study that needs no downloads"),
@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(verb)
-    args = parser.parse_args(argv)
+    # key=value overrides may come anywhere, also after options (argparse takes one positional block only)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.verb is None:
         parser.print_help()
         return 0

@@ -131,7 +131,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if not f.metadata.get("internal")}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -143,7 +143,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     """`["model.n_layers=4", "lr=1e-3"]` -> nested dict; values are parsed as YAML scalars."""
-    out: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise TinyformerError(f"override {item!r} is not of the form key=value (for example model.n_layers=4)")
@@ -155,12 +155,20 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        flat[key] = value
+    return nest_dotted(flat)
+
+
+def nest_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"model.n_layers": 4, "train.lr": 1e-3}` -> `{"model": {"n_layers": 4}, "train": {"lr": 1e-3}}`."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
         node = out
-        parts = key.split(".")
+        parts = str(key).split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise TinyformerError(f"override {item!r} conflicts with another override of {part}")
+                raise TinyformerError(f"setting {key!r} conflicts with another setting of {part}")
         node[parts[-1]] = value
     return out
 

@@ -96,20 +96,29 @@ def read_sidecar(path_bin: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def check_token_file_matches(
-    meta: dict[str, Any], path: str | os.PathLike, vocab_size: int | None = None, fingerprint: str | None = None
-) -> None:
-    """One-line error when a token file was made with another tokenizer than the one about to use it."""
-    if fingerprint is not None and meta.get("tokenizer_fingerprint") not in (None, fingerprint):
+def _max_token_id(tokens: np.ndarray, chunk: int = 1 << 24) -> int:
+    return max(int(tokens[i : i + chunk].max()) for i in range(0, len(tokens), chunk)) if len(tokens) else -1
+
+
+def check_token_file(path: str | os.PathLike | None, vocab_size: int, fingerprint: str | None = None,
+                     what: str = "train") -> dict[str, Any]:
+    """Before a file is used: it exists and parses, its tokenizer is the run's (by fingerprint) and every id
+    is below `vocab_size`. Returns the sidecar. `what` names the config key in messages (data.train, ...)."""
+    if not path:
+        raise TinyformerError(f"data.{what} is not set; pass data.{what}=PATH.bin (make one with `tinyformer data prepare`)")
+    tokens, meta = read_token_file(path)
+    if fingerprint and meta.get("tokenizer_fingerprint") not in (None, fingerprint):
         raise TinyformerError(
-            f"token file {path} was encoded with tokenizer {str(meta['tokenizer_fingerprint'])[:12]}, not "
-            f"{fingerprint[:12]}; re-encode it with this tokenizer"
+            f"{path} was encoded with tokenizer {str(meta.get('tokenizer_fingerprint'))[:12]}..., but the run's "
+            f"tokenizer is {fingerprint[:12]}...; re-encode the file or set data.tokenizer to the right one"
         )
-    if vocab_size is not None and meta["vocab_size"] > vocab_size:
+    top = _max_token_id(tokens)
+    if top >= vocab_size:
         raise TinyformerError(
-            f"token file {path} has vocab size {meta['vocab_size']} but the model has {vocab_size}; "
-            "use a model with a vocab at least as large or re-encode the file"
+            f"{path} holds token id {top}, but the model's vocab_size is {vocab_size}; "
+            f"set model.vocab_size >= {top + 1} or re-encode with the run's tokenizer"
         )
+    return meta
 
 
 def make_meta(

@@ -3,7 +3,7 @@
 Writes `layer_00.png`, `layer_01.png`, ... (one grid of heads per layer, token labels on both axes: rows are
 queries, columns keys) and `attention.npz` with the raw probabilities `layer_0` ... as [heads, T, T] plus
 `ids`, `tokens` and `position_ids`. Works on language-model runs (text through the run's tokenizer/) and
-on lab task runs (text in the task's symbol vocabulary, the task named by the run's config.yaml).
+on task runs (text in the task's symbol vocabulary, the task named by the run's config.yaml).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="run directory (language-model or lab task run) or checkpoint")
-    parser.add_argument("--which", choices=("latest", "best"), default="latest", help="checkpoint of a training run")
+    parser.add_argument("--ckpt", required=True, help="run directory (language-model or task run) or checkpoint")
+    parser.add_argument("--which", choices=("latest", "best"), help="checkpoint of a run (default: best, else latest)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help='input text, e.g. "+101+2001+3011+" for an addition run')
     what.add_argument("--ids", help="comma-separated token ids instead of text, e.g. 14,1,0,1,14")
@@ -31,81 +31,42 @@ class RunInput:
         self.source = source
 
 
-def open_task_run(run_dir: Path) -> RunInput:
-    """A lab run (config.yaml with a task, weights in model/): the task vocabulary and its position ids."""
+def open_run(path: Path, which: str | None) -> RunInput:
+    """Any run or checkpoint: a task run's vocabulary and position ids, or a language model's tokenizer/."""
     import numpy as np
 
-    from tinyformer.config import read_yaml
     from tinyformer.errors import TinyformerError
-    from tinyformer.lab.config import model_position
-    from tinyformer.model.io import load_model
-    from tinyformer.tasks import POSITION_KINDS, get_task
+    from tinyformer.rundir import Run
 
-    config = read_yaml(run_dir / "config.yaml")
-    task = get_task(str(config["task"]))
-    model = load_model(run_dir / "model")
-    if model.config.vocab_size != task.vocab_size:
-        raise TinyformerError(f"run {run_dir}: the model has {model.config.vocab_size} token ids but task "
-                              f"{config['task']} has {task.vocab_size}; the run directory is inconsistent")
-    vocab = task.vocab
+    run = Run(path, which)
+    model = run.load_model()
+    if run.kind == "task":
+        setup = run.task_setup()
+        task = setup.task
+        if model.config.vocab_size != task.vocab_size:
+            raise TinyformerError(f"run {run.path}: the model has {model.config.vocab_size} token ids but task "
+                                  f"{task.name} has {task.vocab_size}; the run directory is inconsistent")
+        positions = None
+        if setup.position_kind == "symbol_runs":
+            def positions(ids):
+                return setup.eval_positions(np.asarray([ids]))[0]
 
-    def encode(text: str) -> list[int]:
-        if hasattr(task, "encode"):
-            return task.encode(text)
-        index = {s: i for i, s in enumerate(vocab)}  # multi-character symbols: separated by spaces
-        bad = sorted({s for s in text.split() if s not in index})
-        if bad:
-            raise TinyformerError(f"text has symbols outside the vocabulary of task {task.name}: {' '.join(bad)}; "
-                                  f"write symbols separated by spaces, from: {' '.join(vocab)}")
-        return [index[s] for s in text.split()]
-
-    kind = "symbol_runs" if model_position(str(config.get("pe", "ape"))) == "abacus" else "sequence"
-    fn = POSITION_KINDS[kind]
-
-    def positions(ids):
-        return fn(np.asarray([ids]), task.n_symbols)[0]
-
-    return RunInput(model, encode, lambda i: vocab[i], positions if kind == "symbol_runs" else None,
-                    task.vocab_size, f"task {config['task']}")
-
-
-def open_lm_run(path: Path, which: str) -> RunInput:
-    """A training run or checkpoint: its tokenizer/ (when there is one) for text and labels."""
-    from tinyformer.errors import TinyformerError
-    from tinyformer.model.io import load_model, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path, which)
-    model = load_model(ckpt)
-    # a run keeps its tokenizer beside checkpoints/: RUN/tokenizer for RUN/checkpoints/step-N
-    candidates = (path, ckpt, ckpt.parent.parent)
-    tok_dir = next((d / "tokenizer" for d in candidates if (d / "tokenizer").is_dir()), None)
-    if tok_dir is None:
+        return RunInput(model, task.encode, lambda i: task.vocab[i], positions, task.vocab_size, f"task {task.name}")
+    tok = run.tokenizer()
+    if tok is None:
         def encode(text: str) -> list[int]:
             raise TinyformerError(f"run {path} has no tokenizer/ directory, so --text cannot be encoded; pass --ids")
 
         return RunInput(model, encode, str, source="no tokenizer")
-    from tinyformer.tokenizer import Tokenizer
-
-    tok = Tokenizer.load(tok_dir)
     if tok.vocab_size > model.config.vocab_size:
-        raise TinyformerError(f"tokenizer {tok_dir} has {tok.vocab_size} ids but the model only "
+        raise TinyformerError(f"the tokenizer of {run.path} has {tok.vocab_size} ids but the model only "
                               f"{model.config.vocab_size}; they belong to different runs")
 
     def label(i: int) -> str:
         return tok.decode([i]).replace("\n", "\\n").replace("\t", "\\t") if i < tok.vocab_size else f"<{i}>"
 
     return RunInput(model, lambda text: tok.encode(text, allowed_special="all"), label,
-                    source=f"tokenizer {tok_dir}")
-
-
-def open_run(path: Path, which: str) -> RunInput:
-    from tinyformer.errors import TinyformerError
-
-    if not path.exists():
-        raise TinyformerError(f"run or checkpoint {path} does not exist; check --ckpt")
-    if (path / "model" / "model.safetensors").is_file() and (path / "config.yaml").is_file():
-        return open_task_run(path)
-    return open_lm_run(path, which)
+                    source=f"tokenizer {run.path / 'tokenizer'}")
 
 
 def parse_ids(text: str, vocab_size: int) -> list[int]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from tinyformer.tasks.base import IGNORE_INDEX
+from tinyformer.batch import IGNORE_INDEX
 
 
 def exact_match(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -47,23 +47,17 @@ def teacher_forced(model, ids: np.ndarray, targets: np.ndarray, positions: Posit
     return exact_match(logits, y).cpu().numpy(), *token_matches(logits, y)
 
 
-@torch.no_grad()
 def greedy_continuation(model, prompt: np.ndarray, n_new: int, positions: PositionFn, device) -> np.ndarray:
-    """[B, n_new] greedy tokens after `prompt` [B, P] (same length in every row), through the KV cache."""
+    """[B, n_new] greedy tokens after `prompt` [B, P] (same length in every row): `model.generate` at
+    temperature 0 through the KV cache, each new token's position id computed from the whole sequence."""
     tokens = torch.from_numpy(np.ascontiguousarray(prompt)).to(device)
-    cache = model.new_kv_cache(tokens.shape[0], tokens.shape[1] + n_new)
     pos = torch.from_numpy(np.ascontiguousarray(positions(prompt))).to(device)
-    logits, _ = model(tokens, position_ids=pos, kv_cache=cache)
-    out = []
-    for i in range(n_new):
-        nxt = logits[:, -1].argmax(-1, keepdim=True)
-        out.append(nxt)
-        if i + 1 < n_new:
-            tokens = torch.cat([tokens, nxt], dim=1)
-            # position of the new token: the last column of the positions of the whole sequence so far
-            pos = torch.from_numpy(np.ascontiguousarray(positions(tokens.cpu().numpy())[:, -1:])).to(device)
-            logits, _ = model(nxt, position_ids=pos, kv_cache=cache)
-    return torch.cat(out, dim=1).cpu().numpy()
+
+    def next_position(ids: torch.Tensor, _positions: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(positions(ids.cpu().numpy())[:, -1])).to(device)
+
+    out = model.generate(tokens, n_new, temperature=0, position_ids=pos, next_position_ids=next_position)
+    return out[:, prompt.shape[1]:].cpu().numpy()
 
 
 def decoded_exact_match(ids: np.ndarray, targets: np.ndarray, decode) -> np.ndarray:
@@ -95,30 +89,38 @@ def free_running(model, ids: np.ndarray, targets: np.ndarray, n_real: np.ndarray
 
 
 def evaluate_bins(model, eval_sets, *, batch_size: int = 256, positions: PositionFn = default_positions,
-                  device="cpu", greedy: bool = False, greedy_examples: int | None = None) -> dict:
+                  device="cpu", greedy: bool = False, greedy_examples: int | None = None,
+                  precision: str = "fp32") -> dict:
     """Accuracy per bin: {"accuracy": {bin: float}, "token_accuracy": {...}[, "accuracy_greedy": {...}]}."""
+    from tinyformer.train.runtime import autocast
+
     was_training = model.training
     model.eval()
+    try:
+        with autocast(torch.device(device), precision):
+            return _evaluate_bins(model, eval_sets, batch_size, positions, device, greedy, greedy_examples)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate_bins(model, eval_sets, batch_size, positions, device, greedy, greedy_examples) -> dict:
     result: dict[str, dict[str, float]] = {"accuracy": {}, "token_accuracy": {}}
     if greedy:
         result["accuracy_greedy"] = {}
-    try:
-        for es in eval_sets:
-            hits, tok_ok, tok_all = [], 0, 0
-            greedy_hits: list[np.ndarray] = []
-            # free-running decoding is costlier: a subset spread evenly over the (length-sorted) bin
-            stride = 1 if not greedy_examples else max(1, -(-len(es.examples) // greedy_examples))
-            for ids, targets, n_real in es.batches(batch_size):
-                ok, c, n = teacher_forced(model, ids, targets, positions, device)
-                hits.append(ok)
-                tok_ok, tok_all = tok_ok + c, tok_all + n
-                if greedy:
-                    pick = slice(None, None, stride)
-                    greedy_hits.append(free_running(model, ids[pick], targets[pick], n_real[pick], positions, device))
-            result["accuracy"][es.name] = float(np.concatenate(hits).mean())
-            result["token_accuracy"][es.name] = tok_ok / max(1, tok_all)
+    for es in eval_sets:
+        hits, tok_ok, tok_all = [], 0, 0
+        greedy_hits: list[np.ndarray] = []
+        # free-running decoding is costlier: a subset spread evenly over the (length-sorted) bin
+        stride = 1 if not greedy_examples else max(1, -(-len(es.examples) // greedy_examples))
+        for ids, targets, n_real in es.batches(batch_size):
+            ok, c, n = teacher_forced(model, ids, targets, positions, device)
+            hits.append(ok)
+            tok_ok, tok_all = tok_ok + c, tok_all + n
             if greedy:
-                result["accuracy_greedy"][es.name] = float(np.concatenate(greedy_hits).mean())
-    finally:
-        model.train(was_training)
+                pick = slice(None, None, stride)
+                greedy_hits.append(free_running(model, ids[pick], targets[pick], n_real[pick], positions, device))
+        result["accuracy"][es.name] = float(np.concatenate(hits).mean())
+        result["token_accuracy"][es.name] = tok_ok / max(1, tok_all)
+        if greedy:
+            result["accuracy_greedy"][es.name] = float(np.concatenate(greedy_hits).mean())
     return result

@@ -1,7 +1,8 @@
 """Report: a task x scheme x bin accuracy table (markdown, CSV) and a heatmap, with published numbers beside ours.
 
 Per (task, scheme) the report takes the best-config re-run over seeds (`best-<pe>.json`, mean ± sample
-standard deviation) when there is one, else the best sweep row by the 51-100 bin (one run).
+standard deviation) when there is one, else the best sweep row by its first bin beyond the training
+range (one run).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from tinyformer.errors import TinyformerError
-from tinyformer.lab.config import PE_SCHEMES, model_position
+from tinyformer.lab.setup import SCHEMES, model_position
 
 PUBLISHED_FILE = Path(__file__).resolve().parents[2] / "docs" / "published-results.yaml"
 
@@ -52,7 +53,7 @@ def load_published(path: str | Path | None = None) -> dict:
 def published_for(published: dict, task: str, pe: str) -> dict[str, float]:
     """Published accuracies for this task and scheme; `ape` and `learned` are the same scheme."""
     for name, bins in published.get(task, {}).items():
-        if name in PE_SCHEMES and model_position(name) == model_position(pe) and _same_family(name, pe):
+        if name in SCHEMES and model_position(name) == model_position(pe) and _same_family(name, pe):
             return {str(k): float(v) for k, v in bins.items()}
     return {}
 
@@ -83,8 +84,7 @@ def collect(results: str | Path) -> list[Entry]:
                 continue
             rows = read_rows(task_dir / f"summary-{pe}.jsonl")
             if rows:
-                top = best_row(rows, "51-100" if all("51-100" in r["accuracy"] for r in rows) else
-                               next(iter(rows[0]["accuracy"])))
+                top = best_row(rows, None)
                 entries.append(Entry(task_dir.name, pe, dict(top["accuracy"]), {}, 1,
                                      f"best sweep row of {len(rows)}"))
     if not entries:

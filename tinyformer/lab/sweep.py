@@ -1,8 +1,10 @@
 """Sweeps over a YAML grid (resumable, one JSON line per finished run) and best-config re-runs over seeds.
 
-A grid file maps `LengenConfig` fields to a list of values (every combination is run) or to one value
-(fixed for all). Rows go to `RESULTS/<TASK>/summary-<pe>.jsonl`; a row's `key` is a hash of its full
-config, so an interrupted sweep skips what is already there and runs only the rest.
+Every setting is a dotted RunConfig key on top of the lab preset (tinyformer/presets/lengen.yaml): a grid
+file maps keys to a list of values (every combination is run) or to one value (fixed for all), e.g.
+`model.n_layers: [2, 4]`, `train.lr: [1e-3, 1e-4]`. Rows go to `RESULTS/<TASK>/summary-<scheme>.jsonl`; a
+row's `key` is a hash of its full config, so an interrupted sweep skips what is already there, and a run
+interrupted midway resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -11,72 +13,109 @@ import hashlib
 import itertools
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from tinyformer.config import from_dict, read_yaml, to_dict
+from tinyformer.config import deep_merge, nest_dotted, read_yaml
 from tinyformer.errors import TinyformerError
-from tinyformer.lab.config import LengenConfig
+from tinyformer.train.config import RunConfig, preset_path, run_config_from_dict, saved_dict
 
 DEFAULT_GRID = {
-    "layers": [2, 4],
-    "heads": [4, 8],
-    "d_model": [64, 128, 256],
-    "lr": [1e-3, 1e-4],
-    "batch_size": 64,
-    "steps": 30000,
-    "weight_decay": 0.01,
+    "model.n_layers": [2, 4],
+    "model.n_heads": [4, 8],
+    "model.d_model": [64, 128, 256],
+    "train.lr": [1e-3, 1e-4],
 }
 DEFAULT_SEEDS = (0, 1, 2)
-# fields that change how a run is carried out or logged, not what it computes
-NOT_IN_KEY = ("device", "threads", "log_every", "eval_batch_size")
+# settings that change how a run is carried out or logged, not what it computes
+NOT_IN_KEY = ("run_dir", "resume", "train.device", "train.threads", "train.log_every", "train.progress",
+              "train.tensorboard", "train.ckpt_every", "train.keep_last", "train.stop_at_step", "eval.batch_size",
+              "train.dist_backend", "train.peak_flops")
+
+Settings = dict[str, Any]  # dotted RunConfig key -> value
 
 
-def config_key(cfg: LengenConfig) -> str:
+def lab_config(settings: Mapping[str, Any], config_file: str | Path | None = None) -> RunConfig:
+    """The lab preset, then `config_file`, then `settings` (dotted keys) -> a task RunConfig."""
+    data = read_yaml(preset_path("lengen"))
+    if config_file:
+        data = deep_merge(data, read_yaml(config_file))
+    cfg = run_config_from_dict(deep_merge(data, nest_dotted(dict(settings))))
+    if cfg.task is None:
+        raise TinyformerError("a lab run needs a task section; set task.name (for example task.name=UR)")
+    return cfg
+
+
+def config_key(cfg: RunConfig) -> str:
     """A short, stable hash of everything that determines a run's result."""
-    d = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_KEY}
+    flat = _flatten(saved_dict(cfg))
+    d = {k: v for k, v in flat.items() if k not in NOT_IN_KEY}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_name(cfg: LengenConfig) -> str:
-    return f"L{cfg.layers}-H{cfg.heads}-D{cfg.d_model}-lr{cfg.lr:g}-s{cfg.seed}-{config_key(cfg)[:8]}"
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
-def load_grid(path: str | Path | None) -> dict:
-    """The grid as {field: [values]}: the default grid, or a YAML file checked field by field."""
+def run_name(cfg: RunConfig) -> str:
+    m, t = cfg.model, cfg.train
+    return f"L{m.n_layers}-H{m.n_heads}-D{m.d_model}-lr{t.lr:g}-s{t.seed}-{config_key(cfg)[:8]}"
+
+
+def load_grid(path: str | Path | None, base: Settings | None = None) -> dict[str, list]:
+    """The grid as {dotted key: [values]}: the default grid, or a YAML file checked key by key."""
     raw = DEFAULT_GRID if path is None else read_yaml(path)
     if not raw:
-        raise TinyformerError(f"grid file {path} is empty; give fields with lists of values, e.g. lr: [1e-3, 1e-4]")
-    grid = {k: _values(k, v) for k, v in raw.items()}
-    for name in ("task", "pe"):
-        if name in grid:
-            raise TinyformerError(f"grid file {path} sets {name!r}; pass it with --{name} instead")
+        raise TinyformerError(f"grid file {path} is empty; give keys with lists of values, e.g. train.lr: [1e-3, 1e-4]")
+    grid = {str(k): _values(str(k), v) for k, v in _flatten_grid(raw).items()}
+    for key in ("task.name", "model.position"):
+        if key in grid:
+            raise TinyformerError(f"grid file {path} sets {key!r}; pass it with --{'task' if key == 'task.name' else 'pe'}")
     for key, values in grid.items():
         if not values:
             raise TinyformerError(f"grid file {path}: {key} has an empty list of values")
-    # validate every field name and value type now, not after hours of sweeping
+    # validate every key and value type now, not after hours of sweeping
     where = f"grid file {path}" if path else "default grid"
     for combo in combinations(grid):
         try:
-            from_dict(LengenConfig, combo)
+            lab_config({**(base or {}), **combo})
         except TinyformerError as exc:
             raise TinyformerError(f"{where}: {exc}") from None
     return grid
 
 
+def _flatten_grid(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Grid files may nest sections (`train: {lr: [...]}`) or use dotted keys (`train.lr: [...]`)."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, Mapping):
+            out.update({f"{k}.{kk}": vv for kk, vv in _flatten_grid(v).items()})
+        else:
+            out[str(k)] = v
+    return out
+
+
+LIST_KEYS = ("eval.bins",)
+
+
 def _values(key: str, value) -> list:
-    """A grid entry as a list of values. For list-valued settings (eval_bins) a flat list is one value."""
+    """A grid entry as a list of values. For list-valued settings (eval.bins) a flat list is one value."""
     if not isinstance(value, (list, tuple)):
         return [value]
-    if key in LIST_FIELDS and not any(isinstance(v, (list, tuple)) for v in value):
+    if key in LIST_KEYS and not any(isinstance(v, (list, tuple)) for v in value):
         return [list(value)]
     return list(value)
 
 
-LIST_FIELDS = ("eval_bins",)
-
-
-def combinations(grid: dict) -> list[dict]:
+def combinations(grid: Mapping[str, list]) -> list[Settings]:
     keys = list(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
@@ -113,68 +152,85 @@ def append_row(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def summary_path(results: Path, task: str, pe: str) -> Path:
-    return Path(results) / task / f"summary-{pe}.jsonl"
+def summary_path(results: Path, task: str, scheme: str) -> Path:
+    return Path(results) / task / f"summary-{scheme}.jsonl"
 
 
-def make_row(cfg: LengenConfig, result: dict, run_dir: Path | None) -> dict:
+def make_row(cfg: RunConfig, settings: Settings, result: dict, run_dir: Path | None) -> dict:
+    from tinyformer.lab.setup import scheme_label
+
     return {
         "key": config_key(cfg),
-        "task": cfg.task,
-        "pe": cfg.pe,
-        "seed": cfg.seed,
-        "layers": cfg.layers,
-        "heads": cfg.heads,
-        "d_model": cfg.d_model,
-        "lr": cfg.lr,
-        "steps": result["steps"],
-        "stopped_early": result["stopped_early"],
-        "accuracy": result["accuracy"],
-        "accuracy_greedy": result.get("accuracy_greedy"),
-        "train_seconds": result["train_seconds"],
+        "task": cfg.task.name,
+        "pe": scheme_label(cfg.model.position),
+        "seed": cfg.train.seed,
+        "layers": cfg.model.n_layers,
+        "heads": cfg.model.n_heads,
+        "d_model": cfg.model.d_model,
+        "lr": cfg.train.lr,
+        **result,
         "run_dir": str(run_dir) if run_dir else None,
-        "config": to_dict(cfg),
+        "settings": settings,
     }
 
 
-TrainFn = Callable[[LengenConfig, Path], dict]
+TrainFn = Callable[[RunConfig, Path], dict]
 
 
-def default_train(cfg: LengenConfig, run_dir: Path, log: Callable[[str], None] = print) -> dict:
-    from tinyformer.lab.train import train_run
+def default_train(cfg: RunConfig, run_dir: Path) -> dict:
+    """Train (or resume, or read back a finished) run in `run_dir`: the result fields of its summary."""
+    import dataclasses
 
-    # force: a run dir without a summary row is a run interrupted after it finished writing; redo it
-    return train_run(cfg, run_dir, force=True, log=log)
+    from tinyformer.lab.run import result_row, train_task
+
+    return result_row(train_task(dataclasses.replace(cfg, run_dir=str(run_dir), model_keys=cfg.model_keys)))
 
 
-def sweep(base: dict, grid: dict, results: str | Path, *, train: TrainFn | None = None,
+def sweep(base: Settings, grid: Mapping[str, list], results: str | Path, *, train: TrainFn | None = None,
           log: Callable[[str], None] = print) -> list[dict]:
-    """Run every grid combination on top of `base` (task, pe and fixed settings) not yet in the summary."""
+    """Run every grid combination on top of `base` (task, scheme and fixed settings) not yet in the summary."""
+    from tinyformer.lab.run import run_path
+    from tinyformer.lab.setup import scheme_label
+
     results = Path(results)
-    configs = [from_dict(LengenConfig, {**base, **combo}) for combo in combinations(grid)]
-    path = summary_path(results, configs[0].task, configs[0].pe)
+    todo_all = [({**base, **combo}) for combo in combinations(grid)]
+    configs = [(s, lab_config(s)) for s in todo_all]
+    first = configs[0][1]
+    path = summary_path(results, first.task.name, scheme_label(first.model.position))
     done = {row["key"] for row in read_rows(path)}
-    todo = [c for c in configs if config_key(c) not in done]
-    log(f"sweep {configs[0].task} / {configs[0].pe}: {len(configs)} combinations, {len(configs) - len(todo)} "
-        f"already in {path}, {len(todo)} to run")
+    todo = [(s, c) for s, c in configs if config_key(c) not in done]
+    log(f"sweep {first.task.name} / {scheme_label(first.model.position)}: {len(configs)} combination(s), "
+        f"{len(configs) - len(todo)} already in {path}, {len(todo)} to run")
     rows = []
-    for i, cfg in enumerate(todo, 1):
-        run_dir = results / cfg.task / "runs" / cfg.pe / run_name(cfg)
+    for i, (settings, cfg) in enumerate(todo, 1):
+        run_dir = run_path(results, cfg)
         log(f"[{i}/{len(todo)}] {run_name(cfg)}")
-        result = (train or (lambda c, d: default_train(c, d, log)))(cfg, run_dir)
-        row = make_row(cfg, result, run_dir)
+        result = (train or default_train)(cfg, run_dir)
+        row = make_row(cfg, settings, result, run_dir)
         append_row(path, row)
         rows.append(row)
     return rows
 
 
-def best_row(rows: list[dict], by: str) -> dict:
-    """The row with the highest accuracy on bin `by` (ties: higher mean over bins, then fewer steps)."""
+def pick_bin(rows: list[dict], by: str | None) -> str:
+    """The bin that ranks rows: `by`, or by default the second bin every row has (the first beyond the
+    training range in the usual layout), else the only one."""
     if not rows:
         raise TinyformerError("the summary has no rows; run `tinyformer lengen sweep` first")
-    if any(by not in r["accuracy"] for r in rows):
-        bins = sorted({b for r in rows for b in r["accuracy"]})
-        raise TinyformerError(f"bin {by!r} is not in every summary row; bins present: {', '.join(bins)}")
+    common = [b for b in rows[0]["accuracy"] if all(b in r["accuracy"] for r in rows)]
+    if by is None:
+        if not common:
+            raise TinyformerError("the summary rows share no length bin; pass --by BIN")
+        return common[1] if len(common) > 1 else common[0]
+    if by not in common:
+        raise TinyformerError(f"bin {by!r} is not in every summary row; bins present in all: {', '.join(common)}")
+    return by
+
+
+def best_row(rows: list[dict], by: str | None) -> dict:
+    """The row with the highest accuracy on bin `by` (see pick_bin; ties: higher mean over bins, then fewer
+    steps)."""
+    by = pick_bin(rows, by)
     return max(rows, key=lambda r: (r["accuracy"][by], statistics.fmean(r["accuracy"].values()), -r["steps"]))
 
 
@@ -192,32 +248,35 @@ def spread(rows: list[dict], field: str = "accuracy") -> dict:
     return out
 
 
-def best(task: str, pe: str, results: str | Path, *, by: str = "51-100", seeds=DEFAULT_SEEDS,
+def best(task: str, pe: str, results: str | Path, *, by: str | None = None, seeds=DEFAULT_SEEDS,
          train: TrainFn | None = None, log: Callable[[str], None] = print) -> dict:
     """Re-run the best summary row with each seed; write best-<pe>.jsonl (rows) and best-<pe>.json (spread)."""
+    from tinyformer.lab.run import run_path
+
     results = Path(results)
     path = summary_path(results, task, pe)
     rows = read_rows(path)
     if not rows:
         raise TinyformerError(f"no sweep results in {path}; run `tinyformer lengen sweep --task {task} --pe {pe}` first")
+    by = pick_bin(rows, by)
     top = best_row(rows, by)
-    log(f"best {task} / {pe} by bin {by}: {run_name(from_dict(LengenConfig, top['config']))} "
-        f"({by}: {top['accuracy'][by]:.3f})")
+    top_cfg = lab_config(top["settings"])
+    log(f"best {task} / {pe}: {run_name(top_cfg)}")
     seed_path = results / task / f"best-{pe}.jsonl"
     # a deterministic run already done (in the sweep or an earlier `best`) is reused
     known = {r["key"]: r for r in read_rows(seed_path) + rows}
     seed_rows = []
     for seed in seeds:
-        cfg = from_dict(LengenConfig, {**top["config"], "seed": seed})
+        settings = {**top["settings"], "train.seed": seed}
+        cfg = lab_config(settings)
         key = config_key(cfg)
         if key in known:
             log(f"  seed {seed}: already run")
             row = known[key]
         else:
             log(f"  seed {seed}: training")
-            run_dir = results / task / "runs" / pe / run_name(cfg)
-            result = (train or (lambda c, d: default_train(c, d, log)))(cfg, run_dir)
-            row = make_row(cfg, result, run_dir)
+            run_dir = run_path(results, cfg)
+            row = make_row(cfg, settings, (train or default_train)(cfg, run_dir), run_dir)
             append_row(seed_path, row)
             known[key] = row
         seed_rows.append(row)
@@ -226,7 +285,7 @@ def best(task: str, pe: str, results: str | Path, *, by: str = "51-100", seeds=D
         "pe": pe,
         "by": by,
         "seeds": list(seeds),
-        "config": {k: v for k, v in top["config"].items() if k != "seed"},
+        "settings": {k: v for k, v in top["settings"].items() if k != "train.seed"},
         "accuracy": spread(seed_rows),
         "per_seed": {str(r["seed"]): r["accuracy"] for r in seed_rows},
     }

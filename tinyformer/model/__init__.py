@@ -4,8 +4,8 @@
     model = Transformer(ModelConfig.preset("llama", vocab_size=512, n_layers=4, d_model=128, n_heads=4))
     logits, loss = model(ids, targets)
 
-Names are imported on first use, so that importing `tinyformer.model.export_cli` (which the CLI does to
-list its verbs) does not pay for importing torch.
+Names are imported on first use, so that importing `tinyformer.model.config` (which config loading does)
+does not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from typing import Any
 _EXPORTS = {
     "ModelConfig": "tinyformer.model.config",
     "Transformer": "tinyformer.model.transformer",
-    "abacus_position_ids": "tinyformer.model.positions",
     "export_hf": "tinyformer.model.hf",
     "import_hf": "tinyformer.model.hf",
     "save_model": "tinyformer.model.io",
     "load_model": "tinyformer.model.io",
-    "resolve_checkpoint": "tinyformer.model.io",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,6 @@
-"""Checkpoint I/O for models: `model.safetensors` (clean parameter names) + `model.json` (the ModelConfig).
-
-A checkpoint is a directory; a run directory holds several under `checkpoints/` with an `index.json`
-naming the latest and the best. Every load error is a one-line TinyformerError.
+"""Checkpoint I/O for models: a directory of `model.safetensors` (clean parameter names) + `model.json`
+(the ModelConfig). Which checkpoint of a run to use is `tinyformer.rundir`'s business, not the model's.
+Every load error is a one-line TinyformerError.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from tinyformer.fileio import atomic_write
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
-INDEX_FILE = "index.json"
 
 
 def _state_dict_to_save(model) -> dict:
@@ -41,51 +39,6 @@ def save_model(model, ckpt_dir: str | os.PathLike) -> Path:
         json.dump(to_dict(model.config), f, indent=2)
         f.write("\n")
     return ckpt_dir
-
-
-def _read_index(checkpoints: Path) -> dict:
-    index_path = checkpoints / INDEX_FILE
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TinyformerError(
-            f"{checkpoints} has no {INDEX_FILE}; the run has not saved a checkpoint yet"
-        ) from None
-    except (OSError, ValueError):
-        raise TinyformerError(f"{index_path} is not valid JSON; the run directory is damaged") from None
-    if not isinstance(index, dict):
-        raise TinyformerError(f"{index_path} is not a JSON object; the run directory is damaged")
-    return index
-
-
-def resolve_checkpoint(path: str | os.PathLike, which: str = "latest") -> Path:
-    """The checkpoint directory meant by `path`: a checkpoint dir itself, a run dir, or a run's checkpoints/."""
-    if which not in ("latest", "best"):
-        raise TinyformerError(f"which must be 'latest' or 'best', got {which!r}")
-    path = Path(path)
-    if not path.exists():
-        raise TinyformerError(f"checkpoint or run directory {path} does not exist; check the path")
-    if path.is_file():
-        if path.name in (WEIGHTS_FILE, CONFIG_FILE):
-            path = path.parent
-        else:
-            raise TinyformerError(f"{path} is a file; pass a run directory or a checkpoint directory")
-    if (path / WEIGHTS_FILE).exists() or (path / CONFIG_FILE).exists():
-        return path
-    checkpoints = path if (path / INDEX_FILE).exists() else path / "checkpoints"
-    if not checkpoints.is_dir():
-        raise TinyformerError(
-            f"{path} is neither a checkpoint directory (with {WEIGHTS_FILE}) nor a run directory (with checkpoints/)"
-        )
-    index = _read_index(checkpoints)
-    name = index.get(which)
-    if not name:
-        hint = " (no validation loss was recorded; use --which latest)" if which == "best" else ""
-        raise TinyformerError(f"{checkpoints / INDEX_FILE} names no {which!r} checkpoint{hint}")
-    ckpt = checkpoints / str(name)
-    if not ckpt.is_dir():
-        raise TinyformerError(f"the {which} checkpoint {ckpt} named in {INDEX_FILE} is missing")
-    return ckpt
 
 
 def load_config_file(ckpt_dir: Path):
@@ -133,13 +86,16 @@ def load_state(model, weights_path: Path, map_location: str = "cpu") -> None:
     model.load_state_dict(state, strict=False)  # strict would demand the tied lm_head.weight
 
 
-def load_model(path: str | os.PathLike, which: str = "latest", map_location: str = "cpu"):
-    """A Transformer (in eval mode, on `map_location`) from a checkpoint dir or a run dir."""
+def load_model(ckpt_dir: str | os.PathLike, map_location: str = "cpu"):
+    """A Transformer (in eval mode, on `map_location`) from a checkpoint directory."""
     import torch
 
     from tinyformer.model.transformer import Transformer
 
-    ckpt = resolve_checkpoint(path, which)
+    ckpt = Path(ckpt_dir)
+    if not (ckpt / CONFIG_FILE).is_file() and not (ckpt / WEIGHTS_FILE).is_file():
+        raise TinyformerError(f"{ckpt} is not a checkpoint directory (no {CONFIG_FILE}); for a run directory "
+                              "use tinyformer.rundir.load_model")
     cfg = load_config_file(ckpt)
     with torch.device(map_location):
         model = Transformer(cfg)

@@ -1,5 +1,6 @@
 """Position schemes as small pure functions: sinusoidal tables, RoPE (rotate-half layout), ALiBi slopes and
-biases, and Abacus block ids. `learned`, `abacus` and `nope` need nothing beyond an embedding table or nothing.
+biases. `learned`, `abacus` and `nope` need nothing beyond an embedding table or nothing (Abacus ids come
+with the batch: `tinyformer.batch.run_positions`).
 """
 
 from __future__ import annotations
@@ -67,21 +68,3 @@ def alibi_bias(slopes: torch.Tensor, query_pos: torch.Tensor, key_pos: torch.Ten
     """Additive attention bias -slope * |pos_q - pos_k|, shape [B, H, Tq, Tk], from positions [B, Tq], [B, Tk]."""
     distance = (query_pos.unsqueeze(-1) - key_pos.unsqueeze(-2)).abs().float()  # [B, Tq, Tk]
     return -slopes.to(distance.device).view(1, -1, 1, 1) * distance.unsqueeze(1)
-
-
-def abacus_position_ids(is_digit: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
-    """Abacus block ids (McLeish et al., 2024): the 1-based index of each digit inside its run of digits, plus
-    `offset` (random during training, so longer numbers use ids seen in training); 0 for non-digit tokens.
-
-    Digits at the same place of different numbers share an id, hence an embedding. `is_digit` is [..., T].
-    """
-    is_digit = is_digit.bool()
-    count = torch.cumsum(is_digit.long(), dim=-1)
-    # count at the last non-digit before each token: subtracting it restarts the index at every number
-    reset = torch.where(is_digit, torch.zeros_like(count), count)
-    reset = torch.cummax(reset, dim=-1).values
-    index = count - reset
-    offset = torch.as_tensor(offset, device=is_digit.device)
-    if offset.dim() == 1:  # one offset per row
-        offset = offset.unsqueeze(-1)
-    return torch.where(is_digit, index + offset, torch.zeros_like(index))

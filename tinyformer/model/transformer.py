@@ -11,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyformer.batch import IGNORE_INDEX
 from tinyformer.errors import TinyformerError
 from tinyformer.model.attention import Attention, AttentionMask, KVCache, build_attention_mask
 from tinyformer.model.config import ModelConfig
 from tinyformer.model.positions import alibi_slopes, rope_cos_sin, sinusoidal_embedding
-
-IGNORE_INDEX = -100
 
 
 class RMSNorm(nn.Module):
@@ -148,7 +147,7 @@ class Transformer(nn.Module):
         if self.config.position == "abacus":
             raise TinyformerError(
                 "position='abacus' needs position_ids from the caller (each digit's index inside its number, "
-                "see tinyformer.model.positions.abacus_position_ids)"
+                "see tinyformer.batch.run_positions)"
             )
         n_past = kv_cache.length if kv_cache is not None else 0
         if attention_mask is None and n_past == 0:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinyformer.batch import IGNORE_INDEX
 from tinyformer.errors import TinyformerError
 
 SPECIAL_TOKENS = ("<bos>", "<sep>", "<eos>", "<pad>")
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -79,6 +79,15 @@ class Task:
         """Ids -> a space-separated string, for people reading samples."""
         vocab = self.vocab
         return " ".join(vocab[int(i)] for i in ids)
+
+    def encode(self, text: str) -> list[int]:
+        """A space-separated string of symbols (as `decode` writes it) -> ids; unknown symbols are an error."""
+        index = {s: i for i, s in enumerate(self.vocab)}
+        bad = sorted({s for s in text.split() if s not in index})
+        if bad:
+            raise TinyformerError(f"text has symbols outside the vocabulary of task {self.name}: {' '.join(bad)}; "
+                                  f"write symbols separated by spaces, from: {' '.join(self.vocab)}")
+        return [index[s] for s in text.split()]
 
     # --- lengths ---------------------------------------------------------------------------------
     def length_range(self, lo: int, hi: int) -> tuple[int, int]:

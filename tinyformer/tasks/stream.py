@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinyformer.batch import run_positions
 from tinyformer.errors import TinyformerError
 from tinyformer.tasks.base import Examples, Task
 
@@ -53,15 +54,8 @@ def sequence_positions(ids: np.ndarray, n_symbols: int) -> np.ndarray:
 
 
 def symbol_run_positions(ids: np.ndarray, n_symbols: int) -> np.ndarray:
-    """Abacus-style ids: the 1-based index of each symbol inside its run of symbols, 0 for special tokens.
-
-    In `<bos> s1..sL <sep> t1..tL <eos>` the i-th source and the i-th target token share id i.
-    """
-    is_symbol = ids < n_symbols
-    count = np.cumsum(is_symbol, axis=1)
-    # the count at the last special token before each cell; subtracting it restarts the index at every run
-    reset = np.maximum.accumulate(np.where(is_symbol, 0, count), axis=1)
-    return np.where(is_symbol, count - reset, 0)
+    """Abacus-style ids: the 1-based index of each symbol inside its run of symbols, 0 for special tokens."""
+    return run_positions(ids < n_symbols)
 
 
 POSITION_KINDS = {"sequence": sequence_positions, "symbol_runs": symbol_run_positions}
@@ -74,6 +68,8 @@ class TaskStream:
     uniform random offset such that its last position stays below this value, so that every position up to
     the longest evaluated length is trained while evaluation starts at 0.
     `positions`: "sequence" (0..T-1) or "symbol_runs" (Abacus-style index inside each run of symbols).
+    With several processes each call draws one global batch of `batch_size * world_size` examples (the same
+    on every process) and a process keeps its own rows, so N processes see what one process would.
     """
 
     def __init__(
@@ -85,11 +81,14 @@ class TaskStream:
         random_offset_to: int | None = None,
         attention_mask: bool = False,
         positions: str = "sequence",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.task = task
         task.check_range(*lengths)
         self.lengths = (int(lengths[0]), int(lengths[1]))
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.seed = seed
         self.random_offset_to = random_offset_to
         self.attention_mask = attention_mask
@@ -111,7 +110,7 @@ class TaskStream:
     def next_arrays(self) -> dict[str, np.ndarray]:
         """The next batch as numpy arrays (what `next_batch` turns into tensors)."""
         task, rng = self.task, self.rng
-        examples = task.generate(rng, task.sample_lengths(rng, *self.lengths, self.batch_size))
+        examples = task.generate(rng, task.sample_lengths(rng, *self.lengths, self.batch_size * self.world_size))
         ids, targets, n_real = to_model_arrays(examples)
         real = np.arange(ids.shape[1])[None, :] < n_real[:, None]
         position_ids = self.position_fn(ids, task.n_symbols)
@@ -125,6 +124,9 @@ class TaskStream:
         batch = {"ids": ids, "targets": targets, "position_ids": position_ids}
         if self.attention_mask:
             batch["attention_mask"] = real
+        if self.world_size > 1:
+            mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+            batch = {k: v[mine] for k, v in batch.items()}
         self.batches += 1
         return batch
 
@@ -135,9 +137,15 @@ class TaskStream:
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.next_arrays().items()}
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "batches": self.batches, "rng": self.rng.bit_generator.state}
+        return {"seed": self.seed, "batches": self.batches, "rng": self.rng.bit_generator.state,
+                "global_batch": self.batch_size * self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("global_batch", self.batch_size * self.world_size) != self.batch_size * self.world_size:
+            raise TinyformerError(
+                f"cannot resume: the checkpoint's global batch is {state.get('global_batch')} examples, this "
+                f"run's is {self.batch_size * self.world_size}; keep train.batch_size the same"
+            )
         self.seed, self.batches = state["seed"], state["batches"]
         self.rng.bit_generator.state = state["rng"]
 

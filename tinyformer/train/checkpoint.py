@@ -1,8 +1,9 @@
-"""Checkpoints of a run: RUN/checkpoints/step-NNNNNNNN/ (weights + trainer_state.pt) and index.json.
+"""Writing and reading checkpoints of a run: RUN/checkpoints/step-NNNNNNNN/ (weights + trainer state) and
+index.json (layout: `tinyformer.rundir`).
 
 A checkpoint directory is built under a temporary name and renamed into place, then index.json is
 replaced atomically, and only then are old checkpoints pruned: at any instant `latest` names a complete
-checkpoint. The last `keep_last` checkpoints and the best one (lowest validation loss) are kept.
+checkpoint. The last `keep_last` checkpoints and the best one (lowest evaluation score) are kept.
 """
 
 from __future__ import annotations
@@ -14,35 +15,9 @@ from typing import Any
 
 import torch
 
+from tinyformer import rundir
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_dir, atomic_write
-
-STATE_FILE = "trainer_state.pt"
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def read_index(run_dir: str | Path) -> dict[str, Any]:
-    """RUN/checkpoints/index.json, or {} when the run has no checkpoint yet."""
-    path = Path(run_dir) / "checkpoints" / "index.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise TinyformerError(f"{path} is corrupt; delete it to rebuild from the step-* directories") from None
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The directory of the run's latest complete checkpoint, or None."""
-    ckpts = Path(run_dir) / "checkpoints"
-    index = read_index(run_dir)
-    if index.get("latest") and (ckpts / index["latest"] / STATE_FILE).exists():
-        return ckpts / index["latest"]
-    done = sorted(p for p in ckpts.glob("step-*") if (p / STATE_FILE).exists()) if ckpts.is_dir() else []
-    return done[-1] if done else None
 
 
 def save_checkpoint(
@@ -51,25 +26,26 @@ def save_checkpoint(
     model: torch.nn.Module,
     trainer_state: dict[str, Any],
     *,
-    val_loss: float | None = None,
+    score: float | None = None,
     keep_last: int = 2,
 ) -> Path:
     """Write weights (via tinyformer.model.io.save_model) and trainer state for `step`; update the index
-    (latest, and best when `val_loss` beats it); prune. `model` must be the plain, unwrapped module."""
+    (latest, and best when `score` beats it: lower is better); prune. `model` must be the plain module."""
     from tinyformer.model.io import save_model
 
-    ckpts = Path(run_dir) / "checkpoints"
-    name = step_name(step)
+    ckpts = Path(run_dir) / rundir.CHECKPOINTS
+    name = rundir.step_name(step)
     with atomic_dir(ckpts / name, force=True) as tmp:
         save_model(model, tmp)
-        with atomic_write(tmp / STATE_FILE, "wb") as f:
+        with atomic_write(tmp / rundir.STATE_FILE, "wb") as f:
             torch.save(trainer_state, f)
-    index = read_index(run_dir)
+    index = rundir.read_index(run_dir)
     index["latest"] = name
-    best = index.get("best_val_loss")
-    if val_loss is not None and (best is None or val_loss < best):
-        index["best"], index["best_val_loss"] = name, float(val_loss)
-    with atomic_write(ckpts / "index.json") as f:
+    best = index.get("best_score", index.get("best_val_loss"))
+    if score is not None and (best is None or score < best):
+        index["best"], index["best_score"] = name, float(score)
+        index.pop("best_val_loss", None)
+    with atomic_write(ckpts / rundir.INDEX_FILE) as f:
         json.dump(index, f, indent=1)
     prune_checkpoints(ckpts, keep_last, keep={index.get("best"), name})
     return ckpts / name
@@ -85,10 +61,16 @@ def prune_checkpoints(ckpts: Path, keep_last: int, keep: set[str | None]) -> Non
 
 
 def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / STATE_FILE
+    path = Path(ckpt_dir) / rundir.STATE_FILE
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
-        raise TinyformerError(f"checkpoint {ckpt_dir} has no {STATE_FILE}; it cannot be resumed") from None
+        raise TinyformerError(f"checkpoint {ckpt_dir} has no {rundir.STATE_FILE}; it cannot be resumed") from None
     except Exception as exc:  # a truncated or foreign file: say so in one line
         raise TinyformerError(f"checkpoint state {path} is unreadable ({type(exc).__name__}); it is corrupt") from None
+
+
+def load_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
+    from tinyformer.model.io import load_state
+
+    load_state(model, Path(ckpt_dir) / rundir.WEIGHTS_FILE)

@@ -1,4 +1,5 @@
-"""`tinyformer train --config FILE [key=value ...]`: train a language model on token files (also under torchrun)."""
+"""`tinyformer train --config FILE [key=value ...]`: train any run (a language model on token files, or a
+synthetic task of the lab) from one config schema; also under torchrun."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML preset (see configs/); keys can be overridden after it")
+    parser.add_argument("--config", help="YAML run config (see configs/); keys can be overridden after it")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint (resume=must)"
     )
@@ -17,20 +18,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def train(cfg) -> dict:
+    """Train a RunConfig of either kind; returns the summary."""
+    if cfg.kind == "task":
+        from tinyformer.lab.run import train_task
+
+        return train_task(cfg)
+    from tinyformer.train.lm import train_lm
+
+    return train_lm(cfg)
+
+
 def run(args: argparse.Namespace) -> int:
     from tinyformer.train.config import load_run_config
-    from tinyformer.train.trainer import train_lm
+    from tinyformer.train.distributed import shutdown
 
     overrides = list(args.overrides) + (["resume=must"] if args.resume else [])
     cfg = load_run_config(args.config, overrides)
-    summary = train_lm(cfg)
-    from tinyformer.train.distributed import shutdown
-
+    summary = train(cfg)
     shutdown()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     line = f"{summary['status']} at step {summary['step']}"
     if summary.get("val_loss") is not None:
         line += f": val loss {summary['val_loss']:.4f}, ppl {summary['val_ppl']:.2f}"
-    print(f"{line} -> {cfg.run_dir}")
+    if summary.get("accuracy"):
+        line += ": accuracy " + "  ".join(f"{b}: {v:.3f}" for b, v in summary["accuracy"].items())
+    print(f"{line} -> {cfg.run_dir or 'runs/run'}")
     return 0

@@ -1,23 +1,30 @@
-"""Configs of a training run: what to train on (DataConfig), how (TrainConfig), and the whole run (RunConfig).
+"""The one run config: `{run_dir, resume, model, train, data | task, eval}`, typed all the way down.
 
-The model section stays a plain mapping here and is turned into `tinyformer.model.ModelConfig` by the
-trainer, so this module imports nothing heavy. Load with `load_run_config(yaml, overrides)`.
+Every run (a language model on token files, a synthetic-task run of the lab, the demo's runs) is a
+`RunConfig`. `load_run_config(yaml, overrides)` is the one loader: a YAML file (or a packaged preset such
+as the lab's), dotted `key=value` overrides on top, unknown keys named with the closest valid one. A
+`model.preset` (gpt2 | llama) expands into its architecture switches before the section is typed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from tinyformer.config import closest_hint, deep_merge, from_dict, parse_overrides, read_yaml
+from tinyformer.config import deep_merge, from_dict, parse_overrides, read_yaml
 from tinyformer.errors import TinyformerError
+from tinyformer.model.config import PRESETS, ModelConfig
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 
 @dataclass
 class DataConfig:
-    """Token files (`NAME.bin` + `NAME.json`) and how to draw windows from them."""
+    """Token files (`NAME.bin` + `NAME.json`) of a language-model run and how to draw windows from them."""
 
     train: str = ""  # path to the training token file (.bin)
     val: str | None = None  # path to the validation token file (.bin); None = no evaluation
@@ -25,6 +32,28 @@ class DataConfig:
     sampling: Literal["random", "sequential"] = "random"  # random windows, or in-order passes
     shuffle: bool = True  # sequential sampling: shuffle window order each epoch (seeded)
     eval_tokens: int | None = None  # None = the whole validation file; else a fixed seeded subset of windows
+
+
+@dataclass
+class TaskConfig:
+    """A synthetic task of the lab as the run's data: an endless seeded stream of examples."""
+
+    name: str = "UR"  # a registered task (`tinyformer lengen train --help` lists them), e.g. add:base=16
+    train_lengths: str = "1-50"  # task lengths drawn uniformly for training, LO-HI
+    random_offset: bool | None = None  # random position offsets in training; None = on for learned/abacus
+
+
+@dataclass
+class EvalConfig:
+    """How a task run is evaluated: fixed seeded length bins, exact match, and the stop rule."""
+
+    bins: list[str] = field(default_factory=lambda: ["1-50", "51-100", "101-150"])
+    examples: int = 2000  # examples per bin
+    batch_size: int = 256
+    seed: int = 0  # fixed across runs, so every run is scored on the same examples
+    stop_accuracy: float = 1.0  # stop once the training-range bin reaches it (> 1 = never)
+    greedy: bool = True  # free-running greedy accuracy at the final evaluation
+    greedy_examples: int | None = None  # per bin; None = all
 
 
 @dataclass
@@ -40,7 +69,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
     seq_len: int | None = None  # None = model.max_seq_len
     lr: float = 3e-4
-    min_lr: float = 3e-5
+    min_lr: float | None = None  # None = lr / 10
     schedule: Literal["cosine", "constant", "linear"] = "cosine"
     warmup: int = 100
     weight_decay: float = 0.1
@@ -72,34 +101,102 @@ class TrainConfig:
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     dist_backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
 
+    @property
+    def final_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
 
 @dataclass
 class RunConfig:
-    """One run: model + data + training, and where it lives."""
+    """One run: the model, what it trains on (`data` token files or a synthetic `task`), how, and where."""
 
-    run_dir: str = "runs/run"
+    run_dir: str | None = None  # None: runs/run for `tinyformer train`, results/TASK/runs/... for `lengen`
     resume: Literal["never", "auto", "must"] = "auto"  # auto: resume when run_dir has a checkpoint
-    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, plus optional `preset`
-    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig | None = None
+    task: TaskConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # model fields the config set explicitly (the rest are defaults the data may replace: vocab_size from the
+    # tokenizer or task, the position table from the longest evaluated input). Not part of the saved config.
+    model_keys: frozenset = field(default=frozenset(), repr=False, compare=False, metadata={"internal": True})
+
+    @property
+    def kind(self) -> str:
+        """'task' for a synthetic-task run, 'lm' for a language model on token files."""
+        return "task" if self.task is not None else "lm"
 
 
-def load_run_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> RunConfig:
-    """YAML preset (optional) + dotted overrides (`train.lr=1e-3`) -> RunConfig; unknown keys are errors."""
-    data = read_yaml(path) if path else {}
-    cfg = from_dict(RunConfig, deep_merge(data, parse_overrides(overrides)))
-    _check_model_keys(cfg.model)
+def _expand_model(section: Any) -> tuple[dict[str, Any], frozenset]:
+    """The model section as plain fields (a `preset` expanded under the given keys) and the keys given."""
+    if section is None:
+        section = {}
+    if isinstance(section, ModelConfig):
+        return dataclasses.asdict(section), frozenset(f.name for f in dataclasses.fields(ModelConfig))
+    if not isinstance(section, Mapping):
+        raise TinyformerError(f"model: expected a mapping of model fields, got {section!r}")
+    fields = dict(section)
+    preset = fields.pop("preset", None)
+    given = frozenset(fields)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise TinyformerError(f"unknown model.preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+        fields = {**PRESETS[preset], **fields}
+    return fields, given
+
+
+def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """A RunConfig from a plain (YAML) mapping; every section typed, unknown keys named."""
+    data = dict(data)
+    if "model_keys" in data:
+        raise TinyformerError("unknown config key 'model_keys'; it is internal, remove it")
+    if data.get("data") is not None and data.get("task") is not None:
+        raise TinyformerError("the config has both a data section (token files) and a task section; a run "
+                              "trains on one: remove one of them")
+    model_fields, given = _expand_model(data.pop("model", None))
+    data["model"] = ModelConfig.from_dict(model_fields)
+    cfg = from_dict(RunConfig, data)
+    cfg.model_keys = given
+    if cfg.data is None and cfg.task is None:
+        cfg.data = DataConfig()
     return cfg
 
 
-def _check_model_keys(model: dict[str, Any]) -> None:
-    """Catch a typo in the model section now, before any data is read (the section becomes a ModelConfig
-    only once the tokenizer's vocab size is known)."""
-    import dataclasses
+def load_run_config(path: str | os.PathLike | None, overrides: Iterable[str] = (),
+                    base: str | os.PathLike | None = None) -> RunConfig:
+    """`base` preset (optional), then the YAML file, then dotted overrides (`train.lr=1e-3`) -> RunConfig."""
+    data = read_yaml(base) if base else {}
+    if path:
+        data = deep_merge(data, read_yaml(path))
+    return run_config_from_dict(deep_merge(data, parse_overrides(overrides)))
 
-    from tinyformer.model.config import ModelConfig
 
-    valid = {f.name for f in dataclasses.fields(ModelConfig)} | {"preset"}
-    for key in model:
-        if key not in valid:
-            raise TinyformerError(f"unknown config key 'model.{key}'; {closest_hint(str(key), valid)}")
+def preset_path(name: str) -> Path:
+    """A config preset shipped inside the package (tinyformer/presets/NAME.yaml)."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise TinyformerError(f"no packaged preset {name!r} in {PRESET_DIR}")
+    return path
+
+
+def saved_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as written to RUN/config.yaml (internal fields left out, empty sections dropped)."""
+    from tinyformer.config import to_dict
+
+    out = to_dict(cfg)
+    out.pop("model_keys", None)
+    for section in ("data", "task"):
+        if out.get(section) is None:
+            out.pop(section, None)
+    if cfg.kind == "lm":
+        out.pop("eval", None)
+    return out
+
+
+def save_run_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    import yaml
+
+    from tinyformer.fileio import atomic_write
+
+    with atomic_write(path) as f:
+        yaml.safe_dump(saved_dict(cfg), f, sort_keys=False)

@@ -1,4 +1,5 @@
-"""Loss and perplexity curves of one or more runs (read from RUN/metrics.jsonl) on one PNG figure."""
+"""Curves of one or more runs (read from RUN/metrics.jsonl) on one PNG figure: loss for every run,
+perplexity for language-model runs, exact-match accuracy per length bin for task runs."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from tinyformer.train.metrics import read_metrics
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """Two panels against tokens seen: train (thin) and validation (markers) loss; validation perplexity.
-    One colour per run. The PNG is written atomically."""
+    """Panels against steps: train loss (thin) and validation loss (markers); validation perplexity when a
+    run has it; accuracy per length bin when a run is a task run. One colour per run, one line style per
+    bin. The PNG is written atomically; a run with nothing to draw is a one-line error."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,35 +22,46 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
 
     from tinyformer.fileio import atomic_write
 
-    fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
-    drew = False
-    for i, run in enumerate(run_dirs):
+    runs = []
+    for run in run_dirs:
+        if not Path(run).is_dir():
+            raise TinyformerError(f"run {run} does not exist; pass run directories (with metrics.jsonl)")
         records = read_metrics(run)
-        if not records:
-            if not Path(run).is_dir():
-                raise TinyformerError(f"run {run} does not exist; pass run directories (with metrics.jsonl)")
-            raise TinyformerError(f"run {run} has no metrics.jsonl records yet; nothing to plot")
-        color = f"C{i % 10}"
-        name = Path(run).name
         train = [r for r in records if r.get("kind") == "train" and r.get("train_loss") is not None]
-        val = [r for r in records if r.get("kind") == "eval" and r.get("val_loss") is not None]
+        evals = [r for r in records if r.get("kind") == "eval"]
+        if not train and not evals:
+            raise TinyformerError(f"run {run} has no metrics.jsonl records yet; nothing to plot")
+        runs.append((Path(run).name, train, evals))
+    has_ppl = any(r.get("val_ppl") is not None for _, _, ev in runs for r in ev)
+    has_acc = any(r.get("accuracy") for _, _, ev in runs for r in ev)
+    panels = ["loss"] + (["ppl"] if has_ppl else []) + (["acc"] if has_acc else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    ax = dict(zip(panels, axes[0]))
+    styles = ["-", "--", ":", "-."]
+    for i, (name, train, evals) in enumerate(runs):
+        color = f"C{i % 10}"
         if train:
-            xs = [r["tokens"] for r in train]
-            ax_loss.plot(xs, [r["train_loss"] for r in train], color=color, lw=1, alpha=0.6, label=f"{name} train")
-            ax_ppl.plot(xs, [math.exp(min(r["train_loss"], 50)) for r in train], color=color, lw=1, alpha=0.4,
-                        label=f"{name} train")
+            ax["loss"].plot([r["step"] for r in train], [r["train_loss"] for r in train], color=color, lw=1,
+                            alpha=0.7, label=f"{name} train")
+        val = [r for r in evals if r.get("val_loss") is not None]
         if val:
-            xs = [r["tokens"] for r in val]
-            ax_loss.plot(xs, [r["val_loss"] for r in val], "o-", color=color, ms=3, label=f"{name} val")
-            ax_ppl.plot(xs, [r["val_ppl"] for r in val], "o-", color=color, ms=3, label=f"{name} val")
-        drew = drew or bool(train or val)
-    for ax, title in ((ax_loss, "loss (nats/token)"), (ax_ppl, "perplexity")):
-        ax.set_xlabel("tokens seen")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if drew:
-            ax.legend(fontsize=7)
-    ax_ppl.set_yscale("log")
+            xs = [r["step"] for r in val]
+            ax["loss"].plot(xs, [r["val_loss"] for r in val], "o-", color=color, ms=3, label=f"{name} val")
+            ax["ppl"].plot(xs, [r["val_ppl"] for r in val], "o-", color=color, ms=3, label=f"{name} val")
+        acc = [r for r in evals if r.get("accuracy")]
+        for j, b in enumerate(acc[0]["accuracy"] if acc else []):
+            ax["acc"].plot([r["step"] for r in acc], [r["accuracy"].get(b, math.nan) for r in acc],
+                           styles[j % len(styles)], marker="o", color=color, ms=3, label=f"{name} len {b}")
+    titles = {"loss": "loss (nats/token)", "ppl": "validation perplexity", "acc": "exact-match accuracy per length bin"}
+    for key, a in ax.items():
+        a.set_xlabel("step")
+        a.set_title(titles[key])
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    if has_ppl:
+        ax["ppl"].set_yscale("log")
+    if has_acc:
+        ax["acc"].set_ylim(-0.02, 1.02)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

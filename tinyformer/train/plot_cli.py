@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (with metrics.jsonl)")
-    parser.add_argument("--out", help="PNG to write (default: RUN/plots/loss.png for one run, else curves.png)")
+    parser.add_argument("--out", help="PNG to write (default: RUN/plots/curves.png for one run, else curves.png)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -15,6 +15,6 @@ def run(args: argparse.Namespace) -> int:
 
     from tinyformer.train.plot import plot_runs
 
-    out = args.out or (str(Path(args.runs[0]) / "plots" / "loss.png") if len(args.runs) == 1 else "curves.png")
+    out = args.out or (str(Path(args.runs[0]) / "plots" / "curves.png") if len(args.runs) == 1 else "curves.png")
     print(plot_runs(args.runs, out))
     return 0

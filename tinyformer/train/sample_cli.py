@@ -1,4 +1,5 @@
-"""`tinyformer sample --ckpt RUN --prompt TEXT`: generate text from a run with its own tokenizer."""
+"""`tinyformer sample --ckpt RUN`: text from a language-model run with its own tokenizer, or a task run's
+answers (greedy) to its task's inputs: `--prompt` in the task's symbols, or examples drawn from a bin."""
 
 from __future__ import annotations
 
@@ -6,33 +7,46 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    parser.add_argument("--ckpt", required=True, help="run directory (language-model or task run) or checkpoint")
     parser.add_argument("--which", choices=("best", "latest"), help="checkpoint of a run (default: best, else latest)")
-    parser.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>)")
+    parser.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>); for a "
+                        "task run an input in the task's symbols")
     parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (task runs always decode greedily)")
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--bin", help="task run without --prompt: draw examples from this length bin "
+                        "(default: the run's first eval bin)")
     parser.add_argument("--device", default="auto")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from tinyformer.errors import TinyformerError
-    from tinyformer.tokenizer import Tokenizer
-    from tinyformer.train.eval_cli import load_run_model
-    from tinyformer.train.trainer import resolve_device
+    from tinyformer.rundir import Run
+    from tinyformer.train.runtime import resolve_device
 
     if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
         raise TinyformerError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        raise TinyformerError("--num-samples and --max-new-tokens must be at least 1")
     device = resolve_device(args.device)
-    model, run_dir, _ = load_run_model(args.ckpt, args.which, device)
-    if not (run_dir / "tokenizer").is_dir():
-        raise TinyformerError(f"run {run_dir} has no tokenizer/ directory; sampling text needs the run's tokenizer")
-    tok = Tokenizer.load(run_dir / "tokenizer")
+    run = Run(args.ckpt, args.which)
+    model = run.load_model(device)
+    if run.kind == "task":
+        return _sample_task(run, model, args, device)
+    return _sample_text(run, model, args, device)
+
+
+def _sample_text(run, model, args, device) -> int:
+    import torch
+
+    from tinyformer.errors import TinyformerError
+
+    tok = run.tokenizer()
+    if tok is None:
+        raise TinyformerError(f"{run.given} has no tokenizer/ directory; sampling text needs the run's tokenizer")
     prompt = tok.encode(args.prompt, allowed_special="all") if args.prompt else [tok.eot_id or 0]
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     stop = [tok.eot_id] if tok.eot_id is not None else None
@@ -46,4 +60,37 @@ def run(args: argparse.Namespace) -> int:
         print((args.prompt + text) if args.prompt else text)
         if i + 1 < args.num_samples:
             print("---")
+    return 0
+
+
+def _sample_task(run, model, args, device) -> int:
+    import numpy as np
+
+    from tinyformer.lab.evaluate import greedy_continuation
+    from tinyformer.tasks import make_eval_set, parse_range
+
+    setup = run.task_setup()
+    task = setup.task
+    if args.prompt:
+        ids = np.asarray([task.encode(args.prompt)])
+        out = greedy_continuation(model, ids, args.max_new_tokens, setup.eval_positions, device)[0].tolist()
+        if task.eos in out:  # the answer ends at <eos>
+            out = out[: out.index(task.eos) + 1]
+        print(f"{task.decode(ids[0].tolist())}  ->  {task.decode(out)}")
+        return 0
+    lo, hi = parse_range(args.bin) if args.bin else setup.bins[0]
+    examples = make_eval_set(task, lo, hi, args.num_samples, seed=args.seed).examples
+    right = 0
+    for tokens, supervised, n in zip(examples.tokens, examples.supervised, examples.seq_lens):
+        tokens, supervised = tokens[: int(n)], supervised[: int(n)]
+        start = int(np.argmax(supervised))
+        stop = len(supervised) - int(np.argmax(supervised[::-1]))
+        prompt = tokens[None, :start]
+        want = tokens[start:stop].tolist()
+        got = greedy_continuation(model, prompt, len(want), setup.eval_positions, device)[0].tolist()
+        ok = got == want
+        right += ok
+        print(f"{task.decode(prompt[0].tolist())}  ->  {task.decode(got)}   "
+              f"{'correct' if ok else 'wrong, expected ' + task.decode(want)}")
+    print(f"{right}/{len(examples)} correct (task {task.name}, lengths {lo}-{hi}, checkpoint {run.checkpoint.name})")
     return 0

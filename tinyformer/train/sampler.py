@@ -16,14 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tinyformer.batch import IGNORE_INDEX
+from tinyformer.data.tokenfile import read_token_file
 from tinyformer.errors import TinyformerError
-
-
-def open_token_file(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """(memmap of ids, sidecar metadata) of a token file, with one-line errors for bad files."""
-    from tinyformer.data.tokenfile import read_token_file
-
-    return read_token_file(Path(path))
 
 
 def _window_rows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +42,7 @@ class TokenFileBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        tokens, meta = open_token_file(path)
+        tokens, meta = read_token_file(path)
         self.path = Path(path)
         self.dtype = tokens.dtype
         self.n_tokens = int(len(tokens))
@@ -139,8 +134,8 @@ def eval_batches(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches covering the whole file once (every token after the first is a target exactly once), or a
     fixed, seeded subset of windows worth `max_tokens` targets. The last short window is padded with
-    ignored (-100) targets. With several processes, each takes every world_size-th batch."""
-    tokens, _ = open_token_file(path)
+    ignored (IGNORE_INDEX) targets. With several processes, each takes every world_size-th batch."""
+    tokens, _ = read_token_file(path)
     n = len(tokens)
     if n < 2:
         raise TinyformerError(f"token file {path} has {n} tokens; evaluation needs at least 2")
@@ -155,10 +150,10 @@ def eval_batches(
         chunk = windows[b * batch_size : (b + 1) * batch_size]  # empty past the end: an all-ignored batch
         if len(chunk) == 0:
             yield {"ids": torch.zeros(1, seq_len, dtype=torch.long),
-                   "targets": torch.full((1, seq_len), -100, dtype=torch.long)}
+                   "targets": torch.full((1, seq_len), IGNORE_INDEX, dtype=torch.long)}
             continue
         ids = torch.zeros(len(chunk), seq_len, dtype=torch.long)
-        targets = torch.full((len(chunk), seq_len), -100, dtype=torch.long)
+        targets = torch.full((len(chunk), seq_len), IGNORE_INDEX, dtype=torch.long)
         for row, w in enumerate(chunk):
             start = int(w) * seq_len
             piece = torch.from_numpy(np.asarray(tokens[start : min(n, start + seq_len + 1)], dtype=np.int64))

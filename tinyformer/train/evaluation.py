@@ -1,0 +1,91 @@
+"""What the Trainer calls to evaluate a run: the `Evaluation` protocol, and the language-model one (loss,
+perplexity, bits per byte over a validation token file). The lab's length-bin evaluation is the other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from tinyformer.batch import IGNORE_INDEX
+from tinyformer.train.distributed import all_reduce_sum
+from tinyformer.train.runtime import Runtime, autocast, sdpa_backend
+
+LN2 = math.log(2.0)
+
+
+class Evaluation(Protocol):
+    """An evaluation of a run. `score` orders checkpoints (lower is better: the best is kept); `solved`
+    is the stop rule; `final` adds to the summary once training ends (not when interrupted)."""
+
+    score_name: str
+
+    def run(self, module: torch.nn.Module, runtime: Runtime) -> dict[str, Any]: ...
+
+    def score(self, metrics: dict[str, Any]) -> float: ...
+
+    def solved(self, metrics: dict[str, Any]) -> bool: ...
+
+    def describe(self, metrics: dict[str, Any]) -> str: ...
+
+    def final(self, module: torch.nn.Module, runtime: Runtime) -> dict[str, Any]: ...
+
+
+@torch.no_grad()
+def loss_over(module: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device,
+              precision: str) -> tuple[float, float]:
+    """(summed cross-entropy in nats, number of target tokens) of `module` over `batches`."""
+    loss_sum, count = 0.0, 0.0
+    for batch in batches:
+        ids = batch["ids"].to(device)
+        targets = batch["targets"].to(device)
+        kwargs = {k: batch[k].to(device) for k in ("position_ids", "attention_mask") if k in batch}
+        with autocast(device, precision):
+            logits, _ = module(ids, **kwargs)
+        logits = logits[:, : targets.shape[1], :].float()
+        loss_sum += F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        ).item()
+        count += (targets != IGNORE_INDEX).sum().item()
+    return loss_sum, count
+
+
+def loss_metrics(loss_sum: float, count: float, bytes_per_token: float | None) -> dict[str, float]:
+    """Mean loss, perplexity and (given the file's bytes per token) bits per byte."""
+    loss = loss_sum / max(count, 1.0)
+    out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(count)}
+    if bytes_per_token:
+        out["val_bpb"] = loss / (LN2 * bytes_per_token)
+    return out
+
+
+class LossEvaluation:
+    """Validation loss over the batches `val_batches()` yields (summed over all processes); best = lowest."""
+
+    score_name = "val_loss"
+
+    def __init__(self, val_batches: Callable[[], Iterable[dict[str, torch.Tensor]]], sdpa: str = "auto",
+                 bytes_per_token: float | None = None) -> None:
+        self.val_batches, self.sdpa, self.bytes_per_token = val_batches, sdpa, bytes_per_token
+
+    def run(self, module: torch.nn.Module, runtime: Runtime) -> dict[str, Any]:
+        with sdpa_backend(self.sdpa):
+            loss_sum, count = loss_over(module, self.val_batches(), runtime.device, runtime.precision)
+        loss_sum, count = all_reduce_sum([loss_sum, count], runtime.info, runtime.device)
+        return loss_metrics(loss_sum, count, self.bytes_per_token)
+
+    def score(self, metrics: dict[str, Any]) -> float:
+        return metrics["val_loss"]
+
+    def solved(self, metrics: dict[str, Any]) -> bool:
+        return False
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        return f"val loss {metrics['val_loss']:.4f} (ppl {metrics['val_ppl']:.2f})"
+
+    def final(self, module: torch.nn.Module, runtime: Runtime) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,134 @@
+"""Language-model runs: token files + a tokenizer wired into the Trainer (what `tinyformer train` runs for a
+config with a `data` section). Everything is checked before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinyformer import rundir
+from tinyformer.data.tokenfile import check_token_file, read_token_file
+from tinyformer.errors import TinyformerError
+from tinyformer.model import ModelConfig
+from tinyformer.train.config import RunConfig, TrainConfig
+from tinyformer.train.evaluation import LossEvaluation
+from tinyformer.train.sampler import TokenFileBatches, eval_batches
+from tinyformer.train.start import start_run
+
+DEFAULT_RUN_DIR = "runs/run"
+
+
+def with_data_vocab(cfg: RunConfig, vocab_size: int | None) -> ModelConfig:
+    """The model section with `vocab_size` from the data unless the config set one (a larger one pads)."""
+    if vocab_size is None or "vocab_size" in cfg.model_keys:
+        return cfg.model
+    return dataclasses.replace(cfg.model, vocab_size=vocab_size)
+
+
+def initial_weights(source: str, cfg: RunConfig) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, state dict) of the model to fine-tune: an HF directory (config.json) or a tinyformer
+    run/checkpoint. The model section may only change dropout: the shape is the source's."""
+    path = Path(source)
+    if not path.exists():
+        raise TinyformerError(f"train.init_from {source} does not exist; pass an HF model directory or a run directory")
+    if (path / "config.json").is_file():
+        from tinyformer.model.hf import import_hf
+
+        model = import_hf(path)
+    else:
+        model = rundir.load_model(path)
+    model_cfg = model.config
+    for key in sorted(cfg.model_keys):
+        value = getattr(cfg.model, key)
+        if key == "dropout":
+            model_cfg = dataclasses.replace(model_cfg, dropout=value)
+        elif getattr(model_cfg, key) != value:
+            raise TinyformerError(
+                f"model.{key} conflicts with train.init_from={source}, whose weights fix the model's shape; "
+                "remove it from the model section (only model.dropout can change when fine-tuning)"
+            )
+    return model_cfg, model.state_dict()
+
+
+def train_lm(cfg: RunConfig) -> dict[str, Any]:
+    """A language-model run from a RunConfig: checks, run dir, model, samplers, Trainer.fit()."""
+    data = cfg.data
+    cfg = dataclasses.replace(cfg, run_dir=cfg.run_dir or DEFAULT_RUN_DIR, model_keys=cfg.model_keys)
+    run_dir = Path(cfg.run_dir)
+    tokenizer = None
+    if data.tokenizer:
+        from tinyformer.tokenizer import Tokenizer
+
+        if not Path(data.tokenizer).is_dir():
+            raise TinyformerError(f"data.tokenizer {data.tokenizer} is not a tokenizer directory; check the path")
+        tokenizer = Tokenizer.load(data.tokenizer)
+    if not data.train:
+        raise TinyformerError("data.train is not set; pass data.train=PATH.bin (make one with `tinyformer data prepare`)")
+    train_meta = read_token_file(data.train)[1]
+    init_state = None
+    if cfg.train.init_from:
+        model_cfg, init_state = initial_weights(cfg.train.init_from, cfg)
+    else:
+        model_cfg = with_data_vocab(cfg, tokenizer.vocab_size if tokenizer is not None else train_meta.get("vocab_size"))
+    seq_len = cfg.train.seq_len or model_cfg.max_seq_len
+    if seq_len > model_cfg.max_seq_len and model_cfg.position in ("learned", "abacus"):
+        raise TinyformerError(f"train.seq_len={seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}")
+    fingerprint = tokenizer.fingerprint if tokenizer is not None else train_meta.get("tokenizer_fingerprint")
+    train_meta = check_token_file(data.train, model_cfg.vocab_size, fingerprint, "train")
+    val_meta = check_token_file(data.val, model_cfg.vocab_size, fingerprint, "val") if data.val else None
+    if tokenizer is not None and cfg.resume != "never" and rundir.latest_checkpoint(run_dir) is not None:
+        saved = rundir.read_tokenizer(run_dir)
+        if saved is not None and saved.fingerprint != tokenizer.fingerprint:
+            raise TinyformerError(
+                f"cannot resume {run_dir}: it was trained with another tokenizer than {data.tokenizer}; "
+                "use the run's data or start a new run_dir"
+            )
+    resolved = dataclasses.replace(cfg, model=model_cfg)
+
+    def build(rt):
+        micro = max(1, cfg.train.batch_size // max(1, rt.info.world_size * cfg.train.grad_accum))
+        source = TokenFileBatches(
+            data.train, micro, seq_len, sampling=data.sampling, seed=cfg.train.seed,
+            shuffle=data.shuffle, rank=rt.info.rank, world_size=rt.info.world_size,
+        )
+        evaluation = None
+        if data.val:
+            def val_batches():
+                return eval_batches(data.val, micro, seq_len, max_tokens=data.eval_tokens,
+                                    seed=cfg.train.seed, rank=rt.info.rank, world_size=rt.info.world_size)
+
+            evaluation = LossEvaluation(val_batches, cfg.train.sdpa_backend,
+                                        (val_meta or train_meta).get("bytes_per_token"))
+        sample_fn = lm_sampler(tokenizer, cfg.train, model_cfg) if tokenizer is not None else None
+        return source, evaluation, sample_fn
+
+    def write_extra(run_path: Path) -> None:
+        if tokenizer is not None and not (run_path / rundir.TOKENIZER_DIR).exists():
+            tokenizer.save(run_path / rundir.TOKENIZER_DIR)
+
+    return start_run(resolved, seq_len, build, init_state=init_state, write_extra=write_extra)
+
+
+def lm_sampler(tokenizer, tcfg: TrainConfig, model_cfg: ModelConfig) -> Callable[[torch.nn.Module, int], str]:
+    def sample(model: torch.nn.Module, step: int) -> str:
+        device = next(model.parameters()).device
+        if tcfg.sample_prompt:
+            prompt = tokenizer.encode(tcfg.sample_prompt, allowed_special="all")
+        else:
+            prompt = [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
+        prompt = prompt[-model_cfg.max_seq_len // 2 :]
+        n_new = tcfg.sample_tokens
+        if model_cfg.position in ("learned", "abacus"):  # stay inside the position table
+            n_new = max(1, min(n_new, model_cfg.position_table_size - len(prompt)))
+        ids = torch.tensor([prompt], dtype=torch.long, device=device)
+        out = model.generate(ids, n_new, temperature=tcfg.sample_temperature,
+                             top_k=tcfg.sample_top_k, seed=tcfg.seed + step)
+        return tokenizer.decode(out[0].tolist())
+
+    return sample
+

@@ -1,0 +1,113 @@
+"""Where and how a run computes: device, processes (under torchrun), precision, attention kernel, RNG state.
+
+Everything here is applied from outside the model, so the model file stays free of devices and parallelism.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinyformer.errors import TinyformerError
+from tinyformer.train.config import TrainConfig
+from tinyformer.train.distributed import DistInfo, init_distributed
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    info: DistInfo
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda if available, else mps, else cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TinyformerError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TinyformerError(f"train.device={name} but MPS is not available here; use train.device=auto or cpu")
+    return device
+
+
+def cpu_bf16_is_faster(size: int = 512) -> bool:
+    """Whether bf16 matmuls beat fp32 by a clear margin on this CPU (true on CPUs with AVX512-BF16 / AMX)."""
+    from tinyformer.train.metrics import matmul_ceiling
+
+    return matmul_ceiling("cpu", "bf16", size, 0.1) > 1.3 * matmul_ceiling("cpu", "fp32", size, 0.1)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 on CUDA with bf16 support, on CPU when bf16 matmuls are measurably faster; else fp32."""
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise TinyformerError("train.precision=fp16 needs a GPU; on CPU use bf16 or fp32")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_bf16_is_faster():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def sdpa_backend(name: str):
+    """A context choosing the scaled-dot-product-attention kernel (`auto`: leave it to torch)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}[name]
+    return sdpa_kernel([backend])
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Device, process group (under torchrun) and precision for a run."""
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info = init_distributed(cfg.parallel, device.type, cfg.dist_backend)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    return Runtime(device, resolve_precision(cfg.precision, device), info)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
