@@ -43,3 +43,32 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subproc
 @pytest.fixture
 def cli():
     return run_cli
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def main_cli(capsys):
+    """`tinyformer ARGS` run in this process (the same entry point as the console script, minus the ~3 s of
+    starting Python and importing torch per call); returns returncode / stdout / stderr."""
+    import torch
+
+    from tinyformer.cli import main
+
+    threads = torch.get_num_threads()
+
+    def run(*args, check: bool = False) -> Result:
+        capsys.readouterr()
+        try:
+            rc = main([str(a) for a in args])
+        finally:
+            torch.set_num_threads(threads)  # train.threads=1 must not leak into other tests
+        out, err = capsys.readouterr()
+        if check and rc != 0:
+            raise AssertionError(f"tinyformer {' '.join(map(str, args))} failed:\n{out}\n{err}")
+        return Result(rc, out, err)
+
+    return run

@@ -49,31 +49,9 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "tok": root / "tok", "train": root / "train.bin", "val": root / "val.bin"}
 
 
-class Result:
-    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
 @pytest.fixture
-def cli(capsys):
-    """`tinyformer ARGS` run in this process (the same entry point as the console script, minus the ~3 s of
-    starting Python and importing torch per call); returns returncode / stdout / stderr."""
-    from tinyformer.cli import main
-
-    threads = torch.get_num_threads()
-
-    def run(*args, check: bool = False) -> Result:
-        capsys.readouterr()
-        try:
-            rc = main([str(a) for a in args])
-        finally:
-            torch.set_num_threads(threads)  # train.threads=1 must not leak into other tests
-        out, err = capsys.readouterr()
-        if check and rc != 0:
-            raise AssertionError(f"tinyformer {' '.join(map(str, args))} failed:\n{out}\n{err}")
-        return Result(rc, out, err)
-
-    return run
+def cli(main_cli):
+    return main_cli
 
 
 def data_args(corpus) -> list[str]:

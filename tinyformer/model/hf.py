@@ -396,15 +396,12 @@ def export_hf(
     return Path(out_dir)
 
 
-def write_tokenizer(tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> bool:
-    """HF tokenizer files from a tinyformer tokenizer directory; False when the tokenizer export is absent."""
-    try:
-        from tinyformer.tokenizer import Tokenizer
-        from tinyformer.tokenizer.export import to_hf
-    except ImportError:
-        return False
+def write_tokenizer(tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """HF tokenizer files (tokenizer.json, tokenizer_config.json) from a tinyformer tokenizer directory."""
+    from tinyformer.tokenizer import Tokenizer
+    from tinyformer.tokenizer.export import to_hf
+
     to_hf(Tokenizer.load(tokenizer_dir), out_dir)
-    return True
 
 
 def _read_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:

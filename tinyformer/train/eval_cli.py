@@ -63,12 +63,7 @@ def _eval_task(run, model, args, device) -> dict:
         changes["examples"] = args.examples
     if changes:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes), model_keys=cfg.model_keys)
-    setup = TaskSetup(cfg)
-    if setup.table_size > model.config.position_table_size and model.config.position in ("learned", "abacus"):
-        from tinyformer.errors import TinyformerError
-
-        raise TinyformerError(f"--bins need {setup.positions_needed} positions, the model's table has "
-                              f"{model.config.position_table_size}; choose shorter bins")
+    setup = TaskSetup(cfg)  # bins beyond a learned position table are refused here
     result = evaluate_bins(model, setup.eval_sets, batch_size=cfg.eval.batch_size, positions=setup.eval_positions,
                            device=device, greedy=args.greedy, precision=args.precision)
     return {"task": setup.task.name, "examples": cfg.eval.examples, "checkpoint": str(run.checkpoint), **result}
