@@ -137,8 +137,13 @@ def to_tiktoken(tok, name: str | None = None):
         pat_str=tok.pattern,
         mergeable_ranks=mergeable_ranks(tok),
         special_tokens=dict(tok.special_tokens),
-        explicit_n_vocab=tok.vocab_size,
+        explicit_n_vocab=_n_vocab(tok),
     )
+
+
+def _n_vocab(tok) -> int | None:
+    """tiktoken's check that every id is used, or None (no check) for a tokenizer with unused ids."""
+    return tok.vocab_size if len(tok.vocab) == tok.vocab_size else None
 
 
 def write_tiktoken(tok, out_dir: str | os.PathLike) -> Path:
@@ -151,7 +156,7 @@ def write_tiktoken(tok, out_dir: str | os.PathLike) -> Path:
         "name": f"tinyformer-{tok.fingerprint[:12]}",
         "pat_str": tok.pattern,
         "special_tokens": dict(tok.special_tokens),
-        "explicit_n_vocab": tok.vocab_size,
+        "explicit_n_vocab": _n_vocab(tok),
         "ranks_file": TIKTOKEN_RANKS,
     }
     _write_json(out_dir / TIKTOKEN_SETTINGS, settings)

@@ -1,7 +1,11 @@
 """The byte-level BPE `Tokenizer`: encode/decode, special tokens, save/load, fingerprint.
 
-Ids 0..255 are raw bytes, id 256+i is merge i, special tokens take the last ids in the order given.
-A pre-token is encoded GPT-2 style: repeatedly merge the adjacent pair with the lowest merge rank.
+Ids 0..255 are raw bytes, id 256+i is merge i, special tokens take the last ids in the order given. A tokenizer
+read from a tiktoken rank file keeps tiktoken's ids instead: its 256 byte ids may be in another order
+(`byte_order`) and its special tokens have ids of their own (with gaps).
+A pre-token is encoded by repeatedly merging the leftmost adjacent pair with the lowest merged id. With
+`merge_rule="pairs"` (GPT-2, HF) only the listed merges apply; with "tiktoken" any two adjacent tokens whose
+bytes together are a token merge into it, as tiktoken does.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ except ImportError:
     _bpe = None
 
 FORMAT = "tinyformer-bpe"
-VERSION = 1
+VERSION = 1  # written for tokenizers with the default ids and rule; version 2 adds byte_order, special ids, merge_rule
+VERSIONS = (1, 2)
+MERGE_RULES = ("pairs", "tiktoken")
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 EOT = "<|endoftext|>"
@@ -48,14 +54,23 @@ class Tokenizer:
     def __init__(
         self,
         merges: Sequence[tuple[bytes, bytes]],
-        special_tokens: Sequence[str] = (),
+        special_tokens: Sequence[str] | Mapping[str, int] = (),
         pattern: str = GPT2_PATTERN,
+        *,
+        byte_order: Sequence[int] | None = None,
+        merge_rule: str = "pairs",
     ) -> None:
+        """`special_tokens`: names (ids follow the merges, in order) or name -> id (any ids after the merges);
+        `byte_order`: the byte value of ids 0..255 (default: id = byte); `merge_rule`: "pairs" or "tiktoken"."""
         self.pattern = resolve_pattern(pattern)
         self._regex = regex.compile(self.pattern)
         self._merges = [(bytes(a), bytes(b)) for a, b in merges]
-        id_of: dict[bytes, int] = {bytes([i]): i for i in range(256)}
-        self._token_bytes: list[bytes] = [bytes([i]) for i in range(256)]
+        self._byte_order = _check_byte_order(byte_order)
+        if merge_rule not in MERGE_RULES:
+            raise TinyformerError(f"unknown merge rule {merge_rule!r}; use one of {', '.join(MERGE_RULES)}")
+        self.merge_rule = merge_rule
+        id_of: dict[bytes, int] = {bytes([b]): i for i, b in enumerate(self._byte_order)}
+        self._token_bytes: list[bytes | None] = [bytes([b]) for b in self._byte_order]
         self._ranks: dict[tuple[int, int], int] = {}  # (left id, right id) -> merged id (= 256 + rank)
         for rank, (a, b) in enumerate(self._merges):
             if a not in id_of or b not in id_of:
@@ -66,21 +81,37 @@ class Tokenizer:
             self._ranks.setdefault((id_of[a], id_of[b]), new_id)
             id_of.setdefault(a + b, new_id)
             self._token_bytes.append(a + b)
-        specials = list(special_tokens)
-        if len(set(specials)) != len(specials) or any(not s for s in specials):
-            raise TinyformerError("special tokens must be distinct non-empty strings")
-        self._special_tokens = {s: 256 + len(self._merges) + i for i, s in enumerate(specials)}
+        if merge_rule == "tiktoken":
+            if len(id_of) != len(self._token_bytes):
+                raise TinyformerError("the tiktoken merge rule needs distinct token bytes; two merges make the same")
+            self._ranks = all_splits(self._token_bytes, id_of)
+        self._special_tokens = self._special_ids(special_tokens)
         self._special_by_id = {i: s for s, i in self._special_tokens.items()}
-        self._token_bytes.extend(s.encode("utf-8") for s in specials)
-        self._special_re = special_splitter(specials)
+        if self._special_tokens:
+            self._token_bytes.extend([None] * (max(self._special_tokens.values()) + 1 - len(self._token_bytes)))
+        for text, i in self._special_tokens.items():
+            self._token_bytes[i] = text.encode("utf-8")
+        self._special_re = special_splitter(self._special_tokens)
         self._vocab: Mapping[int, bytes] | None = None  # built on first use: see `vocab`
         self._cache: dict[str, list[int]] = {}
         self._concurrent = False  # True in a per-thread copy: the regex then releases the GIL too
         self._native = None  # the C encoder, when the extension is built
-        self._fast_kind = 0  # 2 / 4: the C encoder also pre-tokenizes ASCII text (GPT-2 / GPT-4 pattern)
+        self._fast_kind = 0  # 2 / 4 / 200: the C encoder also pre-tokenizes ASCII text (GPT-2 / GPT-4 / o200k)
         if _bpe is not None:
             self._fast_kind = fast_pattern_kind(self.pattern)
             self._native = self._new_encoder(release_gil=False)
+
+    def _special_ids(self, special_tokens: Sequence[str] | Mapping[str, int]) -> dict[str, int]:
+        first = 256 + len(self._merges)
+        if isinstance(special_tokens, Mapping):
+            ids = {str(s): int(i) for s, i in special_tokens.items()}
+        else:
+            ids = {str(s): first + i for i, s in enumerate(special_tokens)}
+            if len(ids) != len(special_tokens):
+                raise TinyformerError("special tokens must be distinct non-empty strings")
+        if any(not s for s in ids) or len(set(ids.values())) != len(ids) or any(i < first for i in ids.values()):
+            raise TinyformerError(f"special tokens must be distinct non-empty strings with distinct ids >= {first}")
+        return ids
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -95,7 +126,7 @@ class Tokenizer:
         return self._vocab
 
     def _build_vocab(self) -> Mapping[int, bytes]:
-        return MappingProxyType(dict(enumerate(self._token_bytes)))
+        return MappingProxyType({i: token for i, token in enumerate(self._token_bytes) if token is not None})
 
     @property
     def special_tokens(self) -> dict[str, int]:
@@ -103,7 +134,13 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """One more than the largest id (ids a tiktoken file leaves unused count too, as in tiktoken's n_vocab)."""
         return len(self._token_bytes)
+
+    @property
+    def byte_order(self) -> list[int]:
+        """The byte value of each of the ids 0..255."""
+        return list(self._byte_order)
 
     @property
     def eot_id(self) -> int | None:
@@ -128,7 +165,8 @@ class Tokenizer:
         return self._to_json()
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(*_from_json(state))
+        args, kwargs = _from_json(state)
+        self.__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------ encoding
     def encode_ordinary(self, text: str) -> list[int]:
@@ -165,33 +203,17 @@ class Tokenizer:
         other._cache = {}
         other._concurrent = True
         if self._native is not None:
-            other._native = self._new_encoder(release_gil=True)
+            other._native = self._native.copy(True)  # the tables copied in C: cheap for any vocab size
         return other
 
     def _new_encoder(self, release_gil: bool):
         classes = ascii_classes() if self._fast_kind else None
-        return _bpe.Encoder(self._ranks, classes, release_gil, self._fast_kind)
+        byte_ids = None if self._byte_order == _BYTES else _inverse(self._byte_order)
+        return _bpe.Encoder(self._ranks, classes, release_gil, self._fast_kind, byte_ids)
 
     def _encode_bytes_python(self, data: bytes) -> list[int]:
-        """Merge the adjacent pair with the lowest rank until none is left (all its occurrences at once)."""
-        ids = list(data)
-        ranks = self._ranks
-        while len(ids) >= 2:
-            best = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, 1 << 62))
-            new_id = ranks.get(best)
-            if new_id is None:
-                break
-            a, b = best
-            out, i, n = [], 0, len(ids)
-            while i < n:
-                if i + 1 < n and ids[i] == a and ids[i + 1] == b:
-                    out.append(new_id)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            ids = out
-        return ids
+        """Merge the leftmost adjacent pair with the lowest merged id until none is left."""
+        return bpe_python(data, self._ranks, None if self._byte_order == _BYTES else _inverse(self._byte_order))
 
     def encode(self, text: str, allowed_special: str | Iterable[str] = ()) -> list[int]:
         """Ids of `text`; specials in `allowed_special` ("all" or a set) become their ids, others stay text."""
@@ -264,7 +286,7 @@ class Tokenizer:
                 return b"".join([table[i] for i in ids])
         except (IndexError, TypeError):
             pass
-        bad = next(i for i in ids if not _valid_id(i, len(table)))
+        bad = next(i for i in ids if not _valid_id(i, table))
         raise TinyformerError(f"token id {bad!r} is out of range for this tokenizer (vocab size {len(table)})")
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -276,13 +298,24 @@ class Tokenizer:
 
     # ------------------------------------------------------------------------------------------ files
     def _to_json(self) -> dict:
-        return {
+        data = {
             "format": FORMAT,
             "version": VERSION,
             "pattern": self.pattern,
             "special_tokens": list(self._special_tokens),
             "merges": [[a.hex(), b.hex()] for a, b in self._merges],
         }
+        # What the default tokenizers lack is written only when present (then as version 2), so their files
+        # and fingerprints stay as they were.
+        if self._special_tokens != self._special_ids(list(self._special_tokens)):
+            data["special_tokens"] = dict(self._special_tokens)
+        if self._byte_order != _BYTES:
+            data["byte_order"] = list(self._byte_order)
+        if self.merge_rule != "pairs":
+            data["merge_rule"] = self.merge_rule
+        if len(data) > 5 or isinstance(data["special_tokens"], dict):
+            data["version"] = 2
+        return data
 
     def save(self, directory: str | os.PathLike, force: bool = False) -> Path:
         """Write `tokenizer.json` (for machines) and `vocab.txt` (for people) into `directory`, atomically."""
@@ -303,8 +336,10 @@ class Tokenizer:
         lines = [f"# {FORMAT} vocab: {self.vocab_size} ids (256 bytes, {len(self._merges)} merges, "
                  f"{len(self._special_tokens)} special); fingerprint {self.fingerprint}",
                  "# id\ttoken\tparents"]
-        id_of = {bytes([i]): i for i in range(256)}
+        id_of = {bytes([b]): i for i, b in enumerate(self._byte_order)}
         for i, data in enumerate(self._token_bytes):
+            if data is None:
+                continue  # an id the tokenizer does not use (a gap before a special token's own id)
             if i < 256:
                 parents = "byte"
             elif i in self._special_by_id:
@@ -322,6 +357,10 @@ class Tokenizer:
         path = Path(directory)
         if path.is_dir() and not (path / TOKENIZER_FILE).is_file() and (path / "merges.txt").is_file():
             return cls.from_gpt2_files(path / "vocab.json", path / "merges.txt")  # GPT-2-style files
+        if path.is_dir() and not (path / TOKENIZER_FILE).is_file() and (path / "tiktoken.json").is_file():
+            from tinyformer.tokenizer.tiktoken_files import from_tiktoken_export
+
+            return from_tiktoken_export(path)  # what `tinyformer tokenizer export --format tiktoken` writes
         if path.is_dir():
             path = path / TOKENIZER_FILE
         if not path.is_file():
@@ -332,7 +371,8 @@ class Tokenizer:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise TinyformerError(f"tokenizer file {path} is corrupt ({_short(exc)}); re-train or re-save it") from None
         try:
-            return cls(*_from_json(data))
+            args, kwargs = _from_json(data)
+            return cls(*args, **kwargs)
         except TinyformerError as exc:
             raise TinyformerError(f"tokenizer file {path}: {exc}") from None
 
@@ -343,6 +383,16 @@ class Tokenizer:
 
         return from_gpt2_files(vocab_json, merges_txt)
 
+    @classmethod
+    def from_tiktoken_file(
+        cls, path: str | os.PathLike, pattern: str, special_tokens: Mapping[str, int] | None = None
+    ) -> Tokenizer:
+        """A tokenizer from a tiktoken rank file (`base64(token) rank` lines, as cl100k_base.tiktoken) whose ids
+        are tiktoken's own: ranks, with `special_tokens` at their given ids. The file holds no pattern."""
+        from tinyformer.tokenizer.tiktoken_files import from_tiktoken_file
+
+        return from_tiktoken_file(path, pattern, special_tokens)
+
     def to_tiktoken(self, name: str | None = None):
         """A `tiktoken.Encoding` with these ranks, pattern and special tokens (same ids)."""
         from tinyformer.tokenizer.export import to_tiktoken
@@ -350,11 +400,63 @@ class Tokenizer:
         return to_tiktoken(self, name)
 
 
-def _valid_id(token_id, vocab_size: int) -> bool:
+def _valid_id(token_id, table: list[bytes | None]) -> bool:
     try:
-        return 0 <= operator.index(token_id) < vocab_size
+        return 0 <= operator.index(token_id) < len(table) and table[token_id] is not None
     except TypeError:
         return False
+
+
+_BYTES = tuple(range(256))
+
+
+def _check_byte_order(byte_order: Sequence[int] | None) -> tuple[int, ...]:
+    if byte_order is None:
+        return _BYTES
+    order = tuple(int(b) for b in byte_order)
+    if sorted(order) != list(_BYTES):
+        raise TinyformerError("byte_order must list each of the 256 byte values once")
+    return order
+
+
+def _inverse(byte_order: Sequence[int]) -> list[int]:
+    """The id of each byte value, from the byte value of each id."""
+    ids = [0] * 256
+    for i, b in enumerate(byte_order):
+        ids[b] = i
+    return ids
+
+
+def all_splits(token_bytes: Sequence[bytes | None], id_of: Mapping[bytes, int]) -> dict[tuple[int, int], int]:
+    """tiktoken's merge rule as pairs: (left id, right id) -> id, for every token and every cut of its bytes into
+    two tokens (`id_of`: bytes -> id of the ordinary tokens; `token_bytes` in id order)."""
+    pairs: dict[tuple[int, int], int] = {}
+    get = id_of.get
+    for token_id, token in enumerate(token_bytes):
+        if token is None or id_of.get(token) != token_id:
+            continue  # a special token, or a gap
+        for k in range(1, len(token)):
+            left = get(token[:k])
+            if left is not None:
+                right = get(token[k:])
+                if right is not None:
+                    pairs[(left, right)] = token_id
+    return pairs
+
+
+def bpe_python(data: bytes, ranks: Mapping[tuple[int, int], int], byte_ids: Sequence[int] | None = None,
+               below: int = 1 << 62) -> list[int]:
+    """BPE without the C extension: merge the leftmost adjacent pair with the lowest merged id (< `below`) until
+    none is left."""
+    ids = list(data) if byte_ids is None else [byte_ids[b] for b in data]
+    while len(ids) >= 2:
+        merged = [ranks.get(pair, below) for pair in zip(ids, ids[1:])]
+        best = min(merged)
+        if best >= below:
+            break
+        at = merged.index(best)
+        ids[at:at + 2] = [best]
+    return ids
 
 
 def _stream_cut(buf: str, limit: int, splitter: regex.Pattern | None, rules: tuple[bool, bool]) -> int:
@@ -373,21 +475,25 @@ def _stream_cut(buf: str, limit: int, splitter: regex.Pattern | None, rules: tup
     return 0
 
 
-def _from_json(data) -> tuple[list[tuple[bytes, bytes]], list[str], str]:
+def _from_json(data) -> tuple[tuple, dict]:
+    """(args, keyword args) of `Tokenizer` from the saved JSON."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise TinyformerError(f"not a {FORMAT} tokenizer file (missing \"format\": \"{FORMAT}\")")
-    if data.get("version") != VERSION:
+    if data.get("version") not in VERSIONS:
         raise TinyformerError(
-            f"unknown tokenizer file version {data.get('version')!r} (this tinyformer reads version {VERSION}); "
-            "upgrade tinyformer or re-train the tokenizer"
+            f"unknown tokenizer file version {data.get('version')!r} (this tinyformer reads versions "
+            f"{', '.join(map(str, VERSIONS))}); upgrade tinyformer or re-train the tokenizer"
         )
     try:
         merges = [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in data["merges"]]
-        specials = [str(s) for s in data["special_tokens"]]
+        specials = data["special_tokens"]
+        specials = {str(s): int(i) for s, i in specials.items()} if isinstance(specials, dict) else [
+            str(s) for s in specials]
         pattern = str(data["pattern"])
-    except (KeyError, TypeError, ValueError) as exc:
+        kwargs = {"byte_order": data.get("byte_order"), "merge_rule": str(data.get("merge_rule", "pairs"))}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise TinyformerError(f"tokenizer file is corrupt ({_short(exc)})") from None
-    return merges, specials, pattern
+    return (merges, specials, pattern), kwargs
 
 
 def _short(exc: BaseException) -> str:
