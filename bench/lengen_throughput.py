@@ -89,6 +89,7 @@ def main() -> int:
     rows: dict[str, list[float]] = {"fp32": [], "auto": [], "old": []}
     chosen = ""
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["TINYFORMER_CACHE"] = str(Path(tmp) / "cache")  # auto measures now, not from an old cache
         for i in range(args.repeats):
             for precision in ("fp32", "auto"):
                 rate, used = engine_rate(args.task, args.pe, precision, args.steps, args.log_every, args.threads,

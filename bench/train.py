@@ -18,7 +18,7 @@ import torch
 from tinyformer.model import ModelConfig, Transformer
 from tinyformer.train.metrics import matmul_ceiling
 from tinyformer.train.optim import build_optimizer
-from tinyformer.train.trainer import autocast, sdpa_backend
+from tinyformer.train.runtime import autocast, sdpa_backend
 
 SHAPES = {
     # configs/tinystories.yaml: 4 layers, d_model 256, 8 heads, d_ff 1024, context 256, batch 16, vocab 10000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 # oversubscribe the cores: one thread per process, inherited by every subprocess.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# precision=auto caches its measurements; tests keep theirs out of the user's ~/.cache
+os.environ.setdefault("TINYFORMER_CACHE", tempfile.mkdtemp(prefix="tinyformer-test-cache-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

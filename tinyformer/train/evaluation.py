@@ -68,12 +68,12 @@ class LossEvaluation:
 
     score_name = "val_loss"
 
-    def __init__(self, val_batches: Callable[[], Iterable[dict[str, torch.Tensor]]], sdpa: str = "auto",
+    def __init__(self, val_batches: Callable[[], Iterable[dict[str, torch.Tensor]]],
                  bytes_per_token: float | None = None) -> None:
-        self.val_batches, self.sdpa, self.bytes_per_token = val_batches, sdpa, bytes_per_token
+        self.val_batches, self.bytes_per_token = val_batches, bytes_per_token
 
     def run(self, module: torch.nn.Module, runtime: Runtime) -> dict[str, Any]:
-        with sdpa_backend(self.sdpa):
+        with sdpa_backend(runtime.sdpa):
             loss_sum, count = loss_over(module, self.val_batches(), runtime.device, runtime.precision)
         loss_sum, count = all_reduce_sum([loss_sum, count], runtime.info, runtime.device)
         return loss_metrics(loss_sum, count, self.bytes_per_token)

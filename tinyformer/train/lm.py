@@ -102,8 +102,7 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
                 return eval_batches(data.val, micro, seq_len, max_tokens=data.eval_tokens,
                                     seed=cfg.train.seed, rank=rt.info.rank, world_size=rt.info.world_size)
 
-            evaluation = LossEvaluation(val_batches, cfg.train.sdpa_backend,
-                                        (val_meta or train_meta).get("bytes_per_token"))
+            evaluation = LossEvaluation(val_batches, (val_meta or train_meta).get("bytes_per_token"))
         sample_fn = lm_sampler(tokenizer, cfg.train, model_cfg) if tokenizer is not None else None
         return source, evaluation, sample_fn
 

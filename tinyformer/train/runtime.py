@@ -23,6 +23,7 @@ class Runtime:
     device: torch.device
     precision: str  # fp32 | bf16 | fp16
     info: DistInfo
+    sdpa: str = "auto"  # the attention kernel (train.sdpa_backend, or the one autotune measured fastest)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,23 +42,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_bf16_is_faster(size: int = 512) -> bool:
-    """Whether bf16 matmuls beat fp32 by a clear margin on this CPU (true on CPUs with AVX512-BF16 / AMX)."""
-    from tinyformer.train.metrics import matmul_ceiling
-
-    return matmul_ceiling("cpu", "bf16", size, 0.1) > 1.3 * matmul_ceiling("cpu", "fp32", size, 0.1)
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 on CUDA with bf16 support, on CPU when bf16 matmuls are measurably faster; else fp32."""
+    """`auto`: bf16 on CUDA with bf16 support (else fp16); fp32 elsewhere until measured (on a CPU
+    `tinyformer.train.autotune` replaces it with the fastest precision for the run's shape)."""
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
             raise TinyformerError("train.precision=fp16 needs a GPU; on CPU use bf16 or fp32")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_bf16_is_faster():
-        return "bf16"
     return "fp32"
 
 
@@ -89,7 +82,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
-    return Runtime(device, resolve_precision(cfg.precision, device), info)
+    return Runtime(device, resolve_precision(cfg.precision, device), info, cfg.sdpa_backend)
 
 
 def rng_state() -> dict[str, Any]:

@@ -4,6 +4,7 @@ evaluation, the Trainer; the resolved config is written only once the Trainer ac
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,40 @@ def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[st
         model.load_state_dict(init_state)
     seed_everything(cfg.train.seed + 1 + rt.info.rank)  # dropout differs per process
     source, evaluation, sample_fn = build(rt)
-    trainer = Trainer(model, cfg.train, run_dir, source, rt, evaluation=evaluation, sample_fn=sample_fn,
+    tuned = _autotune(cfg, rt, model, source)
+    train_cfg = dataclasses.replace(cfg.train, sdpa_backend=rt.sdpa)  # the kernel autotune chose, if it did
+    trainer = Trainer(model, train_cfg, run_dir, source, rt, evaluation=evaluation, sample_fn=sample_fn,
                       model_config=to_dict(cfg.model), seq_len=seq_len, resume=cfg.resume)
     if rt.info.is_main:
         save_run_config(cfg, run_dir / rundir.CONFIG_FILE)
         if write_extra is not None:
             write_extra(run_dir)
     barrier(rt.info)
-    return trainer.fit()
+    summary = trainer.fit()
+    summary["sdpa_backend"] = rt.sdpa
+    if tuned:
+        summary["autotune"] = tuned
+    return summary
+
+
+def _autotune(cfg: RunConfig, rt: Runtime, model: torch.nn.Module, source: Any) -> dict[str, Any] | None:
+    """precision=auto on a CPU: the fastest (precision, attention kernel) measured for this run's shape,
+    the same on every process (rank 0's measurement). None when nothing was left to choose."""
+    if cfg.train.precision != "auto" or rt.device.type != "cpu":
+        return None
+    import copy
+
+    from tinyformer.train import autotune
+    from tinyformer.train.distributed import all_gather_objects
+
+    batch = copy.deepcopy(source).next_batch()  # a copy: the run's own stream must not move
+    precision, sdpa, report = autotune.choose(model, to_dict(cfg.model), batch, "auto", cfg.train.sdpa_backend,
+                                              rt.device)
+    precision, sdpa, report = all_gather_objects((precision, sdpa, report), rt.info)[0]
+    rt.precision, rt.sdpa = precision, sdpa
+    if cfg.train.progress and rt.info.is_main:
+        times = report.get("seconds_per_step", {})
+        detail = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items())
+        print(f"precision=auto: {precision} with {sdpa} attention ({report['source']}"
+              + (f": {detail} per step" if detail else "") + ")", flush=True)
+    return {"precision": precision, "sdpa_backend": sdpa, **report}

@@ -1,0 +1,124 @@
+"""`train.precision=auto` and `train.sdpa_backend=auto` on a CPU, chosen by measurement, not by a rule.
+
+Whether bf16 autocast beats float32, and which attention kernel is fastest, depends on the CPU (AVX512-BF16,
+AMX), the model's shape and the sequence length; a fixed rule was measured slower than float32 on some
+shapes. So a run times a few real training steps (forward, backward, optimizer) of a copy of its model on a
+copy of its first batch for each candidate, interleaved, and keeps the fastest; float32 wins unless another
+candidate is faster by a clear margin, so auto is never slower than float32 as measured. The choice is
+cached per machine, torch version, thread count and shape (~/.cache/tinyformer/autotune.json), so later
+runs, resumes and sweeps of the same shape use the same choice without measuring again.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+Candidate = tuple[str, str]  # (precision, sdpa backend)
+CPU_CANDIDATES: tuple[Candidate, ...] = (("fp32", "auto"), ("fp32", "math"), ("bf16", "auto"), ("bf16", "math"))
+MARGIN = 0.03  # a candidate must beat float32 by more than this to be chosen over it
+
+
+def cache_path() -> Path:
+    root = os.environ.get("TINYFORMER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tinyformer")
+    return Path(root) / "autotune.json"
+
+
+def pick_fastest(candidates: Sequence[Candidate], measure: Callable[[Candidate], float], rounds: int = 3,
+                 reference: Candidate = ("fp32", "auto")) -> tuple[Candidate, dict[str, float]]:
+    """The candidate with the lowest time per step (the minimum over `rounds` interleaved measurements);
+    `reference` (float32, torch's kernel) stays unless the best beats it by more than MARGIN."""
+    best: dict[Candidate, float] = {c: float("inf") for c in candidates}
+    for _ in range(rounds):
+        for c in candidates:
+            best[c] = min(best[c], measure(c))
+    fastest = min(candidates, key=lambda c: best[c])
+    if reference in best and best[fastest] > best[reference] * (1 - MARGIN):
+        fastest = reference
+    return fastest, {f"{p}/{s}": t for (p, s), t in best.items()}
+
+
+def step_timer(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+               warmup: int = 1) -> Callable[[Candidate], float]:
+    """A function timing one training step of a private copy of `model` under a candidate."""
+    from tinyformer.train.optim import build_optimizer
+    from tinyformer.train.runtime import autocast, sdpa_backend
+
+    work = copy.deepcopy(model).to(device).train()
+    optimizer = build_optimizer(work, 1e-6, 0.0)
+    inputs = {k: v.to(device) for k, v in batch.items()}
+    kwargs = {k: inputs[k] for k in ("position_ids", "attention_mask") if k in inputs}
+    seen: set[Candidate] = set()
+
+    def step(candidate: Candidate) -> float:
+        precision, sdpa = candidate
+        with sdpa_backend(sdpa), autocast(device, precision):
+            _, loss = work(inputs["ids"], targets=inputs["targets"], **kwargs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def measure(candidate: Candidate) -> float:
+        if candidate not in seen:  # first calls pay for kernel selection and allocation
+            for _ in range(warmup):
+                step(candidate)
+            seen.add(candidate)
+        start = time.perf_counter()
+        step(candidate)
+        return time.perf_counter() - start
+
+    return measure
+
+
+def _machine() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return f"{platform.machine()} {name or platform.processor()}".strip()
+
+
+def cache_key(model_config: dict[str, Any], batch: dict[str, torch.Tensor]) -> str:
+    key = {"machine": _machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "model": model_config, "batch": {k: list(v.shape) for k, v in sorted(batch.items())}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def choose(model: torch.nn.Module, model_config: dict[str, Any], batch: dict[str, torch.Tensor],
+           precision: str, sdpa: str, device: torch.device) -> tuple[str, str, dict[str, Any]]:
+    """(precision, sdpa backend, report): `auto` settings replaced by the fastest measured candidate."""
+    candidates = [c for c in CPU_CANDIDATES if precision in ("auto", c[0]) and sdpa in ("auto", c[1])]
+    if len(candidates) == 1:
+        return (*candidates[0], {"source": "given"})
+    path = cache_path()
+    key = cache_key({**model_config, "_ask": [precision, sdpa]}, batch)
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache.get(key), dict) and "choice" in cache[key]:
+        entry = cache[key]
+        return (*entry["choice"], {"source": f"cached measurement ({path})", **entry})
+    with torch.random.fork_rng(devices=[]):  # measuring must not move the training RNG
+        choice, times = pick_fastest(candidates, step_timer(model, batch, device))
+    entry = {"choice": list(choice), "seconds_per_step": times}
+    cache[key] = entry
+    try:
+        from tinyformer.fileio import atomic_write
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            json.dump(cache, f, indent=1)
+    except OSError:
+        pass  # an unwritable cache only costs a measurement next time
+    return (*choice, {"source": "measured", **entry})
