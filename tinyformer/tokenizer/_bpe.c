@@ -1050,6 +1050,40 @@ static const uint8_t *ascii_bytes(const Stretches *w, Py_ssize_t start, Py_ssize
     return tmp->data;
 }
 
+/* Append the ids of `text` to `out`. Called without the GIL when *released is set (a private encoder): it is
+ * taken back only around the fallback, and *released updated. Returns -1 with an exception set (and the GIL
+ * held, *released cleared) when the fallback fails, -2 when out of memory (GIL state unchanged). */
+static int encode_text(Encoder *self, PyObject *text, PyObject *fallback, IntBuf *out, ByteBuf *tmp,
+                       PyThreadState **released) {
+    Stretches w = {PyUnicode_DATA(text), PyUnicode_KIND(text), PyUnicode_IS_ASCII(text), PyUnicode_GET_LENGTH(text), 0};
+    int ascii;
+    Py_ssize_t start, end;
+    while (next_stretch(&w, &start, &end, &ascii)) {
+        if (ascii) {
+            const uint8_t *s = ascii_bytes(&w, start, end, tmp);
+            if (!s || encode_ascii(self, s, (size_t)(end - start), out) < 0) return -2;
+            continue;
+        }
+        if (*released) PyEval_RestoreThread(*released);
+        int rc = -1;
+        PyObject *part = PyUnicode_Substring(text, start, end);
+        if (part) {
+            PyObject *ids = PyObject_CallOneArg(fallback, part);
+            Py_DECREF(part);
+            if (ids) {
+                rc = append_list_ids(out, ids);
+                Py_DECREF(ids);
+            }
+        }
+        if (rc < 0) {
+            *released = NULL;
+            return -1;
+        }
+        if (*released) *released = PyEval_SaveThread();
+    }
+    return 0;
+}
+
 /* encode_fast(text, fallback) -> list[int]: the ids of `text` under the GPT-2/GPT-4/o200k pattern. ASCII
  * stretches are pre-tokenized and encoded here; runs holding other characters go to fallback(str) -> list[int],
  * the regex path. */
@@ -1063,45 +1097,73 @@ static PyObject *Encoder_encode_fast(Encoder *self, PyObject *args) {
     IntBuf out = {0};
     ByteBuf tmp = {0};
     PyObject *result = NULL;
-    Stretches w = {PyUnicode_DATA(text), PyUnicode_KIND(text), PyUnicode_IS_ASCII(text), PyUnicode_GET_LENGTH(text), 0};
     /* A private encoder (one thread only) lets other threads run while it scans: the GIL is taken back
      * only to call the fallback and to build the result. */
     PyThreadState *released = self->release_gil ? PyEval_SaveThread() : NULL;
-    int oom = 0, ascii;
-    Py_ssize_t start, end;
-    while (next_stretch(&w, &start, &end, &ascii)) {
-        if (ascii) {
-            const uint8_t *s = ascii_bytes(&w, start, end, &tmp);
-            if (!s || encode_ascii(self, s, (size_t)(end - start), &out) < 0) {
-                oom = 1;
-                break;
-            }
-            continue;
+    int rc = encode_text(self, text, fallback, &out, &tmp, &released);
+    if (released) PyEval_RestoreThread(released);
+    if (rc == -2) PyErr_NoMemory();
+    if (rc == 0) result = ids_to_list(self, out.data, out.len);
+    free(out.data);
+    free(tmp.data);
+    return result;
+}
+
+/* encode_fast_batch(texts: list[str], fallback) -> list[list[int]]: encode_fast of each text, with the GIL let go
+ * once for the whole batch (not once per text), so threads encoding many short texts do not queue for it. */
+static PyObject *Encoder_encode_fast_batch(Encoder *self, PyObject *args) {
+    PyObject *texts, *fallback;
+    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &texts, &fallback)) return NULL;
+    if (!self->pattern_kind) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder built without a fast pre-tokenizer");
+        return NULL;
+    }
+    /* The texts are held in an array of our own: the list may change while the GIL is let go. */
+    Py_ssize_t n = PyList_GET_SIZE(texts);
+    PyObject **items = malloc((size_t)(n ? n : 1) * sizeof(PyObject *));
+    size_t *ends = malloc((size_t)(n ? n : 1) * sizeof(size_t));
+    if (!items || !ends) {
+        free(items);
+        free(ends);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        items[k] = PyList_GET_ITEM(texts, k);
+        Py_INCREF(items[k]);
+    }
+    IntBuf out = {0};
+    ByteBuf tmp = {0};
+    PyObject *result = NULL;
+    int rc = 0;
+    for (Py_ssize_t k = 0; k < n && rc == 0; k++) {
+        if (!PyUnicode_Check(items[k])) {
+            PyErr_SetString(PyExc_TypeError, "texts must be str");
+            rc = -1;
+        }
+    }
+    if (rc == 0) {
+        PyThreadState *released = self->release_gil ? PyEval_SaveThread() : NULL;
+        for (Py_ssize_t k = 0; k < n && rc == 0; k++) {
+            rc = encode_text(self, items[k], fallback, &out, &tmp, &released);
+            ends[k] = out.len;
         }
         if (released) PyEval_RestoreThread(released);
-        int rc = -1;
-        PyObject *part = PyUnicode_Substring(text, start, end);
-        if (part) {
-            PyObject *ids = PyObject_CallOneArg(fallback, part);
-            Py_DECREF(part);
-            if (ids) {
-                rc = append_list_ids(&out, ids);
-                Py_DECREF(ids);
+        if (rc == -2) PyErr_NoMemory();
+    }
+    if (rc == 0 && (result = PyList_New(n)) != NULL) {
+        for (Py_ssize_t k = 0; k < n; k++) {
+            size_t first = k ? ends[k - 1] : 0;
+            PyObject *ids = ids_to_list(self, out.data + first, ends[k] - first);
+            if (!ids) {
+                Py_CLEAR(result);
+                break;
             }
+            PyList_SET_ITEM(result, k, ids);
         }
-        if (rc < 0) {
-            released = NULL; /* we hold the GIL, with the error set */
-            goto fail;
-        }
-        if (released) released = PyEval_SaveThread();
     }
-    if (released) PyEval_RestoreThread(released);
-    if (oom) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    result = ids_to_list(self, out.data, out.len);
-fail:
+    for (Py_ssize_t k = 0; k < n; k++) Py_DECREF(items[k]);
+    free(items);
+    free(ends);
     free(out.data);
     free(tmp.data);
     return result;
@@ -1353,6 +1415,8 @@ static PyMethodDef Encoder_methods[] = {
      "ids of a list of pre-tokens (str), using and filling a cache dict"},
     {"encode_fast", (PyCFunction)Encoder_encode_fast, METH_VARARGS,
      "ids of a text under the GPT-2/GPT-4/o200k pattern; non-ASCII stretches go to fallback(str) -> list[int]"},
+    {"encode_fast_batch", (PyCFunction)Encoder_encode_fast_batch, METH_VARARGS,
+     "encode_fast of each text in a list, the GIL let go once for all of them"},
     {"split", (PyCFunction)Encoder_split, METH_VARARGS, "split(token, below): BPE of bytes with merged ids < below"},
     {"copy", (PyCFunction)Encoder_copy, METH_VARARGS, "copy(release_gil=False): a new encoder, empty cache"},
     {NULL, NULL, 0, NULL},

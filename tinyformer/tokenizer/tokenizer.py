@@ -252,6 +252,24 @@ class Tokenizer:
 
         return encode_batch(self, texts, allowed_special, num_workers)
 
+    def _encode_many(self, texts: list[str], allowed_special: str | Iterable[str] = ()) -> list[list[int]]:
+        """`encode` of each text; with the C pre-tokenizer all ordinary text goes to it in one call."""
+        if not self._fast_kind:
+            return [self.encode(t, allowed_special) for t in texts]
+        splitter = self._allowed_splitter(allowed_special)
+        if splitter is None:
+            return self._native.encode_fast_batch(texts, self._encode_ordinary_regex)
+        parts = [splitter.split(t) for t in texts]  # ordinary text at even positions, specials at odd ones
+        encoded = iter(self._native.encode_fast_batch([p for ps in parts for p in ps[::2]], self._encode_ordinary_regex))
+        out = []
+        for ps in parts:
+            ids = next(encoded)
+            for special in ps[1::2]:
+                ids.append(self._special_tokens[special])
+                ids.extend(next(encoded))
+            out.append(ids)
+        return out
+
     def encode_iterable(self, chunks: Iterable[str], allowed_special: str | Iterable[str] = ()) -> Iterator[int]:
         """Ids of the concatenation of `chunks` (e.g. a file's lines), streamed with bounded memory.
 
