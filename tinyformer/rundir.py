@@ -4,16 +4,17 @@
     RUN/config.yaml            the resolved RunConfig (model, train, data | task, eval)
     RUN/metrics.jsonl          one JSON record per line: kind train | eval
     RUN/summary.json           the run's outcome (status, step, final metrics; a task run's accuracy per bin)
-    RUN/checkpoints/step-N/    model.safetensors + model.json + trainer_state.pt
+    RUN/checkpoints/step-N/    model.safetensors + model.json + trainer_state.json + trainer_state.safetensors
     RUN/checkpoints/index.json latest, best (and the score that made it best)
     RUN/tokenizer/             a language-model run's tokenizer (a task run's vocabulary is its task)
-    RUN/samples.txt, RUN/plots/
+    RUN/samples.txt, RUN/plots/, RUN/errors.log (failed evaluations or samples; training went on)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,15 @@ CHECKPOINTS = "checkpoints"
 INDEX_FILE = "index.json"
 TOKENIZER_DIR = "tokenizer"
 PLOTS_DIR = "plots"
-STATE_FILE = "trainer_state.pt"
+ERRORS_FILE = "errors.log"  # tracebacks of evaluations or samples that failed while training went on
+STATE_FILE = "trainer_state.json"  # counters, RNG and sampler states, settings: plain JSON
+STATE_TENSORS_FILE = "trainer_state.safetensors"  # optimizer and RNG state tensors
+OLD_STATE_FILE = "trainer_state.pt"  # a pickle, written by versions before 0.2; never loaded
 WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model.json"
+
+
+STEP_NAME = re.compile(r"step-[0-9]{8,}")
 
 
 def step_name(step: int) -> str:
@@ -45,27 +52,95 @@ def read_index(run_dir: str | os.PathLike) -> dict[str, Any]:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise TinyformerError(f"{path} is corrupt; delete it to rebuild from the step-* directories") from None
-    if not isinstance(index, dict) or any(not isinstance(index.get(k) or "", str) for k in ("latest", "best")):
+    def names_a_step(value: Any) -> bool:
+        return value is None or (isinstance(value, str) and STEP_NAME.fullmatch(value) is not None)
+
+    if (not isinstance(index, dict) or not all(names_a_step(index.get(k)) for k in ("latest", "best"))
+            or isinstance(index.get("best_score"), bool)
+            or not isinstance(index.get("best_score", 0.0), (int, float, type(None)))):
         raise TinyformerError(f"{path} is not a checkpoint index; delete it to rebuild from the step-* directories")
     return index
 
 
 def is_complete(ckpt: Path) -> bool:
-    return (ckpt / STATE_FILE).is_file() and (ckpt / WEIGHTS_FILE).is_file()
+    return all((ckpt / name).is_file() for name in (STATE_FILE, STATE_TENSORS_FILE, WEIGHTS_FILE, MODEL_CONFIG_FILE))
+
+
+def step_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """RUN/checkpoints/step-* directories, oldest first (complete or not)."""
+    ckpts = Path(run_dir) / CHECKPOINTS
+    return sorted(p for p in ckpts.glob("step-*") if p.is_dir()) if ckpts.is_dir() else []
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The directory of the run's latest complete checkpoint, or None."""
-    ckpts = Path(run_dir) / CHECKPOINTS
+    return resume_point(run_dir)[0]
+
+
+def resume_point(run_dir: str | os.PathLike) -> tuple[Path | None, str | None]:
+    """(the checkpoint a resume continues from, or None; a note when it is not the one index.json names).
+    When index.json is missing or names an incomplete checkpoint, the newest complete one is used."""
+    run_dir = Path(run_dir)
+    steps = step_dirs(run_dir)
+    old = [p for p in steps if (p / OLD_STATE_FILE).exists() and not (p / STATE_FILE).exists()]
+    if old:
+        raise TinyformerError(
+            f"{run_dir} was written by an older tinyformer: its trainer state ({old[-1].name}/{OLD_STATE_FILE}) is "
+            f"a pickle, which this version never loads; start a new run_dir, or keep the weights with "
+            f"train.init_from={run_dir} and a new run_dir"
+        )
     index = read_index(run_dir)
-    if index.get("latest") and is_complete(ckpts / index["latest"]):
-        return ckpts / index["latest"]
-    done = sorted(p for p in ckpts.glob("step-*") if is_complete(p)) if ckpts.is_dir() else []
-    return done[-1] if done else None
+    named = index.get("latest")
+    if named and is_complete(run_dir / CHECKPOINTS / named):
+        return run_dir / CHECKPOINTS / named, None
+    done = [p for p in steps if is_complete(p)]
+    if not done:
+        return None, None
+    why = f"{INDEX_FILE} names {named}, which is missing or incomplete" if named else f"{INDEX_FILE} is missing"
+    return done[-1], f"{why}; resuming from the newest complete checkpoint, {done[-1].name}"
+
+
+def remove_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete what an interrupted atomic write leaves (`.NAME.*.tmp` files and directories, `.NAME.old`
+    directories) in the run directory, its checkpoints/ and plots/; returns what was removed."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    removed = []
+    for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / PLOTS_DIR):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.name.startswith(".") and (path.name.endswith(".tmp") or path.name.endswith(".old")
+                                              or path.name == ".write-test"):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def check_writable(run_dir: Path) -> None:
+    """Make sure `run_dir` can be created and written, without creating anything (a start that fails later
+    leaves no empty directory behind)."""
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise TinyformerError(f"run_dir {path} is a file; choose a directory for run_dir")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TinyformerError(f"cannot create run_dir {path}: {probe} is a file; choose another run_dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise TinyformerError(f"cannot write to run_dir {path}: {probe} is not writable; choose a writable run_dir")
 
 
 def prepare(run_dir: Path) -> None:
-    """Create the run directory and make sure it can be written, before any work starts."""
+    """Create the run directory (once the run has been accepted) and make sure it can be written."""
+    check_writable(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -107,6 +182,9 @@ def resolve_checkpoint(path: str | os.PathLike, which: str | None = None) -> Pat
         )
     index = read_index(run)
     if not index:
+        saved = [p for p in step_dirs(run) if (p / WEIGHTS_FILE).is_file() and (p / MODEL_CONFIG_FILE).is_file()]
+        if saved and which != "best":  # index.json lost: the newest checkpoint with weights is the latest
+            return saved[-1]
         raise TinyformerError(f"{run} has no {CHECKPOINTS}/{INDEX_FILE}: the run has not saved a checkpoint yet; "
                               "train it first or wait for its first checkpoint")
     name = index.get(which or ("best" if index.get("best") else "latest"))

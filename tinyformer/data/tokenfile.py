@@ -4,6 +4,7 @@ what it holds (dtype, token count, vocab size, tokenizer fingerprint, source che
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -119,6 +120,22 @@ def check_token_file(path: str | os.PathLike | None, vocab_size: int, fingerprin
             f"set model.vocab_size >= {top + 1} or re-encode with the run's tokenizer"
         )
     return meta
+
+
+def token_file_identity(path_bin: str | os.PathLike, sample: int = 1 << 20) -> str:
+    """What tells one token file from another, cheaply for any size: its length and a SHA-256 over the
+    sidecar's tokenizer fingerprint and sources and the first and last `sample` bytes of the ids."""
+    path = bin_path(path_bin)
+    meta = read_sidecar(path)
+    sources = meta.get("sources") if isinstance(meta.get("sources"), list) else []
+    h = hashlib.sha256(json.dumps([meta["n_tokens"], meta["dtype"], str(meta.get("tokenizer_fingerprint")),
+                                   [str(s.get("sha256")) for s in sources if isinstance(s, dict)]]).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(sample))
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - sample))
+        h.update(f.read(sample))
+    return f"{meta['n_tokens']} tokens, sha256 {h.hexdigest()[:16]}"
 
 
 def make_meta(

@@ -165,8 +165,10 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
     print(f"lengen train: {cfg.task.name} ({get_task(cfg.task.name).description}) with {scheme} positions -> {out}")
     summary = train_task(cfg)
     if summary["status"] not in ("finished", "solved"):
+        from tinyformer.train.trainer import exit_code
+
         print(f"{summary['status']} at step {summary['step']}; run the same command again to continue")
-        return 0
+        return exit_code(summary)  # 130 / 143 when a signal stopped it
     how = ", training-range bin solved" if summary["status"] == "solved" else ""
     print(f"done after {summary['step']} steps ({summary['elapsed_s']:.0f} s of training){how}")
     for b, acc in summary["accuracy"].items():

@@ -92,10 +92,10 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise TinyformerError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.rope_theta <= 0 or self.rope_scaling <= 0:
-            raise TinyformerError("model.rope_theta and model.rope_scaling must be positive")
-        if self.norm_eps <= 0 or self.init_std <= 0:
-            raise TinyformerError("model.norm_eps and model.init_std must be positive")
+        for name in ("rope_theta", "rope_scaling", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise TinyformerError(f"model.{name} must be a positive number, got {value}")
 
     @property
     def head_dim(self) -> int:

@@ -32,17 +32,18 @@ def train(cfg) -> dict:
 def run(args: argparse.Namespace) -> int:
     from tinyformer.train.config import load_run_config
     from tinyformer.train.distributed import shutdown
+    from tinyformer.train.trainer import exit_code
 
     overrides = list(args.overrides) + (["resume=must"] if args.resume else [])
     cfg = load_run_config(args.config, overrides)
     summary = train(cfg)
     shutdown()
     if int(os.environ.get("RANK", "0")) != 0:
-        return 0
+        return exit_code(summary)
     line = f"{summary['status']} at step {summary['step']}"
     if summary.get("val_loss") is not None:
         line += f": val loss {summary['val_loss']:.4f}, ppl {summary['val_ppl']:.2f}"
     if summary.get("accuracy"):
         line += ": accuracy " + "  ".join(f"{b}: {v:.3f}" for b, v in summary["accuracy"].items())
     print(f"{line} -> {cfg.run_dir or 'runs/run'}")
-    return 0
+    return exit_code(summary)  # 0 when it ended or paused; 130 / 143 when a signal stopped it after saving

@@ -9,7 +9,9 @@ as the lab's), dotted `key=value` overrides on top, unknown keys named with the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,25 @@ from tinyformer.errors import TinyformerError
 from tinyformer.model.config import PRESETS, ModelConfig
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+MAX_SEED = 2**62  # seeds are combined with counters and ranks; numpy and torch need them non-negative
+
+
+def _at_least(section: str, obj: Any, low: float, *names: str, optional: bool = False) -> None:
+    """Each named field is >= `low` (or None when `optional`), and finite: a one-line error otherwise."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is None and optional:
+            continue
+        if value is None or not math.isfinite(value) or value < low:
+            kind = "an integer" if isinstance(value, int) else "a number"
+            hint = " (or null)" if optional else ""
+            raise TinyformerError(f"{section}.{name} must be {kind} >= {low:g}{hint}, got {value!r}")
+
+
+def _check_seed(where: str, seed: int) -> None:
+    if not 0 <= seed < MAX_SEED:
+        raise TinyformerError(f"{where} must be an integer from 0 to 2**62 - 1, got {seed}")
 
 
 @dataclass
@@ -33,6 +54,9 @@ class DataConfig:
     shuffle: bool = True  # sequential sampling: shuffle window order each epoch (seeded)
     eval_tokens: int | None = None  # None = the whole validation file; else a fixed seeded subset of windows
 
+    def __post_init__(self) -> None:
+        _at_least("data", self, 1, "eval_tokens", optional=True)
+
 
 @dataclass
 class TaskConfig:
@@ -41,6 +65,7 @@ class TaskConfig:
     name: str = "UR"  # a registered task (`tinyformer lengen train --help` lists them), e.g. add:base=16
     train_lengths: str = "1-50"  # task lengths drawn uniformly for training, LO-HI
     random_offset: bool | None = None  # random position offsets in training; None = on for learned/abacus
+    seed: int | None = None  # seed of the training stream; None = train.seed (set it to vary the init alone)
 
 
 @dataclass
@@ -54,6 +79,14 @@ class EvalConfig:
     stop_accuracy: float = 1.0  # stop once the training-range bin reaches it (> 1 = never)
     greedy: bool = True  # free-running greedy accuracy at the final evaluation
     greedy_examples: int | None = None  # per bin; None = all
+
+    def __post_init__(self) -> None:
+        if not self.bins:
+            raise TinyformerError("eval.bins is empty; give at least one length bin such as [1-50]")
+        _at_least("eval", self, 1, "examples", "batch_size")
+        _at_least("eval", self, 1, "greedy_examples", optional=True)
+        _at_least("eval", self, 0, "stop_accuracy")
+        _check_seed("eval.seed", self.seed)
 
 
 @dataclass
@@ -100,6 +133,27 @@ class TrainConfig:
     progress: bool = True
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     dist_backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+
+    def __post_init__(self) -> None:
+        _at_least("train", self, 1, "max_steps", "batch_size", "grad_accum")
+        _at_least("train", self, 1, "stop_at_step", "seq_len", "threads", "sample_top_k", optional=True)
+        _at_least("train", self, 0, "lr", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "eval_every",
+                  "log_every", "ckpt_every", "keep_last", "early_stop_patience", "sample_tokens", "sample_temperature")
+        _at_least("train", self, 0, "min_lr", optional=True)
+        for name in ("beta1", "beta2"):
+            if getattr(self, name) >= 1:
+                raise TinyformerError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise TinyformerError(f"train.eps must be a positive number, got {self.eps}")
+        if self.peak_flops is not None and not (math.isfinite(self.peak_flops) and self.peak_flops > 0):
+            raise TinyformerError(f"train.peak_flops must be a positive number of FLOP/s (or null), got {self.peak_flops}")
+        _check_seed("train.seed", self.seed)
+        if not DEVICE.fullmatch(self.device):
+            raise TinyformerError(f"train.device={self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        if self.dist_backend not in ("auto", "gloo", "nccl", "mpi", "ucc"):
+            raise TinyformerError(f"train.dist_backend={self.dist_backend!r}; use auto, gloo, nccl, mpi or ucc")
+        if self.init_from is not None and not self.init_from.strip():
+            raise TinyformerError("train.init_from is empty; pass a model or run directory, or leave it unset")
 
     @property
     def final_lr(self) -> float:
@@ -190,6 +244,33 @@ def saved_dict(cfg: RunConfig) -> dict[str, Any]:
             out.pop(section, None)
     if cfg.kind == "lm":
         out.pop("eval", None)
+    return out
+
+
+# what decides a run's result besides the model; a resume may not change them (how long, where and how
+# visibly it runs may: max_steps, eval/ckpt cadence, device, threads, precision, parallel, progress, ...)
+RESULT_KEYS = {
+    "train": ("batch_size", "seq_len", "lr", "min_lr", "schedule", "warmup", "weight_decay", "beta1", "beta2", "eps",
+              "grad_clip", "seed"),
+    "data": ("sampling", "shuffle", "eval_tokens"),
+    "task": ("name", "train_lengths", "random_offset"),
+    "eval": ("bins", "examples", "seed"),
+}
+
+
+def result_settings(cfg: RunConfig, seq_len: int) -> dict[str, Any]:
+    """The settings that decide the result of `cfg` (its model resolved), as dotted keys: kept in every
+    checkpoint; a resume that changes one is refused, naming it."""
+    from tinyformer.config import to_dict
+
+    out: dict[str, Any] = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
+    resolved = {"train.seq_len": seq_len, "train.min_lr": cfg.train.final_lr}
+    sections = {"train": cfg.train, "data": cfg.data if cfg.kind == "lm" else None,
+                "task": cfg.task, "eval": cfg.eval if cfg.kind == "task" else None}
+    for section, obj in sections.items():
+        for key in RESULT_KEYS[section] if obj is not None else ():
+            name = f"{section}.{key}"
+            out[name] = resolved[name] if name in resolved else to_dict(getattr(obj, key))
     return out
 
 

@@ -83,12 +83,21 @@ def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
     """Sum a few floats over all processes (identity with one process)."""
+    return _all_reduce(values, info, device, "SUM")
+
+
+def all_reduce_max(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """The largest of each of a few floats over all processes (identity with one process)."""
+    return _all_reduce(values, info, device, "MAX")
+
+
+def _all_reduce(values: list[float], info: DistInfo, device: torch.device, op: str) -> list[float]:
     if not info.enabled:
         return list(values)
     import torch.distributed as dist
 
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return t.tolist()
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from tinyformer import rundir
-from tinyformer.data.tokenfile import check_token_file, read_token_file
+from tinyformer.data.tokenfile import check_token_file, read_token_file, token_file_identity
 from tinyformer.errors import TinyformerError
 from tinyformer.model import ModelConfig
 from tinyformer.train.config import RunConfig, TrainConfig
@@ -81,6 +81,11 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
     fingerprint = tokenizer.fingerprint if tokenizer is not None else train_meta.get("tokenizer_fingerprint")
     train_meta = check_token_file(data.train, model_cfg.vocab_size, fingerprint, "train")
     val_meta = check_token_file(data.val, model_cfg.vocab_size, fingerprint, "val") if data.val else None
+    if val_meta is not None and val_meta["n_tokens"] < seq_len + 1:
+        raise TinyformerError(
+            f"data.val {data.val} has {val_meta['n_tokens']} tokens, fewer than one window of {seq_len + 1}; "
+            "use a longer validation file or a smaller train.seq_len"
+        )
     if tokenizer is not None and cfg.resume != "never" and rundir.latest_checkpoint(run_dir) is not None:
         saved = rundir.read_tokenizer(run_dir)
         if saved is not None and saved.fingerprint != tokenizer.fingerprint:
@@ -110,7 +115,11 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
         if tokenizer is not None and not (run_path / rundir.TOKENIZER_DIR).exists():
             tokenizer.save(run_path / rundir.TOKENIZER_DIR)
 
-    return start_run(resolved, seq_len, build, init_state=init_state, write_extra=write_extra)
+    identity = {"data.train": token_file_identity(data.train)}
+    if data.val:
+        identity["data.val"] = token_file_identity(data.val)
+    return start_run(resolved, seq_len, build, init_state=init_state, write_extra=write_extra,
+                     data_identity=identity)
 
 
 def lm_sampler(tokenizer, tcfg: TrainConfig, model_cfg: ModelConfig) -> Callable[[torch.nn.Module, int], str]:

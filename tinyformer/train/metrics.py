@@ -84,12 +84,18 @@ class MetricsLog:
                 ) from None
             self.writer = SummaryWriter(str(tensorboard_dir))
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records past `step` (left by a run that died after its last checkpoint) before resuming."""
+    def truncate_after(self, step: int, drop_eval_at: int | None = None) -> None:
+        """Before resuming: drop records past `step` (left by a run that died after its last checkpoint),
+        the evaluation records of step `drop_eval_at` (an evaluation that runs again) and a torn line (a
+        crash or a full disk mid-write); the file is replaced atomically."""
+        from tinyformer.fileio import atomic_write
+
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [r for r in parse_records(self.path.read_text(encoding="utf-8", errors="replace"))
+                if r["step"] <= step and not (r.get("kind") == "eval" and r["step"] == drop_eval_at)]
+        with atomic_write(self.path) as f:
+            f.write("".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -106,12 +112,28 @@ class MetricsLog:
             self.writer.close()
 
 
+def parse_records(text: str) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl text; a line that is not a whole record (torn by a crash) is skipped."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+            records.append(record)
+    return records
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """All records of RUN/metrics.jsonl (empty if the run has none yet)."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return parse_records(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return []
 
 
 class Progress:
@@ -145,6 +167,13 @@ class Progress:
             self.bar.write(text)
         else:
             print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        """A warning, printed even when progress output is off."""
+        if self.bar is not None:
+            self.bar.write(f"tinyformer: warning: {text}", file=sys.stderr)
+        else:
+            print(f"tinyformer: warning: {text}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,6 +1,6 @@
-"""Starting a run, the same for every kind: runtime, run directory, seeded model, batch source and
-evaluation, the Trainer; the resolved config is written only once the Trainer accepted the run directory
-(a refused resume leaves its files as they were)."""
+"""Starting a run, the same for every kind: runtime, seeded model, batch source and evaluation, the Trainer,
+then the run directory; it is created (and the resolved config written) only once the Trainer accepted it,
+so a start that fails creates nothing and a refused resume leaves its files as they were."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from tinyformer import rundir
 from tinyformer.config import to_dict
-from tinyformer.train.config import RunConfig, save_run_config
+from tinyformer.train.config import RunConfig, result_settings, save_run_config
 from tinyformer.train.distributed import barrier
 from tinyformer.train.runtime import Runtime, seed_everything, setup_runtime
 from tinyformer.train.trainer import Trainer
@@ -23,14 +23,15 @@ Build = Callable[[Runtime], tuple[Any, Any, Any]]
 
 
 def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[str, torch.Tensor] | None = None,
-              write_extra: Callable[[Path], None] | None = None) -> dict[str, Any]:
-    """Train `cfg` (its `model` fully resolved) to the end; returns the summary."""
+              write_extra: Callable[[Path], None] | None = None,
+              data_identity: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train `cfg` (its `model` fully resolved) to the end; returns the summary. `data_identity`: what
+    identifies the data beyond the config (token file contents), kept with the result settings."""
     from tinyformer.model import Transformer
 
     run_dir = Path(cfg.run_dir)
+    rundir.check_writable(run_dir)
     rt = setup_runtime(cfg.train)
-    if rt.info.is_main:
-        rundir.prepare(run_dir)
     seed_everything(cfg.train.seed)  # the same initial weights on every process
     model = Transformer(cfg.model)
     if init_state is not None:
@@ -39,9 +40,12 @@ def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[st
     source, evaluation, sample_fn = build(rt)
     tuned = _autotune(cfg, rt, model, source)
     train_cfg = dataclasses.replace(cfg.train, sdpa_backend=rt.sdpa)  # the kernel autotune chose, if it did
+    settings = {**result_settings(cfg, seq_len), **(data_identity or {})}
     trainer = Trainer(model, train_cfg, run_dir, source, rt, evaluation=evaluation, sample_fn=sample_fn,
-                      model_config=to_dict(cfg.model), seq_len=seq_len, resume=cfg.resume)
+                      model_config=to_dict(cfg.model), seq_len=seq_len, resume=cfg.resume, settings=settings)
     if rt.info.is_main:
+        rundir.prepare(run_dir)
+        rundir.remove_temp_files(run_dir)  # what a killed write left, before this run writes anything
         save_run_config(cfg, run_dir / rundir.CONFIG_FILE)
         if write_extra is not None:
             write_extra(run_dir)

@@ -10,9 +10,12 @@ DDP/FSDP, checkpoints with exact resume, signals, metrics, progress and the summ
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,13 @@ from tinyformer import rundir
 from tinyformer.errors import TinyformerError
 from tinyformer.train import checkpoint as ckpt
 from tinyformer.train.config import TrainConfig
-from tinyformer.train.distributed import all_gather_objects, all_reduce_sum, barrier, parallelize
+from tinyformer.train.distributed import (
+    all_gather_objects,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    parallelize,
+)
 from tinyformer.train.evaluation import Evaluation
 from tinyformer.train.metrics import MetricsLog, Progress, device_peak_flops
 from tinyformer.train.optim import build_optimizer
@@ -31,6 +40,17 @@ from tinyformer.train.runtime import Runtime, autocast, rng_state, sdpa_backend,
 from tinyformer.train.schedule import lr_at
 
 DONE = ("finished", "solved", "early_stopped")  # statuses after which a run does not train again
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """The process exit code for a run's summary: 0 when it ended or paused, 128 + the signal number when a
+    signal stopped it after saving (130 for SIGINT, 143 for SIGTERM), so a scheduler can tell them apart."""
+    if summary.get("status") != "interrupted":
+        return 0
+    try:
+        return 128 + int(signal.Signals[summary.get("signal") or "SIGINT"])
+    except KeyError:
+        return 128 + int(signal.SIGINT)
 
 
 class _StopFlag:
@@ -61,8 +81,9 @@ class Trainer:
 
     `model` is the plain module (on CPU or on the device). `evaluation` scores the model at each
     evaluation (and may stop the run once solved); `sample_fn(module, step) -> str` writes samples at
-    evaluation time; `model_config` (a plain dict) is kept in the checkpoint so a resume with a different
-    model is refused; `seq_len` is the training context (for MFU and the resume check).
+    evaluation time; `model_config` (a plain dict) is kept in the checkpoint (FSDP saves rebuild the model
+    from it); `seq_len` is the training context (for MFU); `settings` are the values that decide the result
+    (`tinyformer.train.config.result_settings`): kept in the checkpoint, a resume that changes one is refused.
     """
 
     def __init__(
@@ -78,11 +99,16 @@ class Trainer:
         model_config: dict[str, Any] | None = None,
         seq_len: int,
         resume: str = "auto",
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.rt, self.run_dir = cfg, runtime, Path(run_dir)
         self.train_source, self.evaluation, self.sample_fn = train_source, evaluation, sample_fn
         self.model_config = model_config or {}
         self.seq_len = seq_len
+        self.settings = dict(settings or {})
+        self.settings.setdefault("train.seq_len", seq_len)
+        if self.model_config:
+            self.settings.update({f"model.{k}": v for k, v in self.model_config.items() if f"model.{k}" not in self.settings})
         info = runtime.info
         if cfg.batch_size % (info.world_size * cfg.grad_accum):
             raise TinyformerError(
@@ -93,9 +119,14 @@ class Trainer:
 
         self.step, self.tokens, self.examples, self.elapsed = 0, 0, 0, 0.0
         self.best_score: float | None = None
+        self.best_checkpoint: str | None = None
         self.evals_without_improvement = 0
+        self.eval_pending = False  # the checkpoint of this step was written before its evaluation finished
         self.status: str | None = None  # set when a saved run ended (finished, solved, early_stopped)
-        resume_from = self._find_resume(resume)
+        self.last_saved: Path | None = None
+        self.last_eval: dict[str, Any] = {}
+        self.progress: Progress | None = None
+        resume_from, self.resume_note = self._find_resume(resume)
         state = ckpt.load_trainer_state(resume_from) if resume_from else None
         if state is not None:
             self._check_compatible(state, resume_from)
@@ -111,56 +142,67 @@ class Trainer:
             self.module = torch.compile(self.module)
         self.resumed_from = None
         if state is not None:
-            self._load_state(state)
-            self.resumed_from = resume_from
+            self._load_state(state, resume_from)
+            self.resumed_from = self.last_saved = resume_from
 
     # ------------------------------------------------------------ resume
 
-    def _find_resume(self, resume: str) -> Path | None:
-        latest = rundir.latest_checkpoint(self.run_dir)
+    def _find_resume(self, resume: str) -> tuple[Path | None, str | None]:
+        latest, note = rundir.resume_point(self.run_dir)
         if resume == "never":
             if latest is not None:
                 raise TinyformerError(
                     f"run_dir {self.run_dir} already has checkpoints; pass resume=auto to continue it "
                     "or choose a new run_dir"
                 )
-            return None
+            return None, None
         if resume == "must" and latest is None:
             raise TinyformerError(f"nothing to resume: {self.run_dir} has no checkpoint; drop --resume to start")
-        return latest
+        return latest, note
 
     def _check_compatible(self, state: dict[str, Any], where: Path) -> None:
-        saved = state.get("model_config") or {}
-        if self.model_config and saved != self.model_config:
-            diff = sorted(k for k in set(saved) | set(self.model_config) if saved.get(k) != self.model_config.get(k))
-            detail = ", ".join(f"model.{k}: {saved.get(k)!r} -> {self.model_config.get(k)!r}" for k in diff[:3])
-            raise TinyformerError(
-                f"cannot resume {where}: the config changed the model ({detail}); "
-                "use the run's config.yaml or start a new run_dir"
-            )
-        if state.get("seq_len") != self.seq_len:
-            raise TinyformerError(
-                f"cannot resume {where}: it trained with seq_len {state.get('seq_len')}, the config says "
-                f"{self.seq_len}; use the run's config.yaml or start a new run_dir"
-            )
+        """Refuse a resume whose config changes a setting that decides the result (model, data, optimizer,
+        schedule, batch, seed, task, evaluation sets); how long and where the run goes on may change."""
+        saved = state.get("settings")
+        if not isinstance(saved, dict):
+            raise TinyformerError(f"checkpoint state of {where} has no settings; it is corrupt")
+        for key in [*self.settings, *(k for k in saved if k not in self.settings)]:
+            was, now = saved.get(key), self.settings.get(key)
+            if was != now:
+                raise TinyformerError(
+                    f"cannot resume {self.run_dir}: {key} was {was!r} when it trained, the config says {now!r} "
+                    "(a resume may change how long and where it runs, not what it computes); use the run's "
+                    "config.yaml or start a new run_dir"
+                )
 
-    def _load_state(self, state: dict[str, Any]) -> None:
+    def _load_state(self, state: dict[str, Any], where: Path) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(
-            self.raw, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
-        )
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.train_source.load_state_dict(state["sampler"])
-        rngs = state["rng"]
-        set_rng_state(rngs[self.rt.info.rank] if self.rt.info.rank < len(rngs) else rngs[0])
-        self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        self.examples = int(state.get("examples", 0))
-        self.elapsed = float(state.get("elapsed", 0.0))
-        self.best_score = state.get("best_score", state.get("best_val_loss"))
-        self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
-        self.status = state.get("status")
+        try:
+            set_optimizer_state_dict(
+                self.raw, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.train_source.load_state_dict(state["sampler"])
+            rngs = state["rng"]
+            set_rng_state(rngs[self.rt.info.rank] if self.rt.info.rank < len(rngs) else rngs[0])
+            self.step, self.tokens = int(state["step"]), int(state["tokens"])
+            self.examples = int(state.get("examples", 0))
+            self.elapsed = float(state.get("elapsed", 0.0))
+            best = state.get("best_score")
+            self.best_score = None if best is None else float(best)
+            self.best_checkpoint = state.get("best_checkpoint")
+            self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+            self.eval_pending = bool(state.get("eval_pending", False))
+            self.status = state.get("status")
+        except TinyformerError:
+            raise
+        except Exception as exc:  # a damaged or foreign state: one line, never a traceback
+            raise TinyformerError(
+                f"checkpoint state of {where} does not fit this run ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'bad value'}); it is corrupt or from another run"
+            ) from None
 
     # ------------------------------------------------------------ checkpoints
 
@@ -181,7 +223,17 @@ class Trainer:
         copy.load_state_dict(full)
         return copy
 
-    def save(self, score: float | None = None, status: str | None = None) -> None:
+    def _outcome(self, status: str | None = None) -> dict[str, Any]:
+        """The plain fields an evaluation can change after its step's checkpoint was written."""
+        return {
+            "best_score": self.best_score,
+            "best_checkpoint": self.best_checkpoint,
+            "evals_without_improvement": self.evals_without_improvement,
+            "eval_pending": self.eval_pending,
+            "status": status,
+        }
+
+    def save(self, status: str | None = None) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         optim_state = get_optimizer_state_dict(
@@ -205,12 +257,32 @@ class Trainer:
                 },
                 "model_config": self.model_config,
                 "seq_len": self.seq_len,
-                "best_score": self.best_score,
-                "evals_without_improvement": self.evals_without_improvement,
-                "status": status,
+                "settings": self.settings,
+                **self._outcome(status),
             }
-            ckpt.save_checkpoint(self.run_dir, self.step, model, state, score=score, keep_last=self.cfg.keep_last)
+            self.last_saved = ckpt.save_checkpoint(self.run_dir, self.step, model, state,
+                                                   keep_last=self.cfg.keep_last)
         barrier(self.rt.info)
+
+    def _record_outcome(self, score: float | None, status: str | None) -> None:
+        """After the evaluation of a saved step: the best checkpoint in index.json, then the step's state."""
+        if self.rt.info.is_main and self.last_saved is not None and self.last_saved.name == rundir.step_name(self.step):
+            index = ckpt.record_score(self.run_dir, self.last_saved.name, score, self.cfg.keep_last)
+            self.best_checkpoint = index.get("best")
+            ckpt.update_state(self.last_saved, self._outcome(status))
+        barrier(self.rt.info)
+
+    def _repair_index(self) -> None:
+        """After a resume that fell back to the newest complete checkpoint: point index.json at it again
+        (and at the best checkpoint its state remembers, when that still exists)."""
+        index = {"latest": self.resumed_from.name}
+        best = self.best_checkpoint
+        if best and rundir.is_complete(self.run_dir / rundir.CHECKPOINTS / best) and self.best_score is not None:
+            index.update(best=best, best_score=self.best_score)
+        from tinyformer.fileio import atomic_write
+
+        with atomic_write(self.run_dir / rundir.CHECKPOINTS / rundir.INDEX_FILE) as f:
+            json.dump(index, f, indent=1)
 
     # ------------------------------------------------------------ one step, evaluation
 
@@ -253,11 +325,61 @@ class Trainer:
         """The evaluation's metrics (every process takes part)."""
         assert self.evaluation is not None
         self.module.eval()
-        with torch.random.fork_rng(devices=[]):  # evaluating must not move the training RNG
-            metrics = self.evaluation.run(self.module, self.rt)
-        self.module.train()
-        self._reshard()
-        return metrics
+        try:
+            with torch.random.fork_rng(devices=[]):  # evaluating must not move the training RNG
+                return self.evaluation.run(self.module, self.rt)
+        finally:
+            self.module.train()
+            self._reshard()
+
+    def _warn(self, text: str) -> None:
+        if self.rt.info.is_main:
+            if self.progress is not None:
+                self.progress.warn(text)
+            else:
+                print(f"tinyformer: warning: {text}", file=sys.stderr, flush=True)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """Log a failure that must not stop training (evaluation, samples): one line on stderr, the
+        traceback appended to RUN/errors.log."""
+        where = self.run_dir / rundir.ERRORS_FILE
+        if self.rt.info.is_main:
+            with contextlib.suppress(OSError), open(where, "a", encoding="utf-8") as f:
+                f.write(f"=== {what} at step {self.step} ===\n{''.join(traceback.format_exception(exc))}\n")
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        self._warn(f"{what} at step {self.step} failed ({type(exc).__name__}: {message}); the checkpoint of "
+                   f"step {self.step} is saved and training goes on (details in {where})")
+
+    def _evaluate_step(self) -> tuple[float | None, bool]:
+        """Evaluate the current (already saved) step, log it, track the best score, write samples.
+        A failure is logged and training goes on: (None, False)."""
+        try:
+            metrics = self.evaluate()
+            score = self.evaluation.score(metrics)
+            solved = self.evaluation.solved(metrics)
+        except Exception as exc:
+            self._failed("evaluation", exc)
+            return None, False
+        self.last_eval = metrics
+        if self.peak and self.peak_source.startswith("measured"):
+            # A ceiling measured while something else ran reads low (MFU over 100%); the best
+            # measurement seen is the truest, so measure again at each evaluation and keep the max.
+            self.peak = max(self.peak, self._peak_flops()[0])
+        if self.rt.info.is_main:
+            self.log.write({"kind": "eval", "step": self.step, "tokens": self.tokens, **metrics})
+        self.progress.note(f"step {self.step}: {self.evaluation.describe(metrics)}")
+        if self.best_score is None or score < self.best_score:
+            self.best_score, self.evals_without_improvement = score, 0
+        else:
+            self.evals_without_improvement += 1
+        self._write_sample()
+        return score, solved
+
+    def _stop_requested(self, stop: _StopFlag) -> int:
+        """The signal that asked this run to stop (0 for none); every process agrees, or collectives would hang."""
+        if not self.rt.info.enabled:
+            return int(stop.signal or 0)
+        return int(all_reduce_max([float(stop.signal or 0)], self.rt.info, self.rt.device)[0])
 
     # ------------------------------------------------------------ the run
 
@@ -276,9 +398,54 @@ class Trainer:
             if self.resumed_from is None:
                 (self.run_dir / rundir.METRICS_FILE).write_text("")
                 (self.run_dir / rundir.SAMPLES_FILE).unlink(missing_ok=True)
+                # a stale index (naming checkpoints that never completed) must not outrank this run's scores
+                (self.run_dir / rundir.CHECKPOINTS / rundir.INDEX_FILE).unlink(missing_ok=True)
             else:
-                log.truncate_after(self.step)
+                # the evaluation of a pending step runs again: drop the records it may have left
+                log.truncate_after(self.step, drop_eval_at=self.step if self.eval_pending else None)
+                if self.resume_note:
+                    self._repair_index()
         return log
+
+    def _end_of_step(self, stop: _StopFlag, end_step: int, pending: bool = False) -> str | None:
+        """After a step: checkpoint first, then evaluate (so a failing evaluation or sampler never costs the
+        step), then decide whether the run ends. `pending`: only the evaluation a stopped run left undone.
+        Returns the run's final status, or None to go on."""
+        cfg = self.cfg
+        is_last = self.step == cfg.max_steps
+        paused = self.step == end_step and not is_last
+        if pending:
+            due_eval, signum = True, 0
+        else:
+            due_eval = self.evaluation is not None and (bool(cfg.eval_every and self.step % cfg.eval_every == 0)
+                                                        or is_last)
+            signum = self._stop_requested(stop)
+            if due_eval or signum or is_last or paused or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
+                self.eval_pending = due_eval
+                self.save()
+        if not signum:
+            score, solved = self._evaluate_step() if due_eval else (None, False)
+            self.eval_pending = False
+            early = cfg.early_stop_patience > 0 and self.evals_without_improvement >= cfg.early_stop_patience
+            status = ("solved" if solved else "early_stopped" if early else "finished" if is_last
+                      else "paused" if paused else None)
+            if due_eval or status in DONE:
+                self._record_outcome(score, status if status in DONE else None)
+            if status is not None:
+                if status == "solved":
+                    self.progress.note(f"solved at step {self.step}: {self.evaluation.describe(self.last_eval)}")
+                elif status == "early_stopped":
+                    self.progress.note(f"early stop at step {self.step}: no improvement in "
+                                       f"{cfg.early_stop_patience} evals")
+                return status
+            if due_eval:  # a signal that came during the evaluation: the step is saved, stop now
+                signum = self._stop_requested(stop)
+        if signum:
+            self.stop_signal = signal.Signals(signum).name
+            self.progress.note(f"stopped by {self.stop_signal} at step {self.step}; checkpoint saved, "
+                               "resume with resume=auto")
+            return "interrupted"
+        return None
 
     def fit(self) -> dict[str, Any]:
         """Run to `max_steps` (or until solved / early stop / signal); returns the summary written to
@@ -287,18 +454,23 @@ class Trainer:
             return rundir.read_summary(self.run_dir)
         cfg, info = self.cfg, self.rt.info
         main = info.is_main
-        log = self._open_log()
-        peak, peak_source = self._peak_flops()
+        self.log = log = self._open_log()
+        self.peak, self.peak_source = self._peak_flops()
         flops_per_token = self.raw.flops_per_token(self.seq_len) if hasattr(self.raw, "flops_per_token") else None
-        progress = Progress(cfg.max_steps, self.step, cfg.progress and main, cfg.log_every)
+        self.progress = progress = Progress(cfg.max_steps, self.step, cfg.progress and main, cfg.log_every)
+        if self.resume_note:
+            self._warn(self.resume_note)
         if self.resumed_from is not None:
             progress.note(f"resumed from {self.resumed_from} at step {self.step}")
-        status, last_eval, train_loss = "finished", {}, float("nan")
+        self.stop_signal: str | None = None
+        status, train_loss = None, float("nan")
         self.module.train()
         window_time, window_tokens, window_examples = 0.0, 0, 0
         end_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
         with _StopFlag() as stop:
-            while self.step < end_step:
+            if self.eval_pending and self.evaluation is not None:  # stopped while evaluating: evaluate it now
+                status = self._end_of_step(stop, end_step, pending=True)
+            while status is None and self.step < end_step:
                 t0 = time.perf_counter()
                 lr = lr_at(self.step, schedule=cfg.schedule, lr=cfg.lr, min_lr=cfg.final_lr, warmup=cfg.warmup,
                            total=cfg.max_steps)
@@ -325,70 +497,37 @@ class Trainer:
                               "train_loss": loss, "grad_norm": grad_norm, "tokens_per_s": tok_s,
                               "examples_per_s": window_examples / window_time if window_time > 0 else 0.0}
                     window_time, window_tokens, window_examples = 0.0, 0, 0
-                    if peak and flops_per_token:
-                        record["mfu"] = tok_s * flops_per_token / (peak * info.world_size)
+                    if self.peak and flops_per_token:
+                        record["mfu"] = tok_s * flops_per_token / (self.peak * info.world_size)
                     if main:
                         log.write(record)
                     progress.update(self.step, loss, lr, tok_s)
-                score, solved = None, False
-                if self.evaluation is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or is_last):
-                    last_eval = self.evaluate()
-                    score = self.evaluation.score(last_eval)
-                    solved = self.evaluation.solved(last_eval)
-                    if peak and peak_source.startswith("measured"):
-                        # A ceiling measured while something else ran reads low (MFU over 100%); the best
-                        # measurement seen is the truest, so measure again at each evaluation and keep the max.
-                        peak = max(peak, self._peak_flops()[0])
-                    if main:
-                        log.write({"kind": "eval", "step": self.step, "tokens": self.tokens, **last_eval})
-                    progress.note(f"step {self.step}: {self.evaluation.describe(last_eval)}")
-                    if self.best_score is None or score < self.best_score:
-                        self.best_score, self.evals_without_improvement = score, 0
-                    else:
-                        self.evals_without_improvement += 1
-                    self._write_sample()
-                if info.enabled:  # every process must agree to stop, or collectives would hang
-                    stop_now = all_reduce_sum([1.0 if stop.signal else 0.0], info, self.rt.device)[0] > 0
-                else:
-                    stop_now = stop.signal is not None
-                early = cfg.early_stop_patience > 0 and self.evals_without_improvement >= cfg.early_stop_patience
-                paused = self.step == end_step and not is_last
-                if stop_now:
-                    status = "interrupted"
-                elif solved:
-                    status = "solved"
-                elif early:
-                    status = "early_stopped"
-                elif paused:
-                    status = "paused"
-                ends = is_last or solved or early
-                if score is not None or stop_now or ends or paused or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
-                    self.save(score, status if ends else None)
-                if stop_now:
-                    progress.note(f"stopped by signal at step {self.step}; checkpoint saved, resume with resume=auto")
-                    break
-                if solved:
-                    progress.note(f"solved at step {self.step}: {self.evaluation.describe(last_eval)}")
-                    break
-                if early:
-                    progress.note(f"early stop at step {self.step}: no improvement in {cfg.early_stop_patience} evals")
-                    break
+                status = self._end_of_step(stop, end_step)
+        if status is None:  # resumed at or past its last step (or its stop_at_step): nothing left to train
+            status = "finished" if self.step >= cfg.max_steps else "paused"
+            if status == "finished":
+                self._record_outcome(None, status)
         progress.close()
         log.close()
         summary = {
             "status": status, "step": self.step, "tokens": self.tokens, "examples": self.examples,
-            "train_loss": train_loss, **last_eval,
+            "train_loss": train_loss, **self.last_eval,
             "best_" + (self.evaluation.score_name if self.evaluation else "score"): self.best_score,
             "elapsed_s": round(self.elapsed, 3), "tokens_per_s": self.tokens / self.elapsed if self.elapsed else None,
             "examples_per_s": self.examples / self.elapsed if self.elapsed else None,
             "precision": self.rt.precision, "device": str(self.rt.device), "world_size": info.world_size,
             "params": self.raw.num_params() if hasattr(self.raw, "num_params") else None,
-            "peak_flops": peak, "peak_flops_source": peak_source,
+            "peak_flops": self.peak, "peak_flops_source": self.peak_source,
         }
+        if self.stop_signal:
+            summary["signal"] = self.stop_signal
         if status in DONE and self.evaluation is not None:
             self.module.eval()
-            with torch.random.fork_rng(devices=[]):
-                summary.update(self.evaluation.final(self.raw, self.rt))
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    summary.update(self.evaluation.final(self.raw, self.rt))
+            except Exception as exc:  # the checkpoint is saved; a failing final evaluation costs only its numbers
+                self._failed("final evaluation", exc)
             self.module.train()
         if main:
             rundir.write_summary(self.run_dir, summary)
@@ -411,11 +550,15 @@ class Trainer:
     def _write_sample(self) -> None:
         if self.sample_fn is None or self.cfg.sample_tokens <= 0:
             return
-        with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
-            self.module.eval()
-            text = self.sample_fn(self.raw, self.step)
+        try:
+            with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+                self.module.eval()
+                text = self.sample_fn(self.raw, self.step)
+            if self.rt.info.is_main:
+                with open(self.run_dir / rundir.SAMPLES_FILE, "a", encoding="utf-8") as f:
+                    f.write(f"=== step {self.step} ===\n{text}\n\n")
+        except Exception as exc:
+            self._failed("sampling", exc)
+        finally:
             self.module.train()
-        self._reshard()
-        if self.rt.info.is_main:
-            with open(self.run_dir / rundir.SAMPLES_FILE, "a", encoding="utf-8") as f:
-                f.write(f"=== step {self.step} ===\n{text}\n\n")
+            self._reshard()
