@@ -71,3 +71,9 @@ def test_thread_copies_share_nothing_that_changes(tok):
     assert copy._native is not tok._native and copy._cache is not tok._cache
     text = random_text(random.Random(4), 2000)
     assert copy.encode(text) == tok.encode(text)
+
+
+def test_empty_batches(tok, monkeypatch):
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_CHARS", 0)
+    assert tok.encode_batch([], num_workers=2) == []
+    assert tok.encode_batch(["", ""], allowed_special="all", num_workers=2) == [[], []]

@@ -8,6 +8,8 @@ a huge text is cut at safe places so that every thread has a share of it.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -30,16 +32,20 @@ def encode_batch(
     tokenizer._allowed_splitter(allowed_special)  # an unknown special is an error before any thread starts
     workers = max(1, num_workers or os.cpu_count() or 1)
     total = sum(map(len, texts))
-    if workers <= 1 or total < PARALLEL_MIN_CHARS:
+    if workers <= 1 or not texts or total < PARALLEL_MIN_CHARS:
         return tokenizer._encode_many(texts, allowed_special)
     n_groups = workers * GROUPS_PER_WORKER
     allowed = tuple(tokenizer.special_tokens) if allowed_special == "all" else tuple(allowed_special)
     line_cuts_ok = cut_rules(tuple(sorted(allowed)))[0]
-    pieces, owners = [], []
-    for k, text in enumerate(texts):
-        for piece in _cut(text, total // n_groups, line_cuts_ok):
-            pieces.append(piece)
-            owners.append(k)
+    size = total // n_groups
+    cut = line_cuts_ok and any(len(text) >= 2 * size for text in texts)
+    pieces, owners = texts, None
+    if cut:
+        pieces, owners = [], []
+        for k, text in enumerate(texts):
+            for piece in _cut(text, size, line_cuts_ok):
+                pieces.append(piece)
+                owners.append(k)
     local = threading.local()
 
     def encode_group(group: list[str]) -> list[list[int]]:
@@ -49,6 +55,8 @@ def encode_batch(
 
     with ThreadPoolExecutor(workers, thread_name_prefix="tinyformer-encode") as pool:
         encoded = [ids for group in pool.map(encode_group, _groups(pieces, n_groups)) for ids in group]
+    if owners is None:
+        return encoded
     out: list[list[int] | None] = [None] * len(texts)
     for k, ids in zip(owners, encoded):
         if out[k] is None:
@@ -60,17 +68,9 @@ def encode_batch(
 
 def _groups(pieces: list[str], n_groups: int) -> list[list[str]]:
     """Consecutive runs of `pieces` with about equal numbers of characters."""
-    target = max(1, sum(map(len, pieces)) // n_groups)
-    groups, current, size = [], [], 0
-    for piece in pieces:
-        current.append(piece)
-        size += len(piece)
-        if size >= target:
-            groups.append(current)
-            current, size = [], 0
-    if current:
-        groups.append(current)
-    return groups
+    ends = list(itertools.accumulate(map(len, pieces)))
+    bounds = [0] + [bisect.bisect_left(ends, ends[-1] * g // n_groups) + 1 for g in range(1, n_groups)] + [len(pieces)]
+    return [pieces[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def _cut(text: str, size: int, line_cuts_ok: bool) -> list[str]:
