@@ -183,3 +183,17 @@ def test_without_the_c_extension_the_ids_are_the_same(shuffled, monkeypatch):
     assert python == with_c
     text = CORPUS[:20_000]
     assert python.encode(text, allowed_special="all") == with_c.encode(text, allowed_special="all")
+
+
+def test_cli_takes_a_tiktoken_directory_as_tokenizer(trained: Tokenizer, tmp_path: Path, cli):
+    out = export(trained, "tiktoken", tmp_path / "tt")
+    proc = cli("tokenizer", "info", "--tokenizer", out)
+    assert proc.returncode == 0 and f"vocab size   {trained.vocab_size}" in proc.stdout, proc.stderr
+    text = tmp_path / "text.txt"
+    text.write_text(CORPUS[:5000])
+    proc = cli("tokenizer", "encode", text, "--tokenizer", out, "--out", tmp_path / "t.bin")
+    assert proc.returncode == 0, proc.stderr
+    import numpy as np
+
+    ids = np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist()
+    assert ids == trained.to_tiktoken().encode_ordinary(CORPUS[:5000])
