@@ -290,3 +290,36 @@ def test_c_pre_token_counts_equal_the_regex_counts(pattern):
     texts.append("".join(texts))
     for text in texts:
         assert count_pretokens_in_text(text, compiled, None) == Counter(compiled.findall(text)), repr(text)
+
+
+# Letters, marks and numbers of many kinds, where the patterns' classes differ: titlecase and modifier letters,
+# combining marks (in both of o200k's letter sets), non-ASCII digits and spaces, U+017F (matched by (?i)s).
+UNICODE_FRAGMENTS = ["A\u0301", "\u0301", "\u0301abc", "ÀB\u0301c", "\u01c5", "\u02b0", "Aʰb", "ǅ'S", "x\u0301'ſ",
+                     "'\u017f", "'ſ", "١٢٣٤", "²", "Ⅻ", "\u00a0", "\u3000", "\u2028", "\u200b", "日本語", "Привет",
+                     "ΣΑΣ", "🏳️‍🌈", "\ud800", "'s", "'LL", " ", "\n", "\r\n", "!\n/", "a", "Z", "1"]
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k"])
+def test_c_pre_tokenizer_of_any_script_gives_the_regex_ids(pattern):
+    """Non-ASCII text split in C (the classes of every character, from the regex module) as the regex splits it."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    if not tokenizer_module._bpe:
+        pytest.skip("C extension not built")
+    rng = random.Random(7)
+    corpus = ["".join(rng.choice(UNICODE_FRAGMENTS) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
+    tok = train_bpe(corpus, 1200, pattern=pattern, num_workers=1)
+    for text in corpus[:500] + ["".join(corpus)]:
+        assert tok.encode_ordinary(text) == tok._encode_ordinary_regex(text), repr(text)
+    assert tok._unicode and tok._native is not None
+
+    text_strategy = st.lists(st.one_of(st.sampled_from(UNICODE_FRAGMENTS), st.text(max_size=3)), max_size=15)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(parts=text_strategy)
+    def check(parts):
+        text = "".join(parts)
+        assert tok.encode_ordinary(text) == tok._encode_ordinary_regex(text)
+
+    check()

@@ -518,6 +518,10 @@ typedef struct {
     IntBuf cache_ids;
     PyObject **id_objs;          /* interned Python ints for ids, built on demand */
     int32_t n_id_objs;
+    PyObject *unicode_classes;   /* bytes: CLS_* bits of every code point (set_unicode); NULL = regex for non-ASCII */
+    uint32_t fold_from[8];       /* non-ASCII code points that (?i) matches to an ASCII letter ... */
+    uint8_t fold_to[8];          /* ... and that letter (for the GPT-4/o200k contractions) */
+    int n_folds;
 } Encoder;
 
 /* CLS_UPPER: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}], CLS_LOWER: [\p{Ll}\p{Lm}\p{Lo}\p{M}] (o200k's two letter sets) */
@@ -556,6 +560,7 @@ static int cache_grow(Encoder *self) {
 
 static void Encoder_dealloc(Encoder *self) {
     map_free(&self->ranks);
+    Py_XDECREF(self->unicode_classes);
     free(self->cache);
     free(self->cache_keys.data);
     free(self->cache_ids.data);
@@ -967,6 +972,225 @@ static inline size_t piece_end(int kind, const uint8_t *cls, const uint8_t *s, s
     return kind == KIND_GPT4 ? gpt4_piece_end(cls, s, i, n) : gpt2_piece_end(cls, s, i, n);
 }
 
+/* ------------------------------------------------------------------ the same pre-tokenizers for any text
+ * The three functions above, for code points: classes from the table of all code points (cls), and what ASCII
+ * did not need: letters (?i)-matched by non-ASCII characters in contractions, and o200k's two letter sets,
+ * which share the modifier and other letters and the marks, so its letter runs may backtrack. */
+
+typedef struct {
+    const uint8_t *cls; /* CLS_* bits of every code point */
+    const uint32_t *fold_from;
+    const uint8_t *fold_to;
+    int n_folds;
+} UClasses;
+
+/* The ASCII letter c stands for in a case-insensitive contraction, else 0. */
+static inline uint8_t u_fold(const UClasses *u, uint32_t c) {
+    if (c < 128) return ascii_lower((uint8_t)c);
+    for (int k = 0; k < u->n_folds; k++)
+        if (u->fold_from[k] == c) return u->fold_to[k];
+    return 0;
+}
+
+static inline int u_crlf(uint32_t c) { return c == '\r' || c == '\n'; }
+
+static size_t gpt2_piece_end_u(const UClasses *u, const uint32_t *s, size_t i, size_t n) {
+    const uint8_t *cls = u->cls;
+    uint32_t c = s[i];
+    if (c == '\'' && i + 1 < n) {
+        uint32_t d = s[i + 1];
+        if (d == 's' || d == 'd' || d == 'm' || d == 't') return i + 2;
+        if (i + 2 < n) {
+            uint32_t e = s[i + 2];
+            if ((d == 'l' && e == 'l') || (d == 'v' && e == 'e') || (d == 'r' && e == 'e')) return i + 3;
+        }
+    }
+    size_t j = (c == ' ' && i + 1 < n && !(cls[s[i + 1]] & CLS_SPACE)) ? i + 1 : i;
+    uint8_t k = cls[s[j]];
+    if (!(k & CLS_SPACE)) {
+        uint8_t want = k & (CLS_LETTER | CLS_NUMBER);
+        size_t e = j + 1;
+        while (e < n && (cls[s[e]] & (CLS_SPACE | CLS_LETTER | CLS_NUMBER)) == want) e++;
+        return e;
+    }
+    size_t e = i + 1;
+    while (e < n && (cls[s[e]] & CLS_SPACE)) e++;
+    if (e < n && e - i >= 2) return e - 1;
+    return e;
+}
+
+static size_t gpt4_piece_end_u(const UClasses *u, const uint32_t *s, size_t i, size_t n) {
+    const uint8_t *cls = u->cls;
+    const uint8_t ANY = CLS_SPACE | CLS_LETTER | CLS_NUMBER;
+    uint32_t c = s[i];
+    uint8_t k = cls[c];
+    if (c == '\'' && i + 1 < n) {
+        uint8_t d = u_fold(u, s[i + 1]);
+        if (d == 's' || d == 'd' || d == 'm' || d == 't') return i + 2;
+        if (i + 2 < n) {
+            uint8_t e = u_fold(u, s[i + 2]);
+            if ((d == 'l' && e == 'l') || (d == 'v' && e == 'e') || (d == 'r' && e == 'e')) return i + 3;
+        }
+    }
+    size_t start = i;
+    if (!(k & (CLS_LETTER | CLS_NUMBER)) && !u_crlf(c) && i + 1 < n && (cls[s[i + 1]] & CLS_LETTER)) start = i + 1;
+    if (cls[s[start]] & CLS_LETTER) {
+        size_t e = start + 1;
+        while (e < n && (cls[s[e]] & CLS_LETTER)) e++;
+        return e;
+    }
+    if (k & CLS_NUMBER) {
+        size_t e = i + 1;
+        while (e < n && e - i < 3 && (cls[s[e]] & CLS_NUMBER)) e++;
+        return e;
+    }
+    size_t j = (c == ' ' && i + 1 < n && !(cls[s[i + 1]] & ANY)) ? i + 1 : i;
+    if (!(cls[s[j]] & ANY)) {
+        size_t e = j + 1;
+        while (e < n && !(cls[s[e]] & ANY)) e++;
+        while (e < n && u_crlf(s[e])) e++;
+        return e;
+    }
+    size_t e = i + 1;
+    while (e < n && (cls[s[e]] & CLS_SPACE)) e++;
+    if (e == n) return n;
+    for (size_t p = e; p > i; p--)
+        if (u_crlf(s[p - 1])) return p;
+    if (e - i >= 2) return e - 1;
+    return e;
+}
+
+static size_t o200k_contraction_u(const UClasses *u, const uint32_t *s, size_t e, size_t n) {
+    if (e + 1 >= n || s[e] != '\'') return e;
+    uint8_t d = u_fold(u, s[e + 1]);
+    if (d == 's' || d == 't' || d == 'm' || d == 'd') return e + 2;
+    if (e + 2 < n) {
+        uint8_t f = u_fold(u, s[e + 2]);
+        if ((d == 'r' && f == 'e') || (d == 'v' && f == 'e') || (d == 'l' && f == 'l')) return e + 3;
+    }
+    return e;
+}
+
+static size_t o200k_piece_end_u(const UClasses *u, const uint32_t *s, size_t i, size_t n) {
+    const uint8_t *cls = u->cls;
+    const uint8_t ANY = CLS_SPACE | CLS_LETTER | CLS_NUMBER;
+    uint32_t c = s[i];
+    uint8_t k = cls[c];
+    size_t starts[2];
+    int n_starts = 0;
+    if (!(k & (CLS_LETTER | CLS_NUMBER)) && !u_crlf(c)) starts[n_starts++] = i + 1;
+    starts[n_starts++] = i;
+    for (int t = 0; t < n_starts; t++) { /* UPPER* LOWER+: the UPPER run gives back characters until one is LOWER */
+        size_t a = starts[t], up = a;
+        while (up < n && (cls[s[up]] & CLS_UPPER)) up++;
+        if (up < n && (cls[s[up]] & CLS_LOWER)) {
+            size_t e = up + 1;
+            while (e < n && (cls[s[e]] & CLS_LOWER)) e++;
+            return o200k_contraction_u(u, s, e, n);
+        }
+        for (size_t j = up; j > a; j--) /* the last character of the run that is LOWER too ends the match */
+            if (cls[s[j - 1]] & CLS_LOWER) return o200k_contraction_u(u, s, j, n);
+    }
+    for (int t = 0; t < n_starts; t++) { /* UPPER+ LOWER* */
+        size_t a = starts[t];
+        if (a < n && (cls[s[a]] & CLS_UPPER)) {
+            size_t e = a;
+            while (e < n && (cls[s[e]] & CLS_UPPER)) e++;
+            while (e < n && (cls[s[e]] & CLS_LOWER)) e++;
+            return o200k_contraction_u(u, s, e, n);
+        }
+    }
+    if (k & CLS_NUMBER) {
+        size_t e = i + 1;
+        while (e < n && e - i < 3 && (cls[s[e]] & CLS_NUMBER)) e++;
+        return e;
+    }
+    size_t j = (c == ' ' && i + 1 < n && !(cls[s[i + 1]] & ANY)) ? i + 1 : i;
+    if (!(cls[s[j]] & ANY)) {
+        size_t e = j + 1;
+        while (e < n && !(cls[s[e]] & ANY)) e++;
+        while (e < n && (u_crlf(s[e]) || s[e] == '/')) e++;
+        return e;
+    }
+    size_t e = i + 1;
+    while (e < n && (cls[s[e]] & CLS_SPACE)) e++;
+    for (size_t p = e; p > i; p--)
+        if (u_crlf(s[p - 1])) return p;
+    if (e == n) return n;
+    if (e - i >= 2) return e - 1;
+    return e;
+}
+
+/* UTF-8 of code points (a lone surrogate as its 3 bytes, as Python's surrogatepass writes it). */
+static size_t utf8_encode(const uint32_t *s, size_t n, uint8_t *out) {
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t c = s[i];
+        if (c < 0x80) {
+            out[m++] = (uint8_t)c;
+        } else if (c < 0x800) {
+            out[m++] = (uint8_t)(0xC0 | (c >> 6));
+            out[m++] = (uint8_t)(0x80 | (c & 0x3F));
+        } else if (c < 0x10000) {
+            out[m++] = (uint8_t)(0xE0 | (c >> 12));
+            out[m++] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
+            out[m++] = (uint8_t)(0x80 | (c & 0x3F));
+        } else {
+            out[m++] = (uint8_t)(0xF0 | (c >> 18));
+            out[m++] = (uint8_t)(0x80 | ((c >> 12) & 0x3F));
+            out[m++] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
+            out[m++] = (uint8_t)(0x80 | (c & 0x3F));
+        }
+    }
+    return m;
+}
+
+/* Pre-tokenize and encode text[start..end) of any characters in C (needs the code point table). */
+static int encode_any(Encoder *self, const void *data, int kind, Py_ssize_t start, Py_ssize_t end, IntBuf *out,
+                      ByteBuf *tmp) {
+    size_t n = (size_t)(end - start);
+    UClasses u = {(const uint8_t *)PyBytes_AS_STRING(self->unicode_classes), self->fold_from, self->fold_to,
+                  self->n_folds};
+    /* tmp holds the code points, then room for the UTF-8 of the longest piece (at most 4 bytes each) */
+    tmp->len = 0;
+    if (bytebuf_reserve(tmp, n * 4 + n * 4) < 0) return -1;
+    uint32_t *cps = (uint32_t *)tmp->data;
+    uint8_t *utf8 = tmp->data + n * 4;
+    for (size_t k = 0; k < n; k++) cps[k] = PyUnicode_READ(kind, data, start + (Py_ssize_t)k);
+    size_t i = 0;
+    while (i < n) {
+        size_t e = self->pattern_kind == KIND_O200K ? o200k_piece_end_u(&u, cps, i, n)
+                   : self->pattern_kind == KIND_GPT4 ? gpt4_piece_end_u(&u, cps, i, n)
+                                                     : gpt2_piece_end_u(&u, cps, i, n);
+        size_t m = utf8_encode(cps + i, e - i, utf8);
+        if (encode_piece_cached(self, utf8, m, out) < 0) return -1;
+        i = e;
+    }
+    return 0;
+}
+
+/* set_unicode(classes: bytes of 0x110000 CLS_* bit sets, folds: list[(code point, ASCII letter)]): from now on
+ * encode_fast pre-tokenizes text of any characters in C, without calling the fallback. */
+static PyObject *Encoder_set_unicode(Encoder *self, PyObject *args) {
+    PyObject *classes, *folds;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyBytes_Type, &classes, &PyList_Type, &folds)) return NULL;
+    if (PyBytes_GET_SIZE(classes) != 0x110000 || PyList_GET_SIZE(folds) > 8) {
+        PyErr_SetString(PyExc_ValueError, "classes must be 0x110000 bytes and folds at most 8 pairs");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(folds); k++) {
+        unsigned int cp;
+        int letter;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(folds, k), "IC", &cp, &letter)) return NULL;
+        self->fold_from[k] = cp;
+        self->fold_to[k] = (uint8_t)letter;
+    }
+    self->n_folds = (int)PyList_GET_SIZE(folds);
+    Py_INCREF(classes);
+    Py_XSETREF(self->unicode_classes, classes);
+    Py_RETURN_NONE;
+}
+
 static int encode_ascii(Encoder *self, const uint8_t *s, size_t n, IntBuf *out) {
     size_t i = 0;
     while (i < n) {
@@ -1062,6 +1286,10 @@ static int encode_text(Encoder *self, PyObject *text, PyObject *fallback, IntBuf
         if (ascii) {
             const uint8_t *s = ascii_bytes(&w, start, end, tmp);
             if (!s || encode_ascii(self, s, (size_t)(end - start), out) < 0) return -2;
+            continue;
+        }
+        if (self->unicode_classes) {
+            if (encode_any(self, w.data, w.kind, start, end, out, tmp) < 0) return -2;
             continue;
         }
         if (*released) PyEval_RestoreThread(*released);
@@ -1228,6 +1456,11 @@ static PyObject *Encoder_copy(Encoder *self, PyObject *args) {
     other->pattern_kind = self->pattern_kind;
     other->release_gil = release_gil;
     other->n_id_objs = self->n_id_objs;
+    Py_XINCREF(self->unicode_classes);
+    other->unicode_classes = self->unicode_classes;
+    memcpy(other->fold_from, self->fold_from, sizeof(self->fold_from));
+    memcpy(other->fold_to, self->fold_to, sizeof(self->fold_to));
+    other->n_folds = self->n_folds;
     other->cache_slots = CACHE_MIN_SLOTS;
     cache_clear(other);
     return (PyObject *)other;
@@ -1419,6 +1652,8 @@ static PyMethodDef Encoder_methods[] = {
      "encode_fast of each text in a list, the GIL let go once for all of them"},
     {"split", (PyCFunction)Encoder_split, METH_VARARGS, "split(token, below): BPE of bytes with merged ids < below"},
     {"copy", (PyCFunction)Encoder_copy, METH_VARARGS, "copy(release_gil=False): a new encoder, empty cache"},
+    {"set_unicode", (PyCFunction)Encoder_set_unicode, METH_VARARGS,
+     "set_unicode(classes, folds): pre-tokenize text of any characters in C from now on"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -81,6 +81,23 @@ def ascii_classes() -> bytes:
     return bytes(sum(1 << bit for bit, cls in enumerate(classes) if regex.match(cls, chr(c))) for c in range(128))
 
 
+@functools.cache
+def unicode_classes() -> tuple[bytes, list[tuple[int, str]]]:
+    """The classes of `ascii_classes` for every code point, and the non-ASCII characters that a case-insensitive
+    contraction letter matches ((?i)s matches U+017F), as the regex module decides: the C pre-tokenizer then
+    splits text of any script itself. Made on first need (about 0.3 s)."""
+    every = "".join(map(chr, range(0x110000)))
+    table = bytearray(0x110000)
+    classes = (r"\s", r"\p{L}", r"\p{N}", r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]")
+    for bit, cls in enumerate(classes):
+        for match in regex.finditer(cls + "+", every):
+            start, end = match.span()
+            table[start:end] = bytes(b | 1 << bit for b in table[start:end])
+    folds = [(m.start(), letter) for letter in "sdmtlver" for m in regex.finditer(f"(?i){letter}", every)
+             if m.start() >= 128]
+    return bytes(table), folds
+
+
 def count_pretokens_in_text(
     text: str, pattern: regex.Pattern, splitter: regex.Pattern | None, counts: Counter | None = None
 ) -> Counter:

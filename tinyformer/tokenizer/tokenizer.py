@@ -28,6 +28,7 @@ from tinyformer.tokenizer.pretokenize import (
     fast_pattern_kind,
     resolve_pattern,
     special_splitter,
+    unicode_classes,
 )
 
 try:
@@ -96,7 +97,8 @@ class Tokenizer:
         self._cache: dict[str, list[int]] = {}
         self._concurrent = False  # True in a per-thread copy: the regex then releases the GIL too
         self._native = None  # the C encoder, when the extension is built
-        self._fast_kind = 0  # 2 / 4 / 200: the C encoder also pre-tokenizes ASCII text (GPT-2 / GPT-4 / o200k)
+        self._fast_kind = 0  # 2 / 4 / 200: the C encoder also pre-tokenizes text (GPT-2 / GPT-4 / o200k)
+        self._unicode = False  # True once the C pre-tokenizer has the classes of all characters, not only ASCII
         if _bpe is not None:
             self._fast_kind = fast_pattern_kind(self.pattern)
             self._native = self._new_encoder(release_gil=False)
@@ -172,8 +174,17 @@ class Tokenizer:
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text` with no special-token handling: special-token text is encoded as ordinary text."""
         if self._fast_kind:
+            if not self._unicode and not text.isascii():
+                self._use_unicode()
             return self._native.encode_fast(text, self._encode_ordinary_regex)
         return self._encode_ordinary_regex(text)
+
+    def _use_unicode(self) -> None:
+        """Give the C pre-tokenizer the classes of every character (made once per process, on first need)."""
+        table, folds = unicode_classes()
+        if len(folds) <= 8:
+            self._native.set_unicode(table, folds)
+        self._unicode = True
 
     def _encode_ordinary_regex(self, text: str) -> list[int]:
         if self._native is not None:
@@ -256,6 +267,8 @@ class Tokenizer:
         """`encode` of each text; with the C pre-tokenizer all ordinary text goes to it in one call."""
         if not self._fast_kind:
             return [self.encode(t, allowed_special) for t in texts]
+        if not self._unicode and not all(t.isascii() for t in texts):
+            self._use_unicode()
         splitter = self._allowed_splitter(allowed_special)
         if splitter is None:
             return self._native.encode_fast_batch(texts, self._encode_ordinary_regex)
