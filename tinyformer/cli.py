@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -40,8 +41,16 @@ def _available_verbs() -> dict[str, tuple[str, str]]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as the one line every other error is (the usage is one --help away)."""
+
+    def error(self, message: str):
+        print(f"tinyformer: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinyformer", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="tinyformer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tinyformer {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, (module, help_text) in _available_verbs().items():
@@ -55,13 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(verb)
-    # key=value overrides may come anywhere, also after options (argparse takes one positional block only)
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides += extra
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:  # argparse exits on --help, --version and its own errors: give its code back to the caller
+        # key=value overrides may come anywhere, also after options (argparse takes one positional block only)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+                args.overrides += extra
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     if args.verb is None:
         parser.print_help()
         return 0
@@ -76,6 +88,33 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug, not the user's mistake: one line here, the traceback in a file
+        if os.environ.get("TINYFORMER_TRACEBACK"):
+            raise
+        report = write_error_report(exc, argv)
+        first = (str(exc).splitlines() or [""])[0][:300]
+        where = f"full report in {report}" if report else "no report could be written"
+        print(f"tinyformer: internal error: {type(exc).__name__}: {first} ({where}; please attach it to a bug "
+              "report, or set TINYFORMER_TRACEBACK=1 to see the traceback here)", file=sys.stderr)
+        return 1
+
+
+def write_error_report(exc: BaseException, argv: list[str]) -> Path | None:
+    """The traceback of an internal error, with the command and versions, in a new file in the temp dir."""
+    import platform
+    import tempfile
+    import time
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"tinyformer-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"tinyformer {__version__}, Python {platform.python_version()} on {platform.platform()}\n")
+            f.write(f"command: tinyformer {' '.join(argv)}\n\n")
+            f.write("".join(traceback.format_exception(exc)))
+        return Path(path)
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

@@ -191,6 +191,11 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise TinyformerError(f"config file {path} does not exist; check the path (presets are in configs/)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TinyformerError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                              f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise TinyformerError(f"cannot read config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

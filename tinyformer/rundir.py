@@ -254,9 +254,19 @@ def read_tokenizer(run_dir: str | os.PathLike):
     path = Path(run_dir) / TOKENIZER_DIR
     if not path.is_dir():
         return None
+    return load_tokenizer(path, f"the tokenizer of run {run_dir}")
+
+
+def load_tokenizer(path: str | os.PathLike, what: str = "tokenizer"):
+    """A tokenizer directory as a Tokenizer; a damaged file is a one-line error, whatever it holds."""
     from tinyformer.tokenizer import Tokenizer
 
-    return Tokenizer.load(path)
+    try:
+        return Tokenizer.load(path)
+    except TinyformerError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as exc:
+        raise TinyformerError(f"{what} ({path}) is damaged ({type(exc).__name__}); re-save or re-train it") from None
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:

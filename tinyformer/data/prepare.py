@@ -82,7 +82,7 @@ def prepare(
         work = tmp / "work"
         work.mkdir()
         if corpus == "shakespeare":
-            text = require_file(source, "source").read_text(encoding="utf-8")
+            text = _read_text(source)
             train_text, val_text = split_chars(text, val_fraction)
             inputs = _write_parts(work, train_text, val_text)
             tokenizer = Tokenizer([], [])  # char level: the 256 byte tokens, no merges (the text is ASCII)
@@ -93,7 +93,7 @@ def prepare(
                 inputs = official
                 record["split"] = "the dataset's own train / valid files"
             else:
-                text = require_file(source, "source").read_text(encoding="utf-8")
+                text = _read_text(source)
                 train_text, val_text, n_train, n_val = split_stories(text, val_fraction)
                 inputs = _write_parts(work, train_text, val_text)
                 record["split"] = f"by story: {n_train} train, {n_val} validation (the last {val_fraction:.0%})"
@@ -117,6 +117,17 @@ def prepare(
         (tmp / "prepare.json").write_text(json.dumps(record, indent=1) + "\n")
     log(f"prepared {out}: {record['train_tokens']:,} train / {record['val_tokens']:,} val tokens ({record['split']})")
     return record
+
+
+def _read_text(source: Path) -> str:
+    """A source text file as a string; one line naming the first bad byte when it is not UTF-8."""
+    try:
+        return require_file(source, "source").read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TinyformerError(f"source {source} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                              f"{exc.start}); convert it to UTF-8 first") from None
+    except OSError as exc:
+        raise TinyformerError(f"cannot read source {source}: {exc.strerror}") from None
 
 
 def _write_parts(work: Path, train_text: str, val_text: str) -> list[Path]:

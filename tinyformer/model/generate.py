@@ -1,4 +1,5 @@
-"""Batched sampling with a KV cache: greedy at temperature 0, top-k, top-p, stop tokens, seeded generator.
+"""Batched sampling with a KV cache: greedy at temperature 0, top-k, top-p, stop tokens, seeded generator,
+and `vocab_limit` (a model whose vocabulary is padded past its tokenizer's never emits a padding id).
 
 Batches of unequal prompts are left-padded (attention_mask 0 on the left); each row's positions count its
 real tokens from 0, so a padded row generates exactly what it would alone.
@@ -36,15 +37,19 @@ def sample_next(
     top_k: int | None,
     top_p: float | None,
     generator: torch.Generator | None,
+    vocab_limit: int | None = None,
 ) -> torch.Tensor:
-    """One token per row from last-position logits [B, V]."""
+    """One token per row from last-position logits [B, V]; ids >= `vocab_limit` are never drawn."""
+    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+        logits = logits[..., :vocab_limit]  # the ids kept are 0..vocab_limit-1, so indices stay ids
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-def _check_args(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
+def _check_args(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int,
+                vocab_limit: int | None = None) -> None:
     if temperature < 0:
         raise TinyformerError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
@@ -53,6 +58,8 @@ def _check_args(temperature: float, top_k: int | None, top_p: float | None, max_
         raise TinyformerError(f"top_p must be in (0, 1], got {top_p}")
     if max_new_tokens < 0:
         raise TinyformerError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if vocab_limit is not None and vocab_limit < 1:
+        raise TinyformerError(f"vocab_limit must be at least 1, got {vocab_limit}")
 
 
 @torch.no_grad()
@@ -69,6 +76,7 @@ def generate(
     position_ids: torch.Tensor | None = None,
     next_position_ids: NextPositions | None = None,
     use_cache: bool = True,
+    vocab_limit: int | None = None,
 ) -> torch.Tensor:
     """Prompt ids [B, T] (or [T]) -> [B, T + n] with n <= max_new_tokens new tokens (stops early once every row
     has emitted a stop token; a finished row repeats its stop token).
@@ -77,9 +85,10 @@ def generate(
     next_position_ids(ids, positions) -> [B] gives the position of the token just appended to `ids` (so
     `positions` is one column shorter); default: last position + 1. Abacus callers pass a function that counts
     digits. seed makes sampling reproducible. use_cache=False
-    recomputes the whole sequence every step (the reference the cache is tested against).
+    recomputes the whole sequence every step (the reference the cache is tested against). vocab_limit: only
+    ids below it are drawn (the tokenizer's size when the model's vocabulary is padded past it).
     """
-    _check_args(temperature, top_k, top_p, max_new_tokens)
+    _check_args(temperature, top_k, top_p, max_new_tokens, vocab_limit)
     squeeze = ids.dim() == 1
     ids = ids.unsqueeze(0) if squeeze else ids
     device = ids.device
@@ -113,7 +122,7 @@ def generate(
                 logits, _ = model(ids, position_ids=positions, attention_mask=attention_mask)
             else:
                 logits, _ = model(step_ids, position_ids=step_pos, attention_mask=step_mask, kv_cache=cache)
-            token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator, vocab_limit)
             token = torch.where(finished, ids[:, -1], token)
             if stop.numel():
                 finished = finished | torch.isin(token, stop)

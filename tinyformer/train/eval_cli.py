@@ -28,8 +28,10 @@ def run(args: argparse.Namespace) -> int:
     from tinyformer.rundir import Run
     from tinyformer.train.runtime import resolve_device
 
-    if args.batch_size < 1:
-        raise TinyformerError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for flag in ("batch_size", "seq_len", "max_tokens", "examples"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise TinyformerError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     device = resolve_device(args.device)
     run = Run(args.ckpt, args.which)
     model = run.load_model(device)
@@ -59,7 +61,7 @@ def _eval_task(run, model, args, device) -> dict:
     changes = {}
     if args.bins:
         changes["bins"] = [b.strip() for b in args.bins.split(",") if b.strip()]
-    if args.examples:
+    if args.examples is not None:
         changes["examples"] = args.examples
     if changes:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes), model_keys=cfg.model_keys)

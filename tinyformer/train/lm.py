@@ -62,11 +62,9 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     tokenizer = None
     if data.tokenizer:
-        from tinyformer.tokenizer import Tokenizer
-
         if not Path(data.tokenizer).is_dir():
             raise TinyformerError(f"data.tokenizer {data.tokenizer} is not a tokenizer directory; check the path")
-        tokenizer = Tokenizer.load(data.tokenizer)
+        tokenizer = rundir.load_tokenizer(data.tokenizer, "data.tokenizer")
     if not data.train:
         raise TinyformerError("data.train is not set; pass data.train=PATH.bin (make one with `tinyformer data prepare`)")
     train_meta = read_token_file(data.train)[1]
@@ -75,6 +73,11 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
         model_cfg, init_state = initial_weights(cfg.train.init_from, cfg)
     else:
         model_cfg = with_data_vocab(cfg, tokenizer.vocab_size if tokenizer is not None else train_meta.get("vocab_size"))
+    if tokenizer is not None and tokenizer.vocab_size > model_cfg.vocab_size:
+        raise TinyformerError(
+            f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} ids; "
+            f"set model.vocab_size >= {tokenizer.vocab_size} (or leave it unset to take the tokenizer's)"
+        )
     seq_len = cfg.train.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len and model_cfg.position in ("learned", "abacus"):
         raise TinyformerError(f"train.seq_len={seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}")
@@ -134,8 +137,8 @@ def lm_sampler(tokenizer, tcfg: TrainConfig, model_cfg: ModelConfig) -> Callable
         if model_cfg.position in ("learned", "abacus"):  # stay inside the position table
             n_new = max(1, min(n_new, model_cfg.position_table_size - len(prompt)))
         ids = torch.tensor([prompt], dtype=torch.long, device=device)
-        out = model.generate(ids, n_new, temperature=tcfg.sample_temperature,
-                             top_k=tcfg.sample_top_k, seed=tcfg.seed + step)
+        out = model.generate(ids, n_new, temperature=tcfg.sample_temperature, top_k=tcfg.sample_top_k,
+                             seed=tcfg.seed + step, vocab_limit=tokenizer.vocab_size)  # never a padding id
         return tokenizer.decode(out[0].tolist())
 
     return sample

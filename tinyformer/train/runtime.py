@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tinyformer.errors import TinyformerError
-from tinyformer.train.config import TrainConfig
+from tinyformer.train.config import DEVICE, TrainConfig
 from tinyformer.train.distributed import DistInfo, init_distributed
 
 
@@ -34,7 +34,12 @@ def resolve_device(name: str) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if not DEVICE.fullmatch(name):
+        raise TinyformerError(f"device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
     device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count() > 0:
+        raise TinyformerError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s); use cuda or cuda:0")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TinyformerError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -75,6 +80,10 @@ def sdpa_backend(name: str):
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Device, process group (under torchrun) and precision for a run."""
     device = resolve_device(cfg.device)
+    if cfg.sdpa_backend in ("efficient", "cudnn") and device.type != "cuda":
+        raise TinyformerError(f"train.sdpa_backend={cfg.sdpa_backend} needs a CUDA device, this run is on "
+                              f"{device.type}; use auto, math or flash")
+    precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = init_distributed(cfg.parallel, device.type, cfg.dist_backend)
@@ -82,7 +91,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
-    return Runtime(device, resolve_precision(cfg.precision, device), info, cfg.sdpa_backend)
+    return Runtime(device, precision, info, cfg.sdpa_backend)
 
 
 def rng_state() -> dict[str, Any]:

@@ -27,10 +27,14 @@ def run(args: argparse.Namespace) -> int:
     from tinyformer.rundir import Run
     from tinyformer.train.runtime import resolve_device
 
-    if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
+    if not 0 <= args.temperature < float("inf") or (args.top_p is not None and not 0 < args.top_p <= 1):
         raise TinyformerError("--temperature must be >= 0 and --top-p in (0, 1]")
     if args.num_samples < 1 or args.max_new_tokens < 1:
         raise TinyformerError("--num-samples and --max-new-tokens must be at least 1")
+    if args.top_k is not None and args.top_k < 1:
+        raise TinyformerError(f"--top-k must be at least 1, got {args.top_k}")
+    if not 0 <= args.seed < 2**62:
+        raise TinyformerError(f"--seed must be an integer from 0 to 2**62 - 1, got {args.seed}")
     device = resolve_device(args.device)
     run = Run(args.ckpt, args.which)
     model = run.load_model(device)
@@ -47,12 +51,16 @@ def _sample_text(run, model, args, device) -> int:
     tok = run.tokenizer()
     if tok is None:
         raise TinyformerError(f"{run.given} has no tokenizer/ directory; sampling text needs the run's tokenizer")
+    if tok.vocab_size > model.config.vocab_size:
+        raise TinyformerError(f"{run.given}: its tokenizer has {tok.vocab_size} ids but the model only "
+                              f"{model.config.vocab_size}; the run directory is damaged")
     prompt = tok.encode(args.prompt, allowed_special="all") if args.prompt else [tok.eot_id or 0]
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     stop = [tok.eot_id] if tok.eot_id is not None else None
     for i in range(args.num_samples):
+        # a vocabulary padded past the tokenizer's (the 50,304 convention) must never yield a padding id
         out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, stop_tokens=stop, seed=args.seed + i)
+                             top_p=args.top_p, stop_tokens=stop, seed=args.seed + i, vocab_limit=tok.vocab_size)
         new = out[0].tolist()[len(prompt) :]
         if tok.eot_id in new:  # the story ends at its end-of-text token
             new = new[: new.index(tok.eot_id)]
