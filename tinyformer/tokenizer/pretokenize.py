@@ -7,6 +7,7 @@ whole-file count.
 
 from __future__ import annotations
 
+import array
 import functools
 import os
 from collections import Counter
@@ -85,17 +86,19 @@ def ascii_classes() -> bytes:
 def unicode_classes() -> tuple[bytes, list[tuple[int, str]]]:
     """The classes of `ascii_classes` for every code point, and the non-ASCII characters that a case-insensitive
     contraction letter matches ((?i)s matches U+017F), as the regex module decides: the C pre-tokenizer then
-    splits text of any script itself. Made on first need (about 0.3 s)."""
-    every = "".join(map(chr, range(0x110000)))
-    table = bytearray(0x110000)
+    splits text of any script itself. Made on first need (about 0.15 s)."""
+    every = array.array("I", range(0x110000)).tobytes().decode("utf-32-le", "surrogatepass")
     classes = (r"\s", r"\p{L}", r"\p{N}", r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]")
+    table = 0  # the bit sets of all code points as one big int: OR-ing whole tables is then one operation
     for bit, cls in enumerate(classes):
+        marks, value = bytearray(0x110000), bytes([1 << bit])
         for match in regex.finditer(cls + "+", every):
             start, end = match.span()
-            table[start:end] = bytes(b | 1 << bit for b in table[start:end])
-    folds = [(m.start(), letter) for letter in "sdmtlver" for m in regex.finditer(f"(?i){letter}", every)
-             if m.start() >= 128]
-    return bytes(table), folds
+            marks[start:end] = value * (end - start)
+        table |= int.from_bytes(marks, "big")
+    folds = [(m.start() + 128, letter) for m in regex.finditer("(?i)[sdmtlver]", every[128:])
+             for letter in "sdmtlver" if regex.fullmatch(f"(?i){letter}", m.group())]
+    return table.to_bytes(0x110000, "big"), folds
 
 
 def count_pretokens_in_text(
