@@ -196,7 +196,9 @@ def bench_encoding(text: str, tok_dir: Path, repeats: int, rustbpe: dict | None)
 
     from tinyformer.tokenizer import Tokenizer
     from tinyformer.tokenizer.export import hf_tokenizer_json, mergeable_ranks
+    from tinyformer.tokenizer.pretokenize import unicode_classes
 
+    unicode_classes()  # made once per process (on the first non-ASCII text): not part of any timing
     mb = len(text.encode("utf-8")) / 1e6
     workers = os.cpu_count() or 1
     parts = split_at_line_ends(text, 4 * workers)
