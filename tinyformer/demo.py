@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -118,21 +117,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_all(runs: list[DemoRun], workers: int):
-    """Yield (run, summary) as runs finish: in worker processes, or here one after another (workers=0)."""
-    if workers == 0:
-        for run in runs:
-            yield run, _run_one(run)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """Yield (run, summary) as runs finish, through the lab's executor (worker processes, or here: 0)."""
+    from tinyformer.lab.executor import LocalExecutor
 
-    # every run in a fresh interpreter, so no run's result can depend on which runs shared its process
-    ctx = multiprocessing.get_context("spawn")
-    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **fresh) as pool:
-        futures = {pool.submit(_run_one, run): run for run in runs}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+    for i, summary in LocalExecutor(workers).map(_run_one, runs):
+        yield runs[i], summary
 
 
 def format_table(configs, results) -> str:

@@ -48,6 +48,31 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="dotted overrides, e.g. model.n_layers=4 train.precision=bf16 eval.bins=[1-10,11-20]")
 
 
+def _add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="runs at once (default: one per CPU core, one thread each; "
+                   "4 sharing a GPU; 0 = one after another in this process)")
+    p.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="local worker processes, or one Ray task per run on a cluster (pip install 'tinyformer[ray]')")
+    p.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
+
+
+def _executor(args: argparse.Namespace, device: str = "cpu"):
+    from tinyformer.lab.executor import make_executor
+
+    return make_executor(args.executor, args.workers, device, args.address)
+
+
+def _csv(text: str | None, cast=str) -> list | None:
+    from tinyformer.errors import TinyformerError
+
+    if not text:
+        return None
+    try:
+        return [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TinyformerError(f"{text!r} is not a comma-separated list of {cast.__name__}s") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("train", help="one run: train until the training-range bin is solved, evaluate every bin")
@@ -61,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", type=Path, help="YAML grid: key: [values] (default: model.n_layers, model.n_heads, "
                    "model.d_model, train.lr)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results)")
+    _add_executor_arguments(p)
 
     p = sub.add_parser("best", help="re-run the best sweep row with seeds 0, 1, 2: mean and spread per bin")
     p.add_argument("--task", required=True)
@@ -68,6 +94,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--by", help="bin that decides the best row (default: the first bin beyond the training range)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--results", type=Path, default=Path("results"))
+    _add_executor_arguments(p)
+
+    p = sub.add_parser("reproduce", help="the published table (7 rows x APE/RoPE x 3 seeds) under the published "
+                       "protocol; resumable; report beside the published numbers")
+    p.add_argument("--scale", default="cpu", help="cpu (about an hour on 2 cores) or full (the published protocol)")
+    p.add_argument("--results", type=Path, help="results directory (default results/reproduce-SCALE)")
+    p.add_argument("--rows", help="comma-separated published rows (default all: UF,UL,UR,NLFirst,NRFirst,NLLast,NRLast)")
+    p.add_argument("--schemes", help="comma-separated schemes (default ape,rope)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    _add_executor_arguments(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="changes applied to every run (recorded: a results directory keeps one set)")
 
     p = sub.add_parser("report", help="task x scheme x bin table (markdown, CSV) and a heatmap PNG")
     p.add_argument("--results", type=Path, default=Path("results"))
@@ -110,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             settings = {**_flatten(read_yaml(args.config)), **settings}
         grid = load_grid(args.grid, settings)
         grid = {k: v for k, v in grid.items() if k not in settings} or {"train.seed": [settings.get("train.seed", 0)]}
-        rows = sweep(settings, grid, args.results)
+        rows = sweep(settings, grid, args.results, executor=_executor(args))
         print(f"sweep finished: {len(rows)} new run{'s' if len(rows) != 1 else ''}; summaries in {args.results}/")
         return 0
 
@@ -126,12 +164,15 @@ def run(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise TinyformerError(f"--seeds {args.seeds!r} is not a comma-separated list of integers") from None
-        summary = best(args.task, pe, args.results, by=args.by, seeds=seeds)
+        summary = best(args.task, pe, args.results, by=args.by, seeds=seeds, executor=_executor(args))
         print(f"best config by bin {summary['by']} over seeds {', '.join(map(str, seeds))}:")
         for b, s in summary["accuracy"].items():
             print(f"  bin {b:>9}: {s['mean']:.3f} ± {s['std']:.3f}  (min {s['min']:.3f}, max {s['max']:.3f})")
         print(f"written: {args.results / args.task}/best-{pe}.json")
         return 0
+
+    if args.action == "reproduce":
+        return _reproduce(args)
 
     if args.action == "report":
         from tinyformer.lab.report import collect, load_published, render_markdown, write_report
@@ -177,4 +218,31 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
     for k, accs in (summary.get("accuracy_heads") or {}).items():  # multi-token prediction (n_predict > 1)
         print(f"  {k} token(s) per pass: " + "  ".join(f"{b}: {a:.3f}" for b, a in accs.items()))
     print(f"run directory: {out}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import time
+
+    from tinyformer.config import parse_overrides
+    from tinyformer.lab import reproduce
+    from tinyformer.lab.report import load_published
+    from tinyformer.lab.sweep import _flatten
+
+    if args.scale not in reproduce.SCALES:
+        from tinyformer.errors import TinyformerError
+
+        raise TinyformerError(f"unknown scale {args.scale!r}; use --scale cpu or --scale full")
+    results = args.results or Path("results") / f"reproduce-{args.scale}"
+    overrides = _flatten(parse_overrides(args.overrides))
+    start = time.perf_counter()
+    records = reproduce.reproduce(args.scale, results, _executor(args), rows=_csv(args.rows),
+                                  schemes=_csv(args.schemes), seeds=_csv(args.seeds, int), overrides=overrides)
+    aggregated = reproduce.aggregate(records, args.scale)
+    paths = reproduce.write(results, aggregated, args.scale, load_published())
+    print()
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"{len(records)} runs in {(time.perf_counter() - start) / 60:.1f} min (runs already finished were read back)")
+    for what, path in paths.items():
+        print(f"{what}: {path}")
     return 0

@@ -104,7 +104,7 @@ class TaskSetup:
             self.task,
             self.train_range,
             batch_size=batch_size,
-            seed=self.cfg.train.seed,
+            seed=self.cfg.train.seed if self.cfg.task.seed is None else self.cfg.task.seed,
             random_offset_to=self.table_size if self.random_offset else None,
             positions=self.position_kind,
             rank=rank,

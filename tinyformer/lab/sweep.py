@@ -186,8 +186,28 @@ def default_train(cfg: RunConfig, run_dir: Path) -> dict:
     return result_row(train_task(dataclasses.replace(cfg, run_dir=str(run_dir), model_keys=cfg.model_keys)))
 
 
+def _run_all(jobs: list[tuple[Settings, RunConfig, Path]], train: TrainFn | None, executor, log):
+    """Yield (settings, cfg, run_dir, result) as runs finish: through `train` one after another (tests), or
+    through the executor (worker processes, or Ray)."""
+    import dataclasses
+
+    if train is not None or executor is None:
+        for settings, cfg, run_dir in jobs:
+            log(f"  {run_name(cfg)}")
+            yield settings, cfg, run_dir, (train or default_train)(cfg, run_dir)
+        return
+    from tinyformer.lab.executor import one_thread, train_summary
+    from tinyformer.lab.run import result_row
+
+    cfgs = [one_thread(dataclasses.replace(c, run_dir=str(d), model_keys=c.model_keys)) for _, c, d in jobs]
+    for i, summary in executor.map(train_summary, cfgs):
+        settings, cfg, run_dir = jobs[i]
+        log(f"  done: {run_name(cfg)}")
+        yield settings, cfg, run_dir, result_row(summary)
+
+
 def sweep(base: Settings, grid: Mapping[str, list], results: str | Path, *, train: TrainFn | None = None,
-          log: Callable[[str], None] = print) -> list[dict]:
+          executor=None, log: Callable[[str], None] = print) -> list[dict]:
     """Run every grid combination on top of `base` (task, scheme and fixed settings) not yet in the summary."""
     from tinyformer.lab.run import run_path
     from tinyformer.lab.setup import scheme_label
@@ -202,10 +222,8 @@ def sweep(base: Settings, grid: Mapping[str, list], results: str | Path, *, trai
     log(f"sweep {first.task.name} / {scheme_label(first.model.position)}: {len(configs)} combination(s), "
         f"{len(configs) - len(todo)} already in {path}, {len(todo)} to run")
     rows = []
-    for i, (settings, cfg) in enumerate(todo, 1):
-        run_dir = run_path(results, cfg)
-        log(f"[{i}/{len(todo)}] {run_name(cfg)}")
-        result = (train or default_train)(cfg, run_dir)
+    jobs = [(settings, cfg, run_path(results, cfg)) for settings, cfg in todo]
+    for settings, cfg, run_dir, result in _run_all(jobs, train, executor, log):
         row = make_row(cfg, settings, result, run_dir)
         append_row(path, row)
         rows.append(row)
@@ -249,7 +267,7 @@ def spread(rows: list[dict], field: str = "accuracy") -> dict:
 
 
 def best(task: str, pe: str, results: str | Path, *, by: str | None = None, seeds=DEFAULT_SEEDS,
-         train: TrainFn | None = None, log: Callable[[str], None] = print) -> dict:
+         train: TrainFn | None = None, executor=None, log: Callable[[str], None] = print) -> dict:
     """Re-run the best summary row with each seed; write best-<pe>.jsonl (rows) and best-<pe>.json (spread)."""
     from tinyformer.lab.run import run_path
 
@@ -265,21 +283,22 @@ def best(task: str, pe: str, results: str | Path, *, by: str | None = None, seed
     seed_path = results / task / f"best-{pe}.jsonl"
     # a deterministic run already done (in the sweep or an earlier `best`) is reused
     known = {r["key"]: r for r in read_rows(seed_path) + rows}
-    seed_rows = []
+    by_seed: dict[int, dict] = {}
+    jobs = []
     for seed in seeds:
         settings = {**top["settings"], "train.seed": seed}
         cfg = lab_config(settings)
-        key = config_key(cfg)
-        if key in known:
+        if config_key(cfg) in known:
             log(f"  seed {seed}: already run")
-            row = known[key]
+            by_seed[seed] = known[config_key(cfg)]
         else:
-            log(f"  seed {seed}: training")
-            run_dir = run_path(results, cfg)
-            row = make_row(cfg, settings, (train or default_train)(cfg, run_dir), run_dir)
-            append_row(seed_path, row)
-            known[key] = row
-        seed_rows.append(row)
+            log(f"  seed {seed}: to train")
+            jobs.append((settings, cfg, run_path(results, cfg)))
+    for settings, cfg, run_dir, result in _run_all(jobs, train, executor, log):
+        row = make_row(cfg, settings, result, run_dir)
+        append_row(seed_path, row)
+        by_seed[cfg.train.seed] = row
+    seed_rows = [by_seed[seed] for seed in seeds]
     summary = {
         "task": task,
         "pe": pe,

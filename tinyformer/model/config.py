@@ -64,6 +64,8 @@ class ModelConfig:
     rope_scaling: float = 1.0  # linear position interpolation: positions are divided by this factor
     n_predict: int = 1  # output heads predicting tokens t+1 .. t+n_predict
     init_std: float = 0.02
+    # GPT-2's init: o_proj/down_proj drawn with init_std / sqrt(2 * n_layers); false = plain N(0, init_std)
+    scale_residual_init: bool = True
 
     def __post_init__(self) -> None:
         _one_of("position", self.position, POSITIONS)

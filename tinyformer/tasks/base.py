@@ -124,6 +124,14 @@ class Task:
     def build(self, rng: np.random.Generator, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    # a task whose rejected samples are redrawn at a new length (the reference code's rule) sets this and
+    # overrides `sample`; the lengths of its examples are then known only after sampling
+    redraws_length: bool = False
+
+    def sample(self, rng: np.random.Generator, lo: int, hi: int, count: int) -> Examples:
+        """`count` examples with task lengths uniform over the drawn range of `lo..hi`."""
+        return self.generate(rng, self.sample_lengths(rng, lo, hi, count))
+
     def generate(self, rng: np.random.Generator, lengths: np.ndarray) -> Examples:
         """One example per entry of `lengths`, as a padded batch."""
         lengths = np.asarray(lengths, dtype=np.int64)

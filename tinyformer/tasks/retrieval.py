@@ -4,14 +4,19 @@ n = 5 symbols; the context length C is uniform in [max(4, lo), hi - 1] (the task
 UL/UR: the query occurs exactly once, the answer is its left/right neighbour.
 NLFirst/NRFirst/NLLast/NRLast: the context is drawn with replacement, the query is drawn from the context
 and occurs at least twice; the answer is the left/right neighbour of its first/last occurrence (samples
-where that neighbour does not exist are rejected). Supervised: only the answer.
+where that neighbour does not exist are rejected and redrawn at the same length). Supervised: only the answer.
+
+NLFirst-ref/NRFirst-ref/NLLast-ref/NRLast-ref follow the reference study's published code instead (the
+published protocol's preset uses them): a rejected sample is redrawn with a new length, and NLFirst keeps
+an example whose first occurrence is at context index 0, its answer then being the last context token (the
+reference's wrap-around of index -1).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from tinyformer.tasks.base import Task, answer_layout, columns, redraw_rejected
+from tinyformer.tasks.base import Examples, Task, answer_layout, columns, redraw_rejected
 from tinyformer.tasks.registry import register_task
 
 
@@ -70,6 +75,50 @@ class NonUniqueRetrieval(RetrievalTask):
         return answer_layout(self, context, lengths, query, answer)
 
 
+class ReferenceRetrieval(NonUniqueRetrieval):
+    """The reference code's rules: rejected samples redrawn at a new length; NLFirst wraps index -1."""
+
+    redraws_length = True
+
+    def _draw(self, rng: np.random.Generator, lengths: np.ndarray, width: int):
+        context, ok, query, answer = super()._draw(rng, lengths, width)
+        if self.side < 0 and not self.last:  # first occurrence at index 0: the answer is context[length - 1]
+            rows = np.arange(len(lengths))
+            first = ((context == query[:, None]) & (columns(width) < lengths[:, None])).argmax(1)
+            wrap = first == 0
+            answer = np.where(wrap, context[rows, lengths - 1], answer)
+            ok = ok | (wrap & (query >= 0))
+            ok &= _has_repeat(context, lengths, self.n_symbols)
+        return context, ok, query, answer
+
+    def sample(self, rng: np.random.Generator, lo: int, hi: int, count: int) -> Examples:
+        first_len, last_len = self.check_range(lo, hi)
+        lengths = rng.integers(first_len, last_len + 1, size=count)
+        width = last_len
+        context, ok, query, answer = self._draw(rng, lengths, width)
+        for _ in range(1000):
+            bad = np.flatnonzero(~ok)
+            if bad.size == 0:
+                break
+            lengths[bad] = rng.integers(first_len, last_len + 1, size=bad.size)  # a new length, as the reference
+            context[bad], ok[bad], query[bad], answer[bad] = self._draw(rng, lengths[bad], width)
+        else:
+            raise RuntimeError("rejection sampling did not converge")
+        width = int(lengths.max())
+        tokens, supervised = answer_layout(self, context[:, :width], lengths, query, answer)
+        seq_lens = np.array([self.sequence_length(int(n)) for n in lengths], dtype=np.int64)
+        return Examples(tokens.astype(np.int64), supervised, seq_lens, lengths)
+
+    # `generate(rng, lengths)` (lengths fixed by the caller, e.g. to measure the longest input) keeps the
+    # inherited same-length redraw; training and evaluation draw through `sample`, the reference's rule
+
+
+def _has_repeat(context: np.ndarray, lengths: np.ndarray, n_symbols: int) -> np.ndarray:
+    inside = columns(context.shape[1]) < lengths[:, None]
+    counts = np.stack([((context == s) & inside).sum(1) for s in range(n_symbols)], axis=1)
+    return (counts >= 2).any(1)
+
+
 @register_task
 class UL(UniqueRetrieval):
     name, side = "UL", -1
@@ -104,3 +153,27 @@ class NLLast(NonUniqueRetrieval):
 class NRLast(NonUniqueRetrieval):
     name, side, last = "NRLast", +1, True
     description = "non-unique retrieval: the right neighbour of the query's last occurrence"
+
+
+@register_task
+class NLFirstRef(ReferenceRetrieval):
+    name, side, last = "NLFirst-ref", -1, False
+    description = "NLFirst by the reference code's rules: index 0 wraps to the last context token; redraws change length"
+
+
+@register_task
+class NRFirstRef(ReferenceRetrieval):
+    name, side, last = "NRFirst-ref", +1, False
+    description = "NRFirst by the reference code's rules: a rejected sample is redrawn with a new length"
+
+
+@register_task
+class NLLastRef(ReferenceRetrieval):
+    name, side, last = "NLLast-ref", -1, True
+    description = "NLLast by the reference code's rules: a rejected sample is redrawn with a new length"
+
+
+@register_task
+class NRLastRef(ReferenceRetrieval):
+    name, side, last = "NRLast-ref", +1, True
+    description = "NRLast by the reference code's rules: a rejected sample is redrawn with a new length"

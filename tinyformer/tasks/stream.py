@@ -110,7 +110,7 @@ class TaskStream:
     def next_arrays(self) -> dict[str, np.ndarray]:
         """The next batch as numpy arrays (what `next_batch` turns into tensors)."""
         task, rng = self.task, self.rng
-        examples = task.generate(rng, task.sample_lengths(rng, *self.lengths, self.batch_size * self.world_size))
+        examples = task.sample(rng, *self.lengths, self.batch_size * self.world_size)
         ids, targets, n_real = to_model_arrays(examples)
         real = np.arange(ids.shape[1])[None, :] < n_real[:, None]
         position_ids = self.position_fn(ids, task.n_symbols)
@@ -180,6 +180,11 @@ def eval_seed(task_name: str, lo: int, hi: int, seed: int) -> np.random.SeedSequ
 def make_eval_set(task: Task, lo: int, hi: int, count: int = DEFAULT_EVAL_EXAMPLES, seed: int = 0) -> EvalSet:
     """`count` examples with task lengths uniform in the bin, fixed by `seed`."""
     rng = np.random.default_rng(eval_seed(task.name, lo, hi, seed))
+    if task.redraws_length:  # lengths known only after sampling: sample all, then sort by length
+        ex = task.sample(rng, lo, hi, count)
+        order = np.argsort(ex.lengths, kind="stable")
+        return EvalSet(task, lo, hi, Examples(ex.tokens[order], ex.supervised[order], ex.seq_lens[order],
+                                              ex.lengths[order]))
     lengths = np.sort(task.sample_lengths(rng, lo, hi, count))
     chunks = [task.generate(rng, lengths[i : i + 256]) for i in range(0, count, 256)]
     width = max(c.tokens.shape[1] for c in chunks)

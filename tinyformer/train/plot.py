@@ -57,7 +57,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         a.set_xlabel("step")
         a.set_title(titles[key])
         a.grid(alpha=0.3)
-        a.legend(fontsize=7)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
     if has_ppl:
         ax["ppl"].set_yscale("log")
     if has_acc:

@@ -1,0 +1,109 @@
+"""Many small runs at once: the executor behind `lengen sweep`, `best`, `reproduce` and the demo.
+
+A tiny model cannot keep a machine busy, so the machine runs several at a time. `LocalExecutor` starts
+worker processes: on a CPU N one-thread workers (tiny models gain nothing from intra-op threads), on a GPU
+several processes sharing the device. Every run starts in a fresh interpreter (spawn, one run per
+process), so no result can depend on which runs shared a process: N workers give the same numbers as one
+after another. Beyond one machine `RayExecutor` hands each run to an existing Ray cluster as one task with
+its resources declared (1 CPU, or a fraction of a GPU), so a sweep spreads over every node; Ray is an
+optional extra (`pip install 'tinyformer[ray]'`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from tinyformer.errors import TinyformerError
+
+Job = Any  # a picklable argument of the run function (a RunConfig)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_workers(device: str = "cpu") -> int:
+    """One worker per CPU core; on a GPU, 4 runs sharing it (tiny models leave most of a GPU idle)."""
+    return 4 if device.startswith("cuda") else max(1, _cpu_count())
+
+
+def one_thread(cfg):
+    """A RunConfig set to one CPU thread (what a worker among N on N cores should use), unless it set one."""
+    if cfg.train.threads:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=1), model_keys=cfg.model_keys)
+
+
+class LocalExecutor:
+    """`workers` processes on this machine (0: everything here, one run after another)."""
+
+    def __init__(self, workers: int | None = None, device: str = "cpu") -> None:
+        self.workers = default_workers(device) if workers is None else workers
+        if self.workers < 0:
+            raise TinyformerError(f"workers must be 0 (run here) or more, got {workers}")
+
+    def map(self, fn: Callable[[Job], Any], jobs: Iterable[Job]) -> Iterator[tuple[int, Any]]:
+        """Yield (index of the job, fn(job)) as runs finish."""
+        jobs = list(jobs)
+        if self.workers == 0 or len(jobs) <= 1 and self.workers <= 1:
+            for i, job in enumerate(jobs):
+                yield i, fn(job)
+            return
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = multiprocessing.get_context("spawn")
+        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)) or 1, mp_context=ctx, **fresh) as pool:
+            futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+
+class RayExecutor:
+    """Each run a Ray task on an existing cluster (`address`; None = start or join a local one)."""
+
+    def __init__(self, address: str | None = None, num_cpus: float = 1.0, num_gpus: float = 0.0) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise TinyformerError("the ray executor needs Ray: pip install 'tinyformer[ray]'") from None
+        self.ray = ray
+        self.address = address
+        self.resources = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+
+    def map(self, fn: Callable[[Job], Any], jobs: Iterable[Job]) -> Iterator[tuple[int, Any]]:
+        ray = self.ray
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        remote = ray.remote(**self.resources)(fn)
+        refs = {remote.remote(job): i for i, job in enumerate(jobs)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield refs[ref], ray.get(ref)
+
+
+def make_executor(kind: str = "local", workers: int | None = None, device: str = "cpu",
+                  address: str | None = None):
+    if kind == "local":
+        return LocalExecutor(workers, device)
+    if kind == "ray":
+        gpus = 1.0 / default_workers(device) if device.startswith("cuda") else 0.0
+        return RayExecutor(address, num_cpus=1.0, num_gpus=gpus)
+    raise TinyformerError(f"unknown executor {kind!r}; use local or ray")
+
+
+def train_summary(cfg) -> dict:
+    """The worker's job: train (or resume, or read back) one task run; its summary."""
+    from tinyformer.lab.run import train_task
+
+    return train_task(cfg)

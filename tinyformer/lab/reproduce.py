@@ -1,0 +1,219 @@
+"""`tinyformer lengen reproduce`: the published length-generalization table (7 task rows x APE/RoPE x 3
+seeds) under the reference study's protocol (presets/published.yaml), at CPU scale or at full scale.
+
+Every run is an ordinary engine run under RESULTS/runs/ROW/SCHEME/seed-N, so an interrupted reproduction
+continues where it stopped (finished runs are read back, an interrupted one resumes from its checkpoint).
+RESULTS/protocol.json fixes what the directory holds; another protocol, scale or override set is refused.
+The report sets ours beside the published numbers, per seed and aggregated the way the published figures
+are (UF one run, UL/UR the mean of two seeds, the N* rows the mean of three).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinyformer.config import read_yaml
+from tinyformer.errors import TinyformerError
+from tinyformer.train.config import RunConfig, preset_path
+
+SCALES = ("cpu", "full")
+SCHEMES = ("ape", "rope")
+
+
+@dataclass
+class Job:
+    row: str  # the published row (UF, UL, ..., NRLast)
+    scheme: str  # ape | rope
+    seed: int
+    cfg: RunConfig
+
+
+def load_protocol(scale: str) -> dict[str, Any]:
+    if scale not in SCALES:
+        raise TinyformerError(f"unknown scale {scale!r}; use one of: {', '.join(SCALES)}")
+    return read_yaml(preset_path("published"))
+
+
+def run_settings(protocol: Mapping[str, Any], scale: str, row: str, scheme: str, seed: int,
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The dotted settings of one run: common, scheme, row, scale, then the user's overrides."""
+    if scheme not in protocol["schemes"]:
+        raise TinyformerError(f"the published protocol defines no scheme {scheme!r}; it has: "
+                              f"{', '.join(protocol['schemes'])}")
+    if row not in protocol["rows"]:
+        raise TinyformerError(f"the published table has no row {row!r}; rows: {', '.join(protocol['rows'])}")
+    spec = protocol["rows"][row]
+    scaled = protocol["scales"][scale] or {}
+    tables = {**protocol["position_table"], **(scaled.get("position_table") or {})}
+    settings = {**protocol["common"], **protocol["schemes"][scheme], **(spec.get(scheme) or {}),
+                **(scaled.get("changes") or {}), **(scaled.get(scheme) or {})}
+    settings["task.name"] = spec["task"]
+    settings["train.seed"] = seed
+    if scheme == "ape":
+        settings["model.n_positions"] = tables[spec["kind"]]
+    return {**settings, **(overrides or {})}
+
+
+def plan(scale: str, results: str | Path, *, rows: list[str] | None = None, schemes: list[str] | None = None,
+         seeds: list[int] | None = None, overrides: Mapping[str, Any] | None = None) -> list[Job]:
+    """Every run of the reproduction, each a lab RunConfig with its run directory under RESULTS/runs."""
+    from tinyformer.lab.sweep import lab_config
+
+    protocol = load_protocol(scale)
+    rows = rows or list(protocol["rows"])
+    schemes = schemes or list(SCHEMES)
+    seeds = seeds if seeds is not None else list(protocol["seeds"])
+    jobs = []
+    for row in rows:
+        for scheme in schemes:
+            for seed in seeds:
+                settings = run_settings(protocol, scale, row, scheme, seed, overrides)
+                settings["run_dir"] = str(Path(results) / "runs" / row / scheme / f"seed-{seed}")
+                jobs.append(Job(row, scheme, seed, lab_config(settings)))
+    return jobs
+
+
+def check_results_dir(results: Path, scale: str, overrides: Mapping[str, Any] | None) -> None:
+    """RESULTS/protocol.json: written on the first call, and must match on every later one (overrides that
+    only change how runs are carried out, such as train.threads or train.stop_at_step, may differ)."""
+    from tinyformer.lab.sweep import NOT_IN_KEY
+
+    protocol = load_protocol(scale)
+    kept = {k: v for k, v in (overrides or {}).items() if k not in NOT_IN_KEY}
+    stamp = {"protocol": "published", "scale": scale, "overrides": kept,
+             "preset_sha256": hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()}
+    path = results / "protocol.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise TinyformerError(f"{path} is not valid JSON; the results directory is damaged") from None
+        if old != stamp:
+            diff = [k for k in stamp if old.get(k) != stamp[k]]
+            raise TinyformerError(
+                f"{results} holds a reproduction made with another {', '.join(diff)} "
+                f"({', '.join(f'{k}: {old.get(k)!r}' for k in diff if k != 'preset_sha256')}); "
+                "use another --results directory or the same settings"
+            )
+        return
+    results.mkdir(parents=True, exist_ok=True)
+    from tinyformer.fileio import atomic_write
+
+    with atomic_write(path) as f:
+        json.dump(stamp, f, indent=1)
+
+
+def reproduce(scale: str, results: str | Path, executor, *, rows=None, schemes=None, seeds=None,
+              overrides: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Run (or resume, or read back) every run of the table; returns one record per run."""
+    from tinyformer.lab.executor import one_thread, train_summary
+
+    results = Path(results)
+    jobs = plan(scale, results, rows=rows, schemes=schemes, seeds=seeds, overrides=overrides)
+    check_results_dir(results, scale, overrides)
+    records = []
+    log(f"reproduce ({scale} scale): {len(jobs)} runs -> {results}")
+    quiet = [dataclasses.replace(c, train=dataclasses.replace(c.train, progress=False), model_keys=c.model_keys)
+             for c in (one_thread(j.cfg) for j in jobs)]  # one line per finished run, not N progress bars
+    for n, (i, summary) in enumerate(executor.map(train_summary, quiet), 1):
+        job = jobs[i]
+        acc = "  ".join(f"{b}: {v:.3f}" for b, v in summary["accuracy"].items())
+        log(f"[{n}/{len(jobs)}] {job.row} / {job.scheme} / seed {job.seed}: {summary['status']} at step "
+            f"{summary['step']}  {acc}")
+        records.append({"row": job.row, "scheme": job.scheme, "seed": job.seed, "steps": summary["step"],
+                        "status": summary["status"], "accuracy": summary["accuracy"],
+                        "elapsed_s": summary.get("elapsed_s")})
+    order = {(j.row, j.scheme, j.seed): k for k, j in enumerate(jobs)}
+    records.sort(key=lambda r: order[(r["row"], r["scheme"], r["seed"])])
+    return records
+
+
+def aggregate(records: list[dict], scale: str) -> list[dict]:
+    """Per (row, scheme): the mean over the seeds the published figure averages (its first k seeds), the
+    mean over every seed run, and each seed's values."""
+    protocol = load_protocol(scale)
+    out = []
+    for row in dict.fromkeys(r["row"] for r in records):
+        for scheme in dict.fromkeys(r["scheme"] for r in records if r["row"] == row):
+            runs = sorted((r for r in records if r["row"] == row and r["scheme"] == scheme), key=lambda r: r["seed"])
+            k = int(protocol["rows"][row]["published_seeds"])
+            bins = list(runs[0]["accuracy"])
+            as_published = runs[:k]
+            out.append({
+                "row": row, "scheme": scheme, "bins": bins, "published_seeds": k,
+                "mean_as_published": {b: statistics.fmean(r["accuracy"][b] for r in as_published) for b in bins},
+                "n_as_published": len(as_published),
+                "mean_all": {b: statistics.fmean(r["accuracy"][b] for r in runs) for b in bins},
+                "std_all": {b: statistics.stdev([r["accuracy"][b] for r in runs]) if len(runs) > 1 else 0.0
+                            for b in bins},
+                "per_seed": {r["seed"]: r["accuracy"] for r in runs},
+                "steps": {r["seed"]: r["steps"] for r in runs},
+            })
+    return out
+
+
+def published_bins(bins: list[str]) -> dict[str, str]:
+    """Our bin -> the published bin it stands for: the 2nd and 3rd bins are the published 51-100 and 101-150
+    (at CPU scale the lengths are scaled down, the bins keep their role)."""
+    return {ours: theirs for ours, theirs in zip(bins[1:], ("51-100", "101-150"))}
+
+
+def render(aggregated: list[dict], scale: str, published: dict) -> tuple[str, str]:
+    """(markdown, csv) of the reproduction: ours as published is aggregated, per seed, published."""
+    lines = [f"# Published length-generalization table: reproduction at {scale} scale", ""]
+    note = ("Ours: exact-match accuracy (teacher forcing). 'as published' = the mean over the seeds the "
+            "published figure averages (UF one run, UL/UR two seeds, N* rows three); 'all seeds' = mean ± sample "
+            "standard deviation over every seed run; then each seed.")
+    if scale == "cpu":
+        note += (" CPU scale: lengths 5x shorter, so our bins 11-20 and 21-30 play the role of the published "
+                 "51-100 and 101-150; the published numbers are for the full protocol.")
+    lines += [note, ""]
+    header = ["row", "scheme", "bin", "as published", "all seeds", "per seed", "published"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    csv_rows = [",".join(["row", "scheme", "bin", "published_bin", "mean_as_published", "n_as_published",
+                          "mean_all", "std_all", *[f"seed_{s}" for s in range(3)], "published"])]
+    for a in aggregated:
+        mapping = published_bins(a["bins"])
+        pub = published.get(a["row"], {}).get(a["scheme"], {})
+        for b in a["bins"][1:]:
+            theirs = mapping.get(b)
+            p = pub.get(theirs)
+            seeds = " / ".join(f"{acc[b]:.3f}" for acc in a["per_seed"].values())
+            lines.append(f"| {a['row']} | {a['scheme']} | {b}" + (f" (~{theirs})" if theirs != b else "")
+                         + f" | {a['mean_as_published'][b]:.3f} (n={a['n_as_published']}) | "
+                         f"{a['mean_all'][b]:.3f} ± {a['std_all'][b]:.3f} | {seeds} | "
+                         + (f"{p:.3f}" if p is not None else "-") + " |")
+            per = [f"{a['per_seed'][s][b]:.4f}" if s in a["per_seed"] else "" for s in range(3)]
+            csv_rows.append(",".join([a["row"], a["scheme"], b, theirs or "", f"{a['mean_as_published'][b]:.4f}",
+                                      str(a["n_as_published"]), f"{a['mean_all'][b]:.4f}",
+                                      f"{a['std_all'][b]:.4f}", *per, f"{p:.4f}" if p is not None else ""]))
+    return "\n".join(lines) + "\n", "\n".join(csv_rows) + "\n"
+
+
+def write(results: Path, aggregated: list[dict], scale: str, published: dict) -> dict[str, Path]:
+    """report.md, report.csv and heatmap.png (ours as published, [published] beneath) under RESULTS."""
+    from tinyformer.fileio import atomic_write
+    from tinyformer.lab.report import Entry, render_heatmap
+
+    md, csv = render(aggregated, scale, published)
+    paths = {"markdown": results / "report.md", "csv": results / "report.csv", "heatmap": results / "heatmap.png"}
+    with atomic_write(paths["markdown"]) as f:
+        f.write(md)
+    with atomic_write(paths["csv"]) as f:
+        f.write(csv)
+    entries = [Entry(a["row"], a["scheme"], {b: a["mean_as_published"][b] for b in a["bins"]}) for a in aggregated]
+    remapped = {}
+    for a in aggregated:
+        mapping = published_bins(a["bins"])
+        pub = published.get(a["row"], {}).get(a["scheme"], {})
+        remapped.setdefault(a["row"], {})[a["scheme"]] = {ours: pub[t] for ours, t in mapping.items() if t in pub}
+    render_heatmap(entries, remapped, paths["heatmap"],
+                   f"reproduction ({scale} scale): ours as published  [published]")
+    return paths
