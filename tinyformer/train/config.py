@@ -66,7 +66,6 @@ class TaskConfig:
     train_lengths: str = "1-50"  # task lengths drawn uniformly for training, LO-HI
     random_offset: bool | None = None  # random position offsets in training; None = on for learned/abacus
     seed: int | None = None  # seed of the training stream; None = train.seed (set it to vary the init alone)
-    seed: int | None = None  # seed of the training stream; None = train.seed (set it to vary the init alone)
 
 
 @dataclass
