@@ -160,3 +160,23 @@ def test_bad_input_is_one_line(main_cli, tmp_path, args, message):
 def test_plan_refuses_what_the_protocol_does_not_define():
     with pytest.raises(TinyformerError, match="defines no scheme 'nope'"):
         reproduce.plan("cpu", "x", schemes=["nope"])
+
+
+def test_ray_runs_the_same_runs_with_the_same_results(tmp_path):
+    # one Ray task per run on a local Ray instance started here: results equal to the local executor's
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'tinyformer[ray]'")
+    from tinyformer.lab.executor import RayExecutor
+
+    jobs = reproduce.plan("cpu", tmp_path / "local", rows=["UL"], schemes=["ape"], seeds=[0, 1], overrides=TINY)
+    local = dict(LocalExecutor(0).map(train_summary, [j.cfg for j in jobs]))
+    jobs = reproduce.plan("cpu", tmp_path / "ray", rows=["UL"], schemes=["ape"], seeds=[0, 1], overrides=TINY)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        remote = dict(RayExecutor().map(train_summary, [j.cfg for j in jobs]))
+    finally:
+        ray.shutdown()
+    assert sorted(remote) == [0, 1]
+    for i in (0, 1):
+        assert remote[i]["accuracy"] == local[i]["accuracy"] and remote[i]["train_loss"] == local[i]["train_loss"]
+    assert all((Path(j.cfg.run_dir) / "summary.json").is_file() for j in jobs)

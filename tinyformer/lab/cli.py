@@ -56,9 +56,12 @@ def _add_executor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
 
 
-def _executor(args: argparse.Namespace, device: str = "cpu"):
+def _executor(args: argparse.Namespace):
+    import torch
+
     from tinyformer.lab.executor import make_executor
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # runs use train.device=auto: the GPU when there is one
     return make_executor(args.executor, args.workers, device, args.address)
 
 

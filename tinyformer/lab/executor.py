@@ -30,9 +30,12 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+GPU_RUNS = 16  # tiny models leave most of a GPU idle: this many runs share it (each its own process)
+
+
 def default_workers(device: str = "cpu") -> int:
-    """One worker per CPU core; on a GPU, 4 runs sharing it (tiny models leave most of a GPU idle)."""
-    return 4 if device.startswith("cuda") else max(1, _cpu_count())
+    """One worker per CPU core; on a GPU, GPU_RUNS runs sharing it (at most one per CPU core)."""
+    return min(GPU_RUNS, max(1, _cpu_count())) if device.startswith("cuda") else max(1, _cpu_count())
 
 
 def one_thread(cfg):
