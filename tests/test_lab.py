@@ -276,6 +276,11 @@ def test_demo_prints_the_table_and_says_where_the_heatmap_went(cli, tmp_path: Pa
     assert f"heatmap: {heatmap}" in out and heatmap.read_bytes()[:4] == b"\x89PNG"
     csv_rows = list(csv.DictReader((tmp_path / "demo" / "report.csv").open()))
     assert {(r["task"], r["scheme"]) for r in csv_rows} == {(t, p) for t in DEMO_TASKS for p in DEMO_SCHEMES}
+    # the same table on every run, whether the runs go one after another or to two worker processes
+    again = cli("demo", "--out", tmp_path / "demo", "--steps-scale", "0.005", "--eval-examples", "16", "--workers", "2")
+    assert again.returncode == 0, again.stderr
+    table_again = again.stdout[again.stdout.index("exact-match accuracy per length bin"):]
+    assert table_again.split("\nfinished in")[0] == table.split("\nfinished in")[0]
 
 
 def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tmp_path: Path):
