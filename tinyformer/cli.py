@@ -17,7 +17,7 @@ from tinyformer.errors import TinyformerError
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "tokenizer": ("tinyformer.tokenizer.cli", "train, encode with, inspect and export byte-level BPE tokenizers"),
+    "tokenizer": ("tinyformer.tokenizer_cli", "train, encode with, inspect and export byte-level BPE tokenizers"),
     "data": ("tinyformer.data.cli", "download and prepare corpora (TinyStories, Tiny Shakespeare)"),
     "train": ("tinyformer.train.cli", "train a model from a YAML config with key=value overrides"),
     "eval": ("tinyformer.train.eval_cli", "loss, perplexity and bits per byte of a run on a token file"),

@@ -212,7 +212,7 @@ def _import_tiktoken():
 
 
 def add_export_arguments(parser) -> None:
-    """`tinyformer tokenizer export`: arguments (hooked in by tinyformer.tokenizer.cli)."""
+    """`tinyformer tokenizer export`: arguments (hooked in by tinyformer.tokenizer_cli)."""
     parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory to export")
     parser.add_argument(
         "--format",

@@ -1,10 +1,13 @@
-"""`tinyformer tokenizer train|info|encode|export`: train a BPE tokenizer, inspect it, apply it, export it."""
+"""`tinyformer tokenizer train|info|encode|export`: train a BPE tokenizer, inspect it, apply it, export it.
+
+The verb sits above both the tokenizer package and the data package (whose `encode` writes token files
+with a tokenizer), so no module imports a layer above its own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 import time
 
@@ -42,13 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--top", type=int, default=10, help="how many of the longest tokens to show")
 
     for name, (module, add_fn, _, help_text) in EXTERNAL_COMMANDS.items():
-        mod = _optional_module(module)
-        if mod is not None and hasattr(mod, add_fn):
-            getattr(mod, add_fn)(sub.add_parser(name, help=help_text, description=help_text))
-
-
-def _optional_module(name: str):
-    return importlib.import_module(name) if importlib.util.find_spec(name) is not None else None
+        getattr(importlib.import_module(module), add_fn)(sub.add_parser(name, help=help_text, description=help_text))
 
 
 def run(args: argparse.Namespace) -> int:
