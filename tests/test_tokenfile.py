@@ -82,20 +82,51 @@ def test_workers_and_block_size_do_not_change_the_ids(tok: Tokenizer, tmp_path: 
         assert read_token_file(out)[0].tolist() == whole, f"workers={workers}"
 
 
-def test_blocks_in_flight_are_bounded(tok: Tokenizer, monkeypatch):
-    """The reader never runs more than workers * IN_FLIGHT_PER_WORKER blocks ahead of the writer."""
+def test_ranges_in_flight_are_bounded(tok: Tokenizer, tmp_path: Path):
+    """The reader never runs more than workers * IN_FLIGHT_PER_WORKER ranges ahead of the writer."""
+    path = tmp_path / "in.txt"
+    path.write_text("x y\n" * 10)
     pulled = []
 
     def items():
         for i in range(40):
             pulled.append(i)
-            yield 1, (b"x y\n" * 10, "mem", i, "strict")
+            yield 1, (str(path), 0, 40, "strict", 1024)
 
     ahead = []
-    for n, (_, _) in enumerate(encode_module._ordered_map(encode_module._encode_block, items(), 2,
+    for n, (_, _) in enumerate(encode_module._ordered_map(encode_module._encode_range, items(), 2,
                                                           (tok, frozenset(), "uint16"))):
         ahead.append(len(pulled) - n)
     assert len(ahead) == 40 and max(ahead) <= 2 * encode_module.IN_FLIGHT_PER_WORKER + 1
+
+
+def test_ranges_cover_each_file_and_their_edges_do_not_change_the_ids(tok: Tokenizer, tmp_path: Path):
+    """Workers read their own byte ranges: the ranges tile each file, are cut only at safe places (a stretch
+    with no safe cut joins the next range), and ids, checksums and EOTs match whole-file encoding."""
+    no_cut = "word " * 3000  # 15 KB of one line: no safe cut anywhere in it
+    texts = [make_text(3, 6000) + no_cut + make_text(4, 3000), "", "<|endoftext|>" * 500 + make_text(5, 2000)]
+    paths = []
+    for i, text in enumerate(texts):
+        paths.append(tmp_path / f"doc{i}.txt")
+        paths[-1].write_text(text, encoding="utf-8", newline="")
+    for allowed in ("none", "all"):
+        specials = sorted(tok.special_tokens) if allowed == "all" else []
+        sources: list = []
+        jobs = list(encode_module._jobs(paths, specials, "strict", 1024, 4096, sources))
+        for path in paths:
+            bounds = [b for _, job in jobs if job is not None and job[0] == str(path) for b in job[1:3]]
+            size = path.stat().st_size
+            assert bounds[:1] + bounds[-1:] == ([0, size] if size else [])
+            assert bounds[1:-1:2] == bounds[2:-1:2]  # each range starts where the one before ends
+        assert len(jobs) > 8 + len(paths)
+        assert [s["sha256"] for s in sources] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+        expected = []
+        for text in texts:
+            expected += tok.encode(text, allowed_special=allowed if allowed == "all" else ()) + [tok.eot_id]
+        for workers in (1, 2):
+            out = tmp_path / f"{allowed}{workers}.bin"
+            encode_files(tok, paths, out, allowed_special=allowed, append_eot=True, workers=workers, block_bytes=1024)
+            assert read_token_file(out)[0].tolist() == expected, (allowed, workers)
 
 
 def test_special_text_not_allowed_is_ordinary_text_with_a_note(tok: Tokenizer, tmp_path: Path):

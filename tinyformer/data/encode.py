@@ -1,5 +1,6 @@
-"""Encode text files into one token file on all cores, streaming: blocks go out to worker processes and
-their ids come back and are written in order, with a bounded number of blocks in flight."""
+"""Encode text files into one token file on all cores, streaming: each worker process reads and encodes its own
+byte ranges of the files and sends back their ids, which the parent writes in order (with a bounded number of
+ranges in flight) while it checksums the files."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import numpy as np
 from tinyformer.data.tokenfile import DTYPES, TokenFileWriter, dtype_for_vocab, make_meta
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import require_file
-from tinyformer.tokenizer.pretokenize import BLOCK_BYTES, decode_block, iter_blocks
+from tinyformer.tokenizer.pretokenize import BLOCK_BYTES, decode_block, iter_blocks, split_file
 
-IN_FLIGHT_PER_WORKER = 2  # blocks queued per worker: enough to keep it busy, few enough to bound memory
+IN_FLIGHT_PER_WORKER = 2  # ranges queued per worker: enough to keep it busy, few enough to bound memory
+RANGES_PER_WORKER = 4  # at least this many ranges per worker, so the last ones finish close together
+MAX_RANGE_BLOCKS = 8  # a range is at most this many blocks: bounds the ids held per range in flight
 
 # Set in each worker process by `_init_worker` (inherited, not pickled, under fork).
 _WORKER: dict[str, Any] = {}
@@ -45,14 +48,22 @@ def _init_worker(tokenizer, allowed: frozenset[str], dtype: str) -> None:
     _WORKER.update(tokenizer=tokenizer, allowed=allowed, dtype=dtype)
 
 
-def _encode_block(job: tuple[bytes, str, int, str]) -> tuple[np.ndarray, int]:
-    """(ids of one block, how many not-allowed special-token strings it contains)."""
-    block, path, offset, errors = job
-    tok, allowed = _WORKER["tokenizer"], _WORKER["allowed"]
-    text = decode_block(block, path, offset, errors)
-    ids = tok.encode(text, allowed_special=allowed) if allowed else tok.encode_ordinary(text)
-    n_special_text = sum(text.count(s) for s in tok.special_tokens if s not in allowed)
-    return np.asarray(ids, dtype=DTYPES[_WORKER["dtype"]]), n_special_text
+def _encode_range(job: tuple[str, int, int, str, int]) -> tuple[np.ndarray, int]:
+    """(ids of the byte range [start, end) of a file, how many not-allowed special-token strings it holds).
+
+    The worker reads the range itself, block by block, so only ids travel between processes.
+    """
+    path, start, end, errors, block_bytes = job
+    tok, allowed, dtype = _WORKER["tokenizer"], _WORKER["allowed"], DTYPES[_WORKER["dtype"]]
+    not_allowed = [s for s in tok.special_tokens if s not in allowed]
+    parts, n_special_text = [], 0
+    for offset, block in iter_blocks(path, sorted(allowed), block_bytes, start=start, end=end):
+        text = decode_block(block, path, offset, errors)
+        ids = tok.encode(text, allowed_special=allowed) if allowed else tok.encode_ordinary(text)
+        parts.append(np.fromiter(ids, dtype=dtype, count=len(ids)))  # fromiter: faster than asarray(list)
+        n_special_text += sum(text.count(s) for s in not_allowed)
+    ids = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, dtype)
+    return ids, n_special_text
 
 
 def _ordered_map(fn: Callable, items: Iterable, workers: int, initargs: tuple) -> Iterator:
@@ -123,8 +134,10 @@ def encode_files(
     start = time.perf_counter()
     n_special_text = 0
     with TokenFileWriter(out, tokenizer.vocab_size, force) as writer:
-        items = _jobs(paths, sorted(allowed), errors, block_bytes, sources)
-        for n_bytes, result in _ordered_map(_encode_block, items, workers, (tokenizer, allowed, dtype)):
+        per_range = total_bytes // (RANGES_PER_WORKER * workers)
+        range_bytes = min(MAX_RANGE_BLOCKS * block_bytes, max(block_bytes, per_range))
+        items = _jobs(paths, sorted(allowed), errors, block_bytes, range_bytes, sources)
+        for n_bytes, result in _ordered_map(_encode_range, items, workers, (tokenizer, allowed, dtype)):
             if result is None:  # end of a document
                 if append_eot:
                     writer.write([tokenizer.eot_id])
@@ -167,19 +180,28 @@ def encode_files(
 
 
 def _jobs(
-    paths: Sequence[Path], allowed: Sequence[str], errors: str, block_bytes: int, sources: list[dict[str, Any]]
-) -> Iterator[tuple[int, tuple[bytes, str, int, str] | None]]:
-    """(n_bytes, job) per block of each file, then (0, None) at the end of the file; fills `sources`.
+    paths: Sequence[Path], allowed: Sequence[str], errors: str, block_bytes: int, range_bytes: int,
+    sources: list[dict[str, Any]],
+) -> Iterator[tuple[int, tuple[str, int, int, str, int] | None]]:
+    """(n_bytes, job) per byte range of each file, then (0, None) at the end of the file; fills `sources`.
 
-    Blocks are cut only where pre-tokenization always splits; after a special token only when it is
-    allowed (then the encoder splits there too), so per-block encodings concatenate to the whole-file one.
+    Ranges and the blocks inside them are cut only where pre-tokenization always splits; after a special
+    token only when it is allowed (then the encoder splits there too), so per-range encodings concatenate to
+    the whole-file one. The parent reads each range once more for the file's checksum as it hands it out,
+    while the workers encode the ranges before it.
     """
     for path in paths:
         digest, n_bytes = hashlib.sha256(), 0
-        for offset, block in iter_blocks(path, allowed, block_bytes):
-            digest.update(block)
-            n_bytes += len(block)
-            yield len(block), (block, str(path), offset, errors)
+        size = path.stat().st_size
+        parts = max(1, -(-size // range_bytes))
+        ranges = split_file(path, parts, allowed) if parts > 1 else ([(0, size)] if size else [])
+        with open(path, "rb") as f:
+            for start, end in ranges:
+                f.seek(start)
+                while f.tell() < end and (block := f.read(min(BLOCK_BYTES, end - f.tell()))):
+                    digest.update(block)
+                n_bytes += end - start
+                yield end - start, (str(path), start, end, errors, block_bytes)
         sources.append({"path": str(path), "sha256": digest.hexdigest(), "n_bytes": n_bytes})
         yield 0, None
 
