@@ -47,6 +47,27 @@ def test_train_then_info(cli, corpus, tmp_path):
     assert "' little'" in info.stdout  # among the longest learned tokens
 
 
+def test_special_tokens_file_and_a_file_name_given_as_a_token(cli, corpus, tmp_path):
+    specials = tmp_path / "special_tokens.txt"
+    specials.write_text("<|endoftext|>\n<|pad|>\r\n\n<|sep|>\n", encoding="utf-8")
+    out = tmp_path / "tok"
+    proc = cli("tokenizer", "train", corpus, "--vocab-size", "300", "--special-tokens-file", specials, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert Tokenizer.load(out).special_tokens == {"<|endoftext|>": 297, "<|pad|>": 298, "<|sep|>": 299}
+    # the reference workflow's mistake: the file's name passed where tokens go is refused, with the fix named
+    proc = cli("tokenizer", "train", corpus, "--vocab-size", "300", "--special-tokens", str(specials),
+               "--out", tmp_path / "tok2")
+    assert_one_line_error(proc, "is the name of a file", f"--special-tokens-file {specials}")
+    assert not (tmp_path / "tok2").exists()
+    (tmp_path / "empty.txt").write_text("\n\n")
+    proc = cli("tokenizer", "train", corpus, "--vocab-size", "300", "--special-tokens-file", tmp_path / "empty.txt",
+               "--out", tmp_path / "tok3")
+    assert_one_line_error(proc, "has no tokens")
+    proc = cli("tokenizer", "train", corpus, "--vocab-size", "300", "--special-tokens-file", tmp_path / "missing.txt",
+               "--out", tmp_path / "tok3")
+    assert_one_line_error(proc, "--special-tokens-file", "does not exist")
+
+
 def test_gpt4_and_custom_patterns(cli, corpus, tmp_path):
     assert cli("tokenizer", "train", corpus, "--vocab-size", "280", "--pattern", "gpt4",
                "--out", tmp_path / "a").returncode == 0

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--vocab-size", type=int, required=True, help="total ids: 256 bytes + merges + specials")
     train.add_argument("--special-tokens", nargs="+", action="extend", default=[], metavar="TOKEN",
                        help='special tokens, e.g. "<|endoftext|>" (split out before training; last ids)')
+    train.add_argument("--special-tokens-file", metavar="FILE",
+                       help="a file of special tokens, one per line (added after --special-tokens)")
     train.add_argument("--pattern", default="gpt2",
                        help="pre-tokenizer: gpt2 (default), gpt4, o200k, or a regex of your own")
     train.add_argument("--out", required=True, help="output directory (tokenizer.json + vocab.txt)")
@@ -65,9 +67,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise TinyformerError(f"--workers must be at least 1, got {args.workers}")
     inputs = [require_file(p) for p in args.inputs]
+    specials = special_tokens(args.special_tokens, args.special_tokens_file)
     out = check_output(args.out, args.force)
     start = time.perf_counter()
-    tok = train_bpe(inputs, args.vocab_size, args.special_tokens, args.pattern, num_workers=args.workers,
+    tok = train_bpe(inputs, args.vocab_size, specials, args.pattern, num_workers=args.workers,
                     errors=args.errors, progress=False if args.no_progress else None,
                     use_c=False if args.python else None)
     seconds = time.perf_counter() - start
@@ -80,6 +83,36 @@ def run_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"saved {out}/tokenizer.json and {out}/vocab.txt (fingerprint {tok.fingerprint[:16]})")
     return 0
+
+
+def special_tokens(given: list[str], path: str | None) -> list[str]:
+    """--special-tokens plus the lines of --special-tokens-file. A given token that names an existing file is
+    refused: the user almost certainly meant the file's tokens, not its name as a token."""
+    from pathlib import Path
+
+    from tinyformer.errors import TinyformerError
+    from tinyformer.fileio import require_file
+
+    def is_file(name: str) -> bool:
+        try:
+            return Path(name).is_file()
+        except (OSError, ValueError):  # a name too long or with a NUL byte is no file
+            return False
+
+    for token in given:
+        if token and is_file(token):
+            raise TinyformerError(f"--special-tokens {token!r} is the name of a file; to read special tokens "
+                                  f"from it (one per line), pass --special-tokens-file {token}")
+    out = list(given)
+    if path is not None:
+        try:
+            text = require_file(path, "--special-tokens-file").read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise TinyformerError(f"--special-tokens-file {path} is not UTF-8 text") from None
+        out += [line.strip() for line in text.splitlines() if line.strip()]  # ends of lines are never part of a token
+        if len(out) == len(given):
+            raise TinyformerError(f"--special-tokens-file {path} has no tokens; write one special token per line")
+    return out
 
 
 def run_info(args: argparse.Namespace) -> int:
