@@ -110,27 +110,13 @@ def test_export_attention_and_plot_take_either_kind(cli, task_run, lm_run, tmp_p
 
 
 def test_plot_of_a_task_run_draws_accuracy_per_bin(task_run, tmp_path):
-    import matplotlib.pyplot as plt
-
     from tinyformer.train import plot
 
-    figures = []
-    original = plt.subplots
-
-    def spy(*args, **kwargs):
-        fig, axes = original(*args, **kwargs)
-        figures.append(axes)
-        return fig, axes
-
-    plt.subplots = spy
-    try:
-        plot.plot_runs([task_run], tmp_path / "p.png")
-    finally:
-        plt.subplots = original
-    axes = figures[0][0]
-    assert [a.get_title() for a in axes] == ["loss (nats/token)", "exact-match accuracy per length bin"]
-    labels = [line.get_label() for line in axes[1].get_lines()]
-    assert labels == ["task len 1-6", "task len 7-12"]
+    fig = plot.draw_runs([task_run])
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in axes] == ["training loss (nats/token)", "exact-match accuracy, length bin 1-6",
+                                             "exact-match accuracy, length bin 7-12"]
+    assert [line.get_label() for line in axes[1].get_lines()] == ["task"]
     assert axes[1].get_lines()[0].get_xdata().tolist() == [3, 6]
 
 

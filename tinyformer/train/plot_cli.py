@@ -1,4 +1,4 @@
-"""`tinyformer plot RUN... [--out FILE]`: train/val loss and perplexity curves of runs on one figure."""
+"""`tinyformer plot RUN... [--out FILE] [--x steps|tokens] [--lr]`: the curves of runs on one figure."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (with metrics.jsonl)")
     parser.add_argument("--out", help="PNG to write (default: RUN/plots/curves.png for one run, else curves.png)")
+    parser.add_argument("--x", choices=("steps", "tokens"), default="steps", help="horizontal axis (default: steps)")
+    parser.add_argument("--lr", action="store_true", help="add a panel with the learning rate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,5 +18,5 @@ def run(args: argparse.Namespace) -> int:
     from tinyformer.train.plot import plot_runs
 
     out = args.out or (str(Path(args.runs[0]) / "plots" / "curves.png") if len(args.runs) == 1 else "curves.png")
-    print(plot_runs(args.runs, out))
+    print(plot_runs(args.runs, out, x=args.x, lr=args.lr))
     return 0
