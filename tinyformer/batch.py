@@ -24,3 +24,17 @@ def run_positions(is_member: np.ndarray) -> np.ndarray:
     # the count at the last non-member before each cell; subtracting it restarts the index at every run
     reset = np.maximum.accumulate(np.where(is_member, 0, count), axis=-1)
     return np.where(is_member, count - reset, 0)
+
+
+def offset_positions(position_ids: np.ndarray, real: np.ndarray, table_size: int, rng: np.random.Generator,
+                     members_only: bool) -> np.ndarray:
+    """Training-time random offsets for a position table (learned or Abacus): each row's ids shifted by a
+    uniform offset as large as keeps its last real position inside the table, so every position up to the
+    longest evaluated input is trained while evaluation starts at 0. `members_only` (Abacus): ids of 0
+    (tokens outside a run) stay 0. Padding cells are clipped into the table."""
+    top = np.where(real, position_ids, 0).max(1)
+    offsets = rng.integers(0, table_size - top)
+    shifted = position_ids + offsets[:, None]
+    out = np.where(position_ids > 0, shifted, 0) if members_only else shifted
+    np.minimum(out, table_size - 1, out=out)
+    return out

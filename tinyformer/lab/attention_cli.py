@@ -65,7 +65,15 @@ def open_run(path: Path, which: str | None) -> RunInput:
     def label(i: int) -> str:
         return tok.decode([i]).replace("\n", "\\n").replace("\t", "\\t") if i < tok.vocab_size else f"<{i}>"
 
-    return RunInput(model, lambda text: tok.encode(text, allowed_special="all"), label,
+    from tinyformer.train.abacus import run_positions_of
+
+    text_positions = run_positions_of(run, model)
+    positions = None
+    if text_positions is not None:  # Abacus ids on text
+        def positions(ids):
+            return text_positions(np.asarray([ids]))[0]
+
+    return RunInput(model, lambda text: tok.encode(text, allowed_special="all"), label, positions,
                     source=f"tokenizer {run.path / 'tokenizer'}")
 
 
@@ -143,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         for i, m in enumerate(maps):
             plot_layer(tmp / f"layer_{i:02d}.png", m, labels, i)
     heads = maps[0].shape[0]
-    print(f"{len(maps)} layers x {heads} heads over {len(ids)} tokens ({source.source}) -> {args.out}/"
-          f"layer_00.png .. layer_{len(maps) - 1:02d}.png, attention.npz")
+    files = "layer_00.png" if len(maps) == 1 else f"layer_00.png .. layer_{len(maps) - 1:02d}.png"
+    print(f"{len(maps)} layer{'s' * (len(maps) != 1)} x {heads} head{'s' * (heads != 1)} over {len(ids)} "
+          f"token{'s' * (len(ids) != 1)} ({source.source}) -> {args.out}/{files}, attention.npz")
     return 0

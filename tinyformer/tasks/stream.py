@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyformer.batch import run_positions
+from tinyformer.batch import offset_positions, run_positions
 from tinyformer.errors import TinyformerError
 from tinyformer.tasks.base import Examples, Task
 
@@ -115,12 +115,8 @@ class TaskStream:
         real = np.arange(ids.shape[1])[None, :] < n_real[:, None]
         position_ids = self.position_fn(ids, task.n_symbols)
         if self.random_offset_to is not None:
-            # a uniform offset per row, as large as keeps the row's last real position inside the table
-            top = np.where(real, position_ids, 0).max(1)
-            offsets = rng.integers(0, self.random_offset_to - top)
-            shifted = position_ids + offsets[:, None]
-            position_ids = np.where(position_ids > 0, shifted, 0) if self.positions == "symbol_runs" else shifted
-            np.minimum(position_ids, self.random_offset_to - 1, out=position_ids)  # padding cells stay in range
+            position_ids = offset_positions(position_ids, real, self.random_offset_to, rng,
+                                            members_only=self.positions == "symbol_runs")
         batch = {"ids": ids, "targets": targets, "position_ids": position_ids}
         if self.attention_mask:
             batch["attention_mask"] = real

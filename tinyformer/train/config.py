@@ -53,9 +53,12 @@ class DataConfig:
     sampling: Literal["random", "sequential"] = "random"  # random windows, or in-order passes
     shuffle: bool = True  # sequential sampling: shuffle window order each epoch (seeded)
     eval_tokens: int | None = None  # None = the whole validation file; else a fixed seeded subset of windows
+    digits: str = "0123456789"  # model.position=abacus: the characters numbers are made of (add abcdef for hex)
 
     def __post_init__(self) -> None:
         _at_least("data", self, 1, "eval_tokens", optional=True)
+        if not self.digits or not self.digits.isascii():
+            raise TinyformerError(f"data.digits must be a non-empty string of ASCII characters, got {self.digits!r}")
 
 
 @dataclass

@@ -10,9 +10,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="run directory (language-model or task run) or checkpoint")
     parser.add_argument("--which", choices=("best", "latest"), help="checkpoint of a run (default: best, else latest)")
     parser.add_argument("--data", help="language model: token file (.bin); default: the run's validation file")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, help="language model: window length (default: the run's)")
-    parser.add_argument("--max-tokens", type=int, help="language model: a fixed seeded subset of about this many tokens")
+    parser.add_argument("--batch-size", type=int, help="default: a language model run's own (train.batch_size / "
+                        "grad_accum), so its logged validation loss is reproduced exactly; task runs: eval.batch_size")
+    parser.add_argument("--seq-len", help="language model: window length, or several (256,512,1024: perplexity "
+                        "against context length); default: the run's")
+    parser.add_argument("--max-tokens", type=int, help="language model: a fixed seeded subset of about this many "
+                        "tokens (default on the run's validation file: its data.eval_tokens, as in training)")
+    parser.add_argument("--seed", type=int, help="language model: seed of the --max-tokens subset (default: the "
+                        "run's train.seed, the subset training evaluated on)")
     parser.add_argument("--bins", help="task run: comma-separated length bins (default: the run's eval.bins)")
     parser.add_argument("--examples", type=int, help="task run: examples per bin (default: the run's eval.examples)")
     parser.add_argument("--greedy", action="store_true", help="task run: also free-running greedy accuracy")
@@ -28,10 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from tinyformer.rundir import Run
     from tinyformer.train.runtime import resolve_device
 
-    for flag in ("batch_size", "seq_len", "max_tokens", "examples"):
+    for flag in ("batch_size", "max_tokens", "examples"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise TinyformerError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.seed is not None and not 0 <= args.seed < 2**62:
+        raise TinyformerError(f"--seed must be an integer from 0 to 2**62 - 1, got {args.seed}")
     device = resolve_device(args.device)
     run = Run(args.ckpt, args.which)
     model = run.load_model(device)
@@ -44,10 +51,16 @@ def run(args: argparse.Namespace) -> int:
               f"per bin, checkpoint {run.checkpoint.name}):")
         for b, acc in out["accuracy"].items():
             print(f"  bin {b:>9}: {acc:.3f}" + (f"   greedy {greedy[b]:.3f}" if b in greedy else ""))
+    elif "by_seq_len" in out:
+        print(f"perplexity against context length of {run.name} on {out['data']} (checkpoint {run.checkpoint.name}):")
+        for r in out["by_seq_len"]:
+            what = (f"loss {r['loss']:.4f}, perplexity {r['perplexity']:.3f} over {r['tokens']:,} tokens"
+                    if r["loss"] is not None else f"not evaluated: {r['stopped']}")
+            print(f"  {r['seq_len']:>6} tokens: {what}")
     else:
         bpb = f", bits/byte {out['bits_per_byte']:.4f}" if out["bits_per_byte"] is not None else ""
         print(f"loss {out['loss']:.4f}, perplexity {out['perplexity']:.3f}{bpb} over {out['tokens']:,} tokens "
-              f"of {out['data']}")
+              f"of {out['data']}" + (f" ({out['subset']})" if out.get("subset") else ""))
     return 0
 
 
@@ -66,27 +79,25 @@ def _eval_task(run, model, args, device) -> dict:
     if changes:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes), model_keys=cfg.model_keys)
     setup = TaskSetup(cfg)  # bins beyond a learned position table are refused here
-    result = evaluate_bins(model, setup.eval_sets, batch_size=cfg.eval.batch_size, positions=setup.eval_positions,
+    result = evaluate_bins(model, setup.eval_sets, batch_size=args.batch_size or cfg.eval.batch_size,
+                           positions=setup.eval_positions,
                            device=device, greedy=args.greedy, precision=args.precision)
     return {"task": setup.task.name, "examples": cfg.eval.examples, "checkpoint": str(run.checkpoint), **result}
 
 
 def _eval_lm(run, model, args, device) -> dict:
-    from tinyformer.data.tokenfile import check_token_file, read_token_file
     from tinyformer.errors import TinyformerError
-    from tinyformer.train.evaluation import loss_metrics, loss_over
-    from tinyformer.train.sampler import eval_batches
+    from tinyformer.train.contexts import evaluate_run, parse_lengths
 
-    cfg = run.config
-    data = args.data or (cfg.data.val if cfg is not None and cfg.data is not None else None)
-    if not data:
-        raise TinyformerError(f"{run.given} has no validation file in its config; pass --data FILE.bin")
-    tok = run.tokenizer()
-    check_token_file(data, model.config.vocab_size, tok.fingerprint if tok is not None else None, "val")
-    seq_len = args.seq_len or (cfg.train.seq_len if cfg is not None else None) or model.config.max_seq_len
-    meta = read_token_file(data)[1]
-    batches = eval_batches(data, args.batch_size, int(seq_len), max_tokens=args.max_tokens)
-    loss_sum, count = loss_over(model, batches, device, args.precision)
-    out = loss_metrics(loss_sum, count, meta.get("bytes_per_token"))
-    return {"loss": out["val_loss"], "perplexity": out["val_ppl"], "bits_per_byte": out.get("val_bpb"),
-            "tokens": out["val_tokens"], "data": str(data), "checkpoint": str(run.checkpoint)}
+    lengths = parse_lengths(args.seq_len) if args.seq_len else None
+    results, used = evaluate_run(run, model, lengths, device, precision=args.precision, data=args.data,
+                                 batch_size=args.batch_size, max_tokens=args.max_tokens, seed=args.seed)
+    where = {"data": used["data"], "checkpoint": used["checkpoint"]}
+    if lengths is not None and len(lengths) > 1:
+        return {"by_seq_len": results, "trained_seq_len": used["trained_seq_len"], **where}
+    r = results[0]
+    if r["loss"] is None:
+        raise TinyformerError(f"--seq-len {r['seq_len']} cannot be evaluated: {r['stopped']}")
+    subset = f"seeded subset of {used['max_tokens']:,} tokens, seed {used['seed']}" if used["max_tokens"] else ""
+    return {"loss": r["loss"], "perplexity": r["perplexity"], "bits_per_byte": r["bits_per_byte"],
+            "tokens": r["tokens"], "seq_len": r["seq_len"], "subset": subset, **where}

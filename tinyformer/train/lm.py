@@ -15,6 +15,7 @@ from tinyformer import rundir
 from tinyformer.data.tokenfile import check_token_file, read_token_file, token_file_identity
 from tinyformer.errors import TinyformerError
 from tinyformer.model import ModelConfig
+from tinyformer.train.abacus import AbacusBatches, TextPositions, generate_kwargs, text_positions
 from tinyformer.train.config import RunConfig, TrainConfig
 from tinyformer.train.evaluation import LossEvaluation
 from tinyformer.train.sampler import TokenFileBatches, eval_batches
@@ -97,6 +98,7 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
                 "use the run's data or start a new run_dir"
             )
     resolved = dataclasses.replace(cfg, model=model_cfg)
+    positions = text_positions(model_cfg, tokenizer, data.digits)  # Abacus ids; None for other schemes
 
     def build(rt):
         micro = max(1, cfg.train.batch_size // max(1, rt.info.world_size * cfg.train.grad_accum))
@@ -104,14 +106,17 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
             data.train, micro, seq_len, sampling=data.sampling, seed=cfg.train.seed,
             shuffle=data.shuffle, rank=rt.info.rank, world_size=rt.info.world_size,
         )
+        if positions is not None:
+            source = AbacusBatches(source, positions, model_cfg.position_table_size, cfg.train.seed)
         evaluation = None
         if data.val:
             def val_batches():
-                return eval_batches(data.val, micro, seq_len, max_tokens=data.eval_tokens,
-                                    seed=cfg.train.seed, rank=rt.info.rank, world_size=rt.info.world_size)
+                batches = eval_batches(data.val, micro, seq_len, max_tokens=data.eval_tokens,
+                                       seed=cfg.train.seed, rank=rt.info.rank, world_size=rt.info.world_size)
+                return positions.add_to(batches) if positions is not None else batches
 
             evaluation = LossEvaluation(val_batches, (val_meta or train_meta).get("bytes_per_token"))
-        sample_fn = lm_sampler(tokenizer, cfg.train, model_cfg) if tokenizer is not None else None
+        sample_fn = lm_sampler(tokenizer, cfg.train, model_cfg, positions) if tokenizer is not None else None
         return source, evaluation, sample_fn
 
     def write_extra(run_path: Path) -> None:
@@ -121,11 +126,14 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
     identity = {"data.train": token_file_identity(data.train)}
     if data.val:
         identity["data.val"] = token_file_identity(data.val)
+    if positions is not None:
+        identity["data.digits"] = data.digits
     return start_run(resolved, seq_len, build, init_state=init_state, write_extra=write_extra,
                      data_identity=identity)
 
 
-def lm_sampler(tokenizer, tcfg: TrainConfig, model_cfg: ModelConfig) -> Callable[[torch.nn.Module, int], str]:
+def lm_sampler(tokenizer, tcfg: TrainConfig, model_cfg: ModelConfig,
+               positions: TextPositions | None = None) -> Callable[[torch.nn.Module, int], str]:
     def sample(model: torch.nn.Module, step: int) -> str:
         device = next(model.parameters()).device
         if tcfg.sample_prompt:
@@ -138,7 +146,8 @@ def lm_sampler(tokenizer, tcfg: TrainConfig, model_cfg: ModelConfig) -> Callable
             n_new = max(1, min(n_new, model_cfg.position_table_size - len(prompt)))
         ids = torch.tensor([prompt], dtype=torch.long, device=device)
         out = model.generate(ids, n_new, temperature=tcfg.sample_temperature, top_k=tcfg.sample_top_k,
-                             seed=tcfg.seed + step, vocab_limit=tokenizer.vocab_size)  # never a padding id
+                             seed=tcfg.seed + step, vocab_limit=tokenizer.vocab_size,  # never a padding id
+                             **generate_kwargs(positions, ids))
         return tokenizer.decode(out[0].tolist())
 
     return sample

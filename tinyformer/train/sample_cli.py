@@ -47,6 +47,7 @@ def _sample_text(run, model, args, device) -> int:
     import torch
 
     from tinyformer.errors import TinyformerError
+    from tinyformer.train.abacus import generate_kwargs, run_positions_of
 
     tok = run.tokenizer()
     if tok is None:
@@ -57,10 +58,12 @@ def _sample_text(run, model, args, device) -> int:
     prompt = tok.encode(args.prompt, allowed_special="all") if args.prompt else [tok.eot_id or 0]
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     stop = [tok.eot_id] if tok.eot_id is not None else None
+    positions = generate_kwargs(run_positions_of(run, model), ids)  # Abacus ids on text, else none
     for i in range(args.num_samples):
         # a vocabulary padded past the tokenizer's (the 50,304 convention) must never yield a padding id
         out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, stop_tokens=stop, seed=args.seed + i, vocab_limit=tok.vocab_size)
+                             top_p=args.top_p, stop_tokens=stop, seed=args.seed + i, vocab_limit=tok.vocab_size,
+                             **positions)
         new = out[0].tolist()[len(prompt) :]
         if tok.eot_id in new:  # the story ends at its end-of-text token
             new = new[: new.index(tok.eot_id)]

@@ -1,0 +1,122 @@
+"""Abacus position ids for a language model on text: each digit token's index inside its number.
+
+The lab's definition (`tinyformer.batch.run_positions`, `offset_positions`) applied to token files: a token
+is a digit when its text is made only of `data.digits` characters (0-9 by default; 0-9a-f for hexadecimal
+text); digit tokens get 1, 2, ... inside each run of them, every other token 0; training adds the lab's
+random offset per window. A tokenizer that merges digits gives one id per merged token: the index counts
+tokens, so digit-level tokenization (no merges across digits) is what the Abacus papers assume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinyformer.batch import offset_positions, run_positions
+from tinyformer.errors import TinyformerError
+
+DEFAULT_DIGITS = "0123456789"
+
+
+def digit_table(tokenizer, vocab_size: int, digits: str = DEFAULT_DIGITS) -> np.ndarray:
+    """[vocab_size] bools: which ids are digit tokens (their text only `digits`); special and padding ids never."""
+    allowed = set(digits.encode("ascii"))
+    table = np.zeros(vocab_size, dtype=bool)
+    specials = set(tokenizer.special_tokens.values())
+    for i, token in tokenizer.vocab.items():
+        if i < vocab_size and i not in specials:
+            table[i] = bool(token) and set(token) <= allowed
+    return table
+
+
+class TextPositions:
+    """Position ids of token ids [B, T] (numpy or torch) for `model.position=abacus` on text."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+
+    def __call__(self, ids: Any) -> Any:
+        if isinstance(ids, torch.Tensor):
+            return torch.from_numpy(self(ids.cpu().numpy())).to(ids.device)
+        return run_positions(self.table[np.asarray(ids)])
+
+    def next_position(self, ids: torch.Tensor, _positions: torch.Tensor) -> torch.Tensor:
+        """For `model.generate`: the position of the token just appended (computed from the whole row)."""
+        return self(ids)[:, -1]
+
+    def generate_kwargs(self, prompt: torch.Tensor) -> dict[str, Any]:
+        """`position_ids` and `next_position_ids` for `model.generate` from `prompt` [B, T]."""
+        return {"position_ids": self(prompt), "next_position_ids": self.next_position}
+
+    def add_to(self, batches: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+        """Evaluation batches with their position ids (no offset: evaluation starts at 0)."""
+        for batch in batches:
+            yield {**batch, "position_ids": self(batch["ids"])}
+
+
+def text_positions(model_config, tokenizer, digits: str | None) -> TextPositions | None:
+    """The position function of a language model on text: None unless `model_config.position` is abacus."""
+    if model_config.position != "abacus":
+        return None
+    if tokenizer is None:
+        raise TinyformerError("model.position=abacus on text needs the tokenizer (data.tokenizer) to know "
+                              "which tokens are digits")
+    table = digit_table(tokenizer, model_config.vocab_size, digits or DEFAULT_DIGITS)
+    if not table.any():
+        raise TinyformerError(f"model.position=abacus: no token of the tokenizer is made only of the digits "
+                              f"{digits or DEFAULT_DIGITS!r} (data.digits); the text has no numbers to index")
+    return TextPositions(table)
+
+
+class AbacusBatches:
+    """A batch source (token-file windows) with Abacus position ids, randomly offset per window during
+    training as in the lab, so every position of the table is trained. The offsets are seeded by
+    (seed, batch number): the state is the inner source's plus that counter."""
+
+    def __init__(self, source: Any, positions: TextPositions, table_size: int, seed: int) -> None:
+        self.source, self.positions, self.table_size, self.seed = source, positions, table_size, seed
+        self.calls = 0
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        batch = self.source.next_batch()
+        ids = batch["ids"].numpy()
+        position_ids = self.positions(ids)
+        longest = int(position_ids.max(initial=0))
+        if longest >= self.table_size:
+            raise TinyformerError(
+                f"a number of {longest} digit tokens in the training data does not fit the position table of "
+                f"{self.table_size}; raise model.n_positions (or model.max_seq_len) above {longest}"
+            )
+        rng = np.random.default_rng([self.seed, 7, self.calls])
+        self.calls += 1
+        real = np.ones_like(ids, dtype=bool)
+        position_ids = offset_positions(position_ids, real, self.table_size, rng, members_only=True)
+        return {**batch, "position_ids": torch.from_numpy(position_ids)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.source.state_dict(), "abacus_calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        calls = state.get("abacus_calls")
+        if not isinstance(calls, int) or isinstance(calls, bool) or calls < 0:
+            raise TinyformerError("cannot resume: the checkpoint has no Abacus offset counter; it is corrupt or "
+                                  "from a run without model.position=abacus")
+        self.source.load_state_dict(state)
+        self.calls = calls
+
+
+def generate_kwargs(positions: TextPositions | None, prompt: torch.Tensor) -> dict[str, Any]:
+    """Keyword arguments for `model.generate`: position ids when the model takes Abacus ids, else none."""
+    return positions.generate_kwargs(prompt) if positions is not None else {}
+
+
+
+def run_positions_of(run, model) -> TextPositions | None:
+    """The position function of a language-model run (`rundir.Run`) read back by a verb: its tokenizer and
+    data.digits; None unless the model takes Abacus ids."""
+    cfg = run.config
+    digits = cfg.data.digits if cfg is not None and cfg.data is not None else None
+    return text_positions(model.config, run.tokenizer() if model.config.position == "abacus" else None, digits)
