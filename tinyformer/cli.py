@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("tinyformer.train.eval_cli", "loss, perplexity and bits per byte of a run on a token file"),
     "sample": ("tinyformer.train.sample_cli", "generate text from a run"),
     "plot": ("tinyformer.train.plot_cli", "draw loss, perplexity or accuracy curves of one or more runs"),
+    "compare": ("tinyformer.train.compare_cli", "train variants of a config over seeds, then compare them"),
     "export": ("tinyformer.train.export_cli", "export a run to the HF format (GPT-2, Llama, MPT)"),
     "lengen": ("tinyformer.lab.cli", "length-generalization lab: train, sweep, best, report"),
     "attention": ("tinyformer.lab.attention_cli", "attention heatmaps of a run on a text"),
