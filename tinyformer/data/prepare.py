@@ -105,7 +105,8 @@ def prepare(
         record["sources"] = [{"path": str(p), "sha256": sha256_file(p)} for p in ([source] if source.is_file() else inputs)]
         source_sha = sha256_file(source) if source.is_file() else None
         for name, path in zip(("train", "val"), inputs):
-            meta = encode_files(tokenizer, [path], tmp / f"{name}.bin", allowed_special="all", log=log)
+            meta = encode_files(tokenizer, [path], tmp / f"{name}.bin", allowed_special="all",
+                                log=lambda text: log(text.replace(str(tmp), str(out))))  # the path it will have
             record[f"{name}_tokens"] = meta["n_tokens"]
             if path.parent == work:  # name the real source, not the temporary split file
                 meta["sources"] = [{"path": str(source), "sha256": source_sha, "n_bytes": meta["n_bytes"],

@@ -44,6 +44,7 @@ def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[st
     trainer = Trainer(model, train_cfg, run_dir, source, rt, evaluation=evaluation, sample_fn=sample_fn,
                       model_config=to_dict(cfg.model), seq_len=seq_len, resume=cfg.resume, settings=settings)
     if rt.info.is_main:
+        _announce(cfg, model, trainer)
         rundir.prepare(run_dir)
         rundir.remove_temp_files(run_dir)  # what a killed write left, before this run writes anything
         save_run_config(cfg, run_dir / rundir.CONFIG_FILE)
@@ -55,6 +56,38 @@ def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[st
     if tuned:
         summary["autotune"] = tuned
     return summary
+
+
+def _announce(cfg: RunConfig, model: torch.nn.Module, trainer: Trainer) -> None:
+    """What a user should know before the first step: the model's size, a warmup the run never finishes,
+    a compile that makes the first step slow."""
+    import sys
+
+    tcfg = cfg.train
+    if tcfg.progress:
+        body = model.num_params(embeddings=False)
+        print(f"model: {_count(model.num_params())} parameters ({_count(body)} without embeddings), "
+              f"{cfg.model.n_layers} layer{'s' if cfg.model.n_layers != 1 else ''}, position={cfg.model.position}",
+              flush=True)
+    if tcfg.warmup > tcfg.max_steps and trainer.step < tcfg.max_steps:
+        from tinyformer.train.schedule import lr_at
+
+        last = lr_at(tcfg.max_steps - 1, schedule=tcfg.schedule, lr=tcfg.lr, min_lr=tcfg.final_lr,
+                     warmup=tcfg.warmup, total=tcfg.max_steps)
+        print(f"tinyformer: warning: train.warmup={tcfg.warmup} exceeds train.max_steps={tcfg.max_steps}: the "
+              f"learning rate never reaches train.lr={tcfg.lr:g} (it ends at {last:.2g}); lower train.warmup",
+              file=sys.stderr, flush=True)
+    if tcfg.compile and tcfg.progress and trainer.step < tcfg.max_steps:
+        print("torch.compile: the first step compiles the model (often a minute or more); its tokens/s "
+              "include the compilation", flush=True)
+
+
+def _count(n: int) -> str:
+    """1234567 -> '1.23M': parameter counts as people write them."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
 
 
 def _autotune(cfg: RunConfig, rt: Runtime, model: torch.nn.Module, source: Any) -> dict[str, Any] | None:
