@@ -1,100 +1,207 @@
-"""Training throughput on this machine: tokens/s and MFU of full training steps (forward, backward, AdamW)
-for the TinyStories preset shape and the Shakespeare CPU recipe, in fp32 and bf16 autocast.
+"""Training throughput against HF transformers in one run: ours with train.precision=auto (chosen by
+`tinyformer.train.autotune`, as a real run chooses it) and ours in float32, each through the real
+`Trainer.train_step` (our model, `build_optimizer`'s AdamW, clipping, autocast and attention kernel), against
+HF's `GPT2LMHeadModel` / `LlamaForCausalLM` of the same shape with `torch.optim.AdamW` as its defaults give it,
+in float32 and in bf16 autocast (HF's faster one counts); same batch, sequence length and threads.
 
-MFU is measured against float32 and bf16 matmul ceilings (square matmuls) timed in the same run, just
-before each measurement, so machine load affects both sides alike. Targets (CPU): fp32 MFU >= 65%, and
-the best precision >= 1.3x fp32 tokens/s.
+Variants are interleaved (a block of steps each, round after round) and tokens/s is the median step, so load
+from other processes weighs on all of them alike. MFU is against the bf16 (and float32) matmul ceilings
+measured in the same run, the highest of several measurements. Targets (CPU): ours auto / HF best >= 1.3x on
+each shape, ours auto / ours float32 >= 1.0x.
 
-    .venv/bin/python bench/train.py [--steps 20] [--threads N] [--compile] [--shapes tinystories,shakespeare]
+    .venv/bin/python bench/train.py [--steps 10] [--rounds 3] [--threads N] [--shapes shakespeare,tinystories]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from tinyformer.model import ModelConfig, Transformer
+from tinyformer.config import to_dict
+from tinyformer.model import Transformer
+from tinyformer.model.hf import hf_config
+from tinyformer.train.config import load_run_config
 from tinyformer.train.metrics import matmul_ceiling
-from tinyformer.train.optim import build_optimizer
-from tinyformer.train.runtime import autocast, sdpa_backend
+from tinyformer.train.runtime import autocast, setup_runtime
+from tinyformer.train.trainer import Trainer
 
-SHAPES = {
-    # configs/tinystories.yaml: 4 layers, d_model 256, 8 heads, d_ff 1024, context 256, batch 16, vocab 10000
-    "tinystories": (dict(preset="gpt2", vocab_size=10000, n_layers=4, n_heads=8, d_model=256, d_ff=1024,
-                         max_seq_len=256), 16),
-    # configs/shakespeare-char.yaml: 4 layers, 4 heads, d_model 128, context 64, batch 12, byte vocab
-    "shakespeare": (dict(preset="gpt2", vocab_size=256, n_layers=4, n_heads=4, d_model=128, max_seq_len=64,
-                         bias=False), 12),
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {  # shape -> the shipped config whose model and batch it takes
+    "shakespeare": ROOT / "configs" / "shakespeare-char.yaml",
+    "tinystories": ROOT / "configs" / "tinystories.yaml",
+    "tinystories-llama": ROOT / "configs" / "tinystories-llama.yaml",
 }
 
 
-def build(shape: str) -> tuple[Transformer, int, int]:
-    fields, batch = SHAPES[shape]
-    fields = dict(fields)
-    cfg = ModelConfig.preset(fields.pop("preset"), **fields)
+class FixedBatches:
+    """A batch source that hands out the same batch every step: the benchmark times compute, not data."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.batch = batch
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        return self.batch
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def ours(run, batch: dict[str, torch.Tensor], precision: str, sdpa: str, run_dir: Path):
+    """One step of our real training loop (Trainer.train_step) with the given precision and kernel."""
+    train = dataclasses.replace(run.train, device="cpu", precision=precision, sdpa_backend=sdpa, threads=None)
+    rt = setup_runtime(train)
+    rt.precision, rt.sdpa = precision, sdpa
     torch.manual_seed(0)
-    return Transformer(cfg), batch, cfg.max_seq_len
+    model = Transformer(run.model)
+    trainer = Trainer(model, train, run_dir, FixedBatches(batch), rt, model_config=to_dict(run.model),
+                      seq_len=batch["ids"].shape[1], resume="never")
+    return lambda: trainer.train_step(train.lr)
 
 
-def tokens_per_second(model, batch: int, seq_len: int, precision: str, steps: int, compiled: bool,
-                      attention: str = "auto") -> float:
-    """Median-of-steps throughput of full optimizer steps (after warm-up)."""
-    opt = build_optimizer(model, lr=1e-4, weight_decay=0.1)
-    step_model = torch.compile(model) if compiled else model
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq_len))
-    device = torch.device("cpu")
-    times = []
-    for i in range(steps + 3):
-        t0 = time.perf_counter()
-        with sdpa_backend(attention):
-            with autocast(device, precision):
-                _, loss = step_model(ids, targets=ids)
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+def hf(run, batch: dict[str, torch.Tensor], precision: str):
+    """One step of HF transformers' model of the same shape, as a user trains it: torch.optim.AdamW with its
+    defaults, the loss from `labels`, gradient clipping at the config's value (HF Trainer's default is 1.0)."""
+    import transformers
+
+    cfg = run.model
+    if cfg.position == "learned" and not cfg.bias:
+        cfg = dataclasses.replace(cfg, bias=True)  # GPT-2 always has biases: HF does slightly more work
+    fields = hf_config(cfg)
+    family = fields.pop("model_type")
+    arch = getattr(transformers, fields.pop("architectures")[0])
+    fields.pop("dtype", None)
+    torch.manual_seed(0)
+    model = arch(transformers.AutoConfig.for_model(family, **fields)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay,
+                            betas=(run.train.beta1, run.train.beta2), eps=run.train.eps)
+    ids, device = batch["ids"], torch.device("cpu")
+    clip = run.train.grad_clip if run.train.grad_clip > 0 else float("inf")
+
+    def step():
+        with autocast(device, precision):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if i >= 3:  # warm-up: allocation, kernel selection, compilation
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return batch * seq_len / times[len(times) // 2]
+        return loss.item()
+
+    return step
+
+
+def auto_choice(run, batch: dict[str, torch.Tensor], fresh: bool) -> tuple[str, str, dict]:
+    """What train.precision=auto picks for this shape: autotune.choose on the run's model and first batch,
+    by default measured afresh (a temporary cache), as the first run of a shape on a machine does."""
+    from tinyformer.train import autotune
+
+    old = os.environ.get("TINYFORMER_CACHE")
+    with tempfile.TemporaryDirectory() as tmp:
+        if fresh:
+            os.environ["TINYFORMER_CACHE"] = tmp
+        try:
+            torch.manual_seed(0)
+            model = Transformer(run.model)
+            return autotune.choose(model, to_dict(run.model), batch, "auto", run.train.sdpa_backend,
+                                   torch.device("cpu"))
+        finally:
+            if old is None:
+                os.environ.pop("TINYFORMER_CACHE", None)
+            else:
+                os.environ["TINYFORMER_CACHE"] = old
+
+
+def timed_steps(step, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_shape(shape: str, args, ceilings: dict[str, float]) -> dict[str, float]:
+    run = load_run_config(SHAPES[shape], ["train.precision=auto"])
+    batch_size, seq_len = run.train.batch_size, run.model.max_seq_len
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, run.model.vocab_size, (batch_size, seq_len + 1), generator=gen)
+    batch = {"ids": rows[:, :-1].contiguous(), "targets": rows[:, 1:].contiguous()}
+
+    precision, sdpa, report = auto_choice(run, batch, not args.use_cache)
+    times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in report.get("seconds_per_step", {}).items())
+    print(f"\n{shape} ({SHAPES[shape].name}): batch {batch_size} x {seq_len}, vocab {run.model.vocab_size}, "
+          f"{run.model.n_layers} layers, d_model {run.model.d_model}; precision=auto -> {precision} with {sdpa} "
+          f"attention ({report['source']}{': ' + times if times else ''})")
+    with tempfile.TemporaryDirectory() as tmp:
+        steps = {
+            f"ours auto ({precision}/{sdpa})": ours(run, batch, precision, sdpa, Path(tmp) / "auto"),
+            f"ours fp32 ({run.train.sdpa_backend})": ours(run, batch, "fp32", run.train.sdpa_backend,
+                                                          Path(tmp) / "fp32"),
+            "HF fp32": hf(run, batch, "fp32"),
+            "HF bf16": hf(run, batch, "bf16"),
+        }
+        for step in steps.values():  # warm-up: allocation, kernel selection
+            timed_steps(step, 2)
+        samples: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                samples[name] += timed_steps(step, args.steps)
+            measure_ceilings(ceilings)
+    tokens = batch_size * seq_len
+    tps = {name: tokens / statistics.median(t) for name, t in samples.items()}
+    fpt = Transformer(run.model).flops_per_token(seq_len)
+    print(f"{'variant':28} {'tokens/s':>10} {'ms/step':>8} {'MFU bf16 ceil':>13} {'MFU fp32 ceil':>13}")
+    for name, value in tps.items():
+        print(f"{name:28} {value:10,.0f} {tokens / value * 1000:8.1f} {value * fpt / ceilings['bf16']:13.1%} "
+              f"{value * fpt / ceilings['fp32']:13.1%}")
+    auto_name, fp32_name = list(steps)[:2]
+    hf_best = max(("HF fp32", "HF bf16"), key=tps.get)
+    vs_hf, vs_fp32 = tps[auto_name] / tps[hf_best], tps[auto_name] / tps[fp32_name]
+    print(f"{shape}: ours auto / {hf_best} (HF's faster) = {vs_hf:.2f}x (target >= 1.3), ours auto / ours fp32 = "
+          f"{vs_fp32:.2f}x (target >= 1.0); {fpt / 1e6:.2f} MFLOP/token")
+    return {"vs_hf": vs_hf, "vs_fp32": vs_fp32}
+
+
+def measure_ceilings(ceilings: dict[str, float]) -> None:
+    """The highest matmul FLOP/s seen so far: a burst of load during one measurement cannot inflate MFU."""
+    for dtype in ("fp32", "bf16"):
+        ceilings[dtype] = max(ceilings.get(dtype, 0.0), matmul_ceiling("cpu", dtype))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd steps")
-    parser.add_argument("--shapes", default="tinystories,shakespeare")
+    parser.add_argument("--steps", type=int, default=10, help="steps per variant per round (median over all)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved variants")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for every variant (default: torch's choice)")
+    parser.add_argument("--shapes", default="shakespeare,tinystories,tinystories-llama")
+    parser.add_argument("--use-cache", action="store_true",
+                        help="precision=auto from the machine's autotune cache (default: measured afresh)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    print(f"{'shape':12} {'precision':9} {'compile':7} {'attention':9} {'tokens/s':>10} {'ceiling GF/s':>12} "
-          f"{'MFU':>6} {'MFU vs fp32 ceil':>16}")
-    for shape in args.shapes.split(","):
-        model, batch, seq_len = build(shape)
-        fpt = model.flops_per_token(seq_len)
-        results = {}
-        variants = [(p, c, a) for c in ([False, True] if args.compile else [False]) for p in ("fp32", "bf16")
-                    for a in ("auto", "math")]
-        for precision, compiled, attention in variants:
-            # ceilings measured right before and right after the steps; the higher one counts, so a
-            # burst of load from other processes during one measurement cannot inflate MFU
-            before = {p: matmul_ceiling("cpu", p) for p in {"fp32", precision}}
-            tps = tokens_per_second(model, batch, seq_len, precision, args.steps, compiled, attention)
-            after = {p: matmul_ceiling("cpu", p) for p in {"fp32", precision}}
-            fp32_ceiling = max(before["fp32"], after["fp32"])
-            ceiling = max(before[precision], after[precision])
-            results[(precision, compiled, attention)] = tps
-            print(f"{shape:12} {precision:9} {str(compiled):7} {attention:9} {tps:10,.0f} "
-                  f"{ceiling / 1e9:12.1f} {tps * fpt / ceiling:6.1%} {tps * fpt / fp32_ceiling:16.1%}")
-        fp32 = results[("fp32", False, "auto")]
-        best_key = max(results, key=results.get)
-        print(f"{shape}: best {best_key[0]}{' compiled' if best_key[1] else ''} {best_key[2]} attention = "
-              f"{results[best_key] / fp32:.2f}x "
-              f"fp32 eager tokens/s ({fpt / 1e6:.2f} MFLOP/token)")
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # a config note per HF model, not about speed
+    load = os.getloadavg()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    ceilings: dict[str, float] = {}
+    measure_ceilings(ceilings)
+    results = {shape: bench_shape(shape, args, ceilings) for shape in args.shapes.split(",")}
+    load = os.getloadavg()
+    print(f"\nmatmul ceilings (highest seen): fp32 {ceilings['fp32'] / 1e9:.1f}, bf16 {ceilings['bf16'] / 1e9:.1f} "
+          f"GFLOP/s; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    for shape, r in results.items():
+        print(f"{shape:18} ours auto / HF best {r['vs_hf']:.2f}x   ours auto / ours fp32 {r['vs_fp32']:.2f}x")
 
 
 if __name__ == "__main__":
