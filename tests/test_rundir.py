@@ -82,9 +82,12 @@ def test_sample_answers_task_inputs_and_continues_text(cli, task_run, lm_run):
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 4 and re.fullmatch(r"\d/3 correct \(task UR, lengths 1-6, checkpoint step-\d{8}\)", lines[-1])
     assert all("->" in line and ("correct" in line or "expected" in line) for line in lines[:3])
-    proc = cli("sample", "--ckpt", task_run, "--prompt", "<bos> 0 1 2 <sep> 1 <sep>", "--max-new-tokens", "2")
+    proc = cli("sample", "--ckpt", task_run, "--prompt", "<bos> 0 1 2 <sep> 1", "--max-new-tokens", "2")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("<bos> 0 1 2 <sep> 1 <sep>  ->  ")
+    assert proc.stdout.startswith("<bos> 0 1 2 <sep> 1 -> ")  # the task's own form, taken as it is
+    proc = cli("sample", "--ckpt", task_run, "--prompt", "0 1 2 ? 1")  # the natural form: context ? query
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"0 1 2 \? 1 -> [0-4]( [0-4])?\n", proc.stdout)  # one symbol, or a second if no <eos>
     proc = cli("sample", "--ckpt", lm_run, "--prompt", "the cat", "--max-new-tokens", "5")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("the cat")

@@ -139,6 +139,62 @@ class Addition(Task):
             )
         return [index[c] for c in text]
 
+    # --- human-readable prompts and answers ------------------------------------------------------
+    def prompt_ids(self, text: str) -> list[int]:
+        """`1342+879` (or `1342 + 879 =`), most significant digit first in the task's base, -> the prompt
+        `+A+B+` in the task's own form (reversed digits, hints). Text starting with `+` is already in it."""
+        text = text.strip()
+        if text.startswith(PLUS):
+            return self.encode(text)
+        body = text.rstrip("= ").replace(" ", "").lower()
+        operands = body.split(PLUS)
+        if len(operands) != 2 or not all(operands):
+            raise TinyformerError(f"write an addition as A+B (e.g. 1342+879), got {text!r}")
+        for number in operands:
+            bad = sorted(set(number) - set(DIGITS[: self.base]))
+            if bad:
+                raise TinyformerError(f"{number!r} is not a number in base {self.base} (digits "
+                                      f"{DIGITS[: self.base]}); task {self.name} adds base-{self.base} numbers")
+        return self.encode(PLUS + PLUS.join(self.written(n) for n in operands) + PLUS)
+
+    def written(self, number: str) -> str:
+        """A number as people write it -> as this task writes it (reversed, with place-value hints)."""
+        number = number.lstrip("0") or "0"
+        if self.reverse:
+            number = number[::-1]
+        if not self.hints:
+            return number
+        places = range(len(number)) if self.reverse else reversed(range(len(number)))
+        return "".join(HINTS[k] + d for k, d in zip(places, number))
+
+    def prompt_text(self, ids) -> str:
+        """`+2431+978+` -> `1342+879`."""
+        numbers = [self.answer_text(self.encode(part)) for part in self.decode(ids).strip(PLUS).split(PLUS)]
+        return PLUS.join(numbers)
+
+    def answer_length(self, prompt) -> int:
+        numbers = self.decode(prompt).strip(PLUS).split(PLUS)
+        digits = max(sum(c in DIGITS[: self.base] for c in n) for n in numbers) + 1  # a carry adds one
+        return digits * (2 if self.hints else 1) + 1
+
+    def answer_end(self) -> int:
+        return self.plus  # the answer closes with "+"
+
+    def answer_text(self, ids) -> str:
+        """The generated answer digits (reversed, hints) -> the sum as people write it, e.g. `2221`."""
+        ids = [int(i) for i in ids]
+        if self.plus in ids:
+            ids = ids[: ids.index(self.plus)]
+        digits = "".join(self.vocab[i] for i in ids if i < self.base)
+        text = digits[::-1] if self.reverse else digits
+        return text.lstrip("0") or ("0" if text else "")
+
+    def same_answer(self, got: str, want: str) -> bool:
+        try:
+            return int(got.strip(), self.base) == int(want.strip(), self.base)
+        except ValueError:
+            return got.strip().lower() == want.strip().lower()
+
     # --- lengths ---------------------------------------------------------------------------------
     def check_range(self, lo: int, hi: int) -> tuple[int, int]:
         """The digit range itself, or a one-line error when it is empty or longer than the format allows."""

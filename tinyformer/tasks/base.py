@@ -89,6 +89,79 @@ class Task:
                                   f"write symbols separated by spaces, from: {' '.join(self.vocab)}")
         return [index[s] for s in text.split()]
 
+    # --- human-readable prompts and answers (`tinyformer sample --prompt`) -------------------------
+    query: bool = False  # the prompt ends with a query symbol after <sep> (retrieval)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """A person's input -> the prompt the model continues. Symbols separated by spaces or commas (or
+        written together when every symbol is one character), a query after `?` for retrieval tasks:
+        `3 1 4` -> `<bos> 3 1 4 <sep>`, `0 3 1 4 ? 3` -> `<bos> 0 3 1 4 <sep> 3`. Text already in the task's
+        own form (starting with `<bos>`) is taken as it is."""
+        text = text.strip()
+        if text.startswith("<bos>"):
+            return self.encode(text)
+        context, mark, query = text.partition("?")
+        if bool(mark) != self.query:
+            want = "a query after ?, e.g. '0 3 1 4 ? 3'" if self.query else "no ?"
+            raise TinyformerError(f"task {self.name} takes {want}; got {text!r}")
+        symbols = self._symbols(context)
+        if not symbols:
+            raise TinyformerError(f"the input {text!r} has no symbols; write symbols of task {self.name} "
+                                  f"({' '.join(self.vocab[: self.n_symbols])})")
+        ids = [self.bos, *symbols, self.sep]
+        if self.query:
+            q = self._symbols(query)
+            if len(q) != 1:
+                raise TinyformerError(f"write exactly one query symbol after ?, got {query.strip()!r}")
+            ids += q
+        return ids
+
+    def _symbols(self, text: str) -> list[int]:
+        parts = text.replace(",", " ").split()
+        if len(parts) == 1 and self.n_symbols <= 10:  # "1011": one symbol per character
+            parts = list(parts[0])
+        bad = [p for p in parts if not (p.isdigit() and int(p) < self.n_symbols)]
+        if bad:
+            raise TinyformerError(f"{' '.join(bad)} {'is not a symbol' if len(bad) == 1 else 'are not symbols'} of "
+                                  f"task {self.name}; its symbols are {' '.join(self.vocab[: self.n_symbols])}")
+        return [int(p) for p in parts]
+
+    def prompt_text(self, ids) -> str:
+        """A prompt in the task's own ids -> the input as a person writes it (the inverse of prompt_ids)."""
+        ids = [int(i) for i in ids]
+        if ids[:1] != [self.bos] or self.sep not in ids:
+            return self.decode(ids)
+        sep = ids.index(self.sep)
+        text = " ".join(self.vocab[i] for i in ids[1:sep])
+        return text + (f" ? {' '.join(self.vocab[i] for i in ids[sep + 1:])}" if self.query else "")
+
+    single_answer: bool = False  # the answer is one symbol (`answer_layout`); else one per input symbol
+
+    def answer_length(self, prompt) -> int:
+        """The most tokens the answer to `prompt` (the task's ids) takes, its closing token included."""
+        if self.single_answer:
+            return 2
+        return sum(1 for i in prompt if int(i) < self.n_symbols) + 1
+
+    def answer_end(self) -> int:
+        """The id that closes an answer (generation stops there)."""
+        return self.eos
+
+    def answer_text(self, ids) -> str:
+        """Generated ids after the prompt -> the answer as a person writes it (up to the closing token)."""
+        ids = [int(i) for i in ids]
+        if self.answer_end() in ids:
+            ids = ids[: ids.index(self.answer_end())]
+        return " ".join(self.vocab[i] for i in ids)
+
+    def same_answer(self, got: str, want: str) -> bool:
+        """Whether two human-readable answers are the same (spacing and commas aside)."""
+        def parts(text: str) -> list[str]:
+            out = text.replace(",", " ").split()
+            return list(out[0]) if len(out) == 1 and self.n_symbols <= 10 else out
+
+        return parts(got) == parts(want)
+
     # --- lengths ---------------------------------------------------------------------------------
     def length_range(self, lo: int, hi: int) -> tuple[int, int]:
         """The task lengths drawn for a requested range `lo..hi` (inclusive). Default: the range itself."""

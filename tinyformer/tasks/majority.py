@@ -11,6 +11,7 @@ from tinyformer.tasks.registry import register_task
 @register_task
 class Majority(Task):
     name, n_symbols = "majority", 3
+    single_answer = True  # <sep> a <eos>
     description = "majority: the symbol that occurs most often (sequences with a tie are redrawn)"
 
     def sequence_length(self, length: int) -> int:

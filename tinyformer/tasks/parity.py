@@ -11,6 +11,7 @@ from tinyformer.tasks.registry import register_task
 @register_task
 class Parity(Task):
     name, n_symbols = "parity", 2
+    single_answer = True  # <sep> a <eos>
     description = "parity: is the number of 1s in a bit string odd"
 
     def sequence_length(self, length: int) -> int:

@@ -22,6 +22,8 @@ from tinyformer.tasks.registry import register_task
 
 class RetrievalTask(Task):
     n_symbols = 5
+    query = True  # human-readable input: "context ? query", e.g. "0 3 1 4 ? 3"
+    single_answer = True
     min_length = 4
     length_rule = "max(4, lo)..hi-1"
     side: int = -1  # -1: the answer is the left neighbour, +1: the right one

@@ -10,7 +10,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="run directory (language-model or task run) or checkpoint")
     parser.add_argument("--which", choices=("best", "latest"), help="checkpoint of a run (default: best, else latest)")
     parser.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>); for a "
-                        "task run an input in the task's symbols")
+                        "task run its natural input: 1342+879 (addition, in the task's base), 3 1 4 (copy, sort), "
+                        "0 3 1 4 ? 3 (retrieval: context ? query)")
+    parser.add_argument("--prompts-file", metavar="FILE", help="task run: one input per line, optionally "
+                        "INPUT = ANSWER (e.g. 1342+879=2221): prints each answer and the exact match")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (task runs always decode greedily)")
     parser.add_argument("--top-k", type=int)
@@ -77,31 +80,73 @@ def _sample_text(run, model, args, device) -> int:
 def _sample_task(run, model, args, device) -> int:
     import numpy as np
 
-    from tinyformer.lab.evaluate import greedy_continuation
     from tinyformer.tasks import make_eval_set, parse_range
 
     setup = run.task_setup()
     task = setup.task
-    if args.prompt:
-        ids = np.asarray([task.encode(args.prompt)])
-        out = greedy_continuation(model, ids, args.max_new_tokens, setup.eval_positions, device)[0].tolist()
-        if task.eos in out:  # the answer ends at <eos>
-            out = out[: out.index(task.eos) + 1]
-        print(f"{task.decode(ids[0].tolist())}  ->  {task.decode(out)}")
-        return 0
+    if args.prompt or args.prompts_file:
+        return _answer_prompts(setup, model, args, device)
     lo, hi = parse_range(args.bin) if args.bin else setup.bins[0]
     examples = make_eval_set(task, lo, hi, args.num_samples, seed=args.seed).examples
     right = 0
     for tokens, supervised, n in zip(examples.tokens, examples.supervised, examples.seq_lens):
         tokens, supervised = tokens[: int(n)], supervised[: int(n)]
         start = int(np.argmax(supervised))
-        stop = len(supervised) - int(np.argmax(supervised[::-1]))
-        prompt = tokens[None, :start]
-        want = tokens[start:stop].tolist()
-        got = greedy_continuation(model, prompt, len(want), setup.eval_positions, device)[0].tolist()
-        ok = got == want
+        prompt = tokens[:start].tolist()
+        want = task.answer_text(tokens[start:])
+        got = _answer(setup, model, prompt, device)
+        ok = task.same_answer(got, want)
         right += ok
-        print(f"{task.decode(prompt[0].tolist())}  ->  {task.decode(got)}   "
-              f"{'correct' if ok else 'wrong, expected ' + task.decode(want)}")
+        print(f"{task.prompt_text(prompt)} -> {got}   {'correct' if ok else 'wrong, expected ' + want}")
     print(f"{right}/{len(examples)} correct (task {task.name}, lengths {lo}-{hi}, checkpoint {run.checkpoint.name})")
+    return 0
+
+
+def _answer(setup, model, prompt: list[int], device, max_new_tokens: int | None = None) -> str:
+    """The model's greedy answer to `prompt` (the task's own ids), in the human-readable form."""
+    import numpy as np
+
+    from tinyformer.errors import TinyformerError
+    from tinyformer.lab.evaluate import greedy_continuation
+
+    task = setup.task
+    n_new = task.answer_length(prompt)
+    if max_new_tokens is not None:
+        n_new = min(n_new, max_new_tokens)
+    if model.config.position == "learned":  # stay inside the position table
+        n_new = min(n_new, model.config.position_table_size - len(prompt))
+        if n_new < 1:
+            raise TinyformerError(f"the input has {len(prompt)} tokens; the run's learned positions end at "
+                                  f"{model.config.position_table_size}: give a shorter input")
+    out = greedy_continuation(model, np.asarray([prompt]), n_new, setup.eval_positions, device)[0].tolist()
+    return task.answer_text(out)
+
+
+def _answer_prompts(setup, model, args, device) -> int:
+    """--prompt or --prompts-file on a task run: natural inputs in, natural answers out; exact match when the
+    file gives answers (`INPUT = ANSWER`)."""
+    from tinyformer.errors import TinyformerError
+    from tinyformer.fileio import require_file
+
+    task = setup.task
+    if args.prompts_file:
+        lines = require_file(args.prompts_file, "--prompts-file").read_text(encoding="utf-8").splitlines()
+        items = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not items:
+            raise TinyformerError(f"--prompts-file {args.prompts_file} has no inputs; write one per line")
+    else:
+        items = [args.prompt]
+    checked = right = 0
+    for item in items:
+        text, _, want = item.rpartition("=") if "=" in item else (item, "", "")
+        text, want = text.strip(), want.strip()
+        got = _answer(setup, model, task.prompt_ids(text), device, args.max_new_tokens)
+        line = f"{text} -> {got}"
+        if want:
+            ok = task.same_answer(got, want)
+            checked, right = checked + 1, right + ok
+            line += "   correct" if ok else f"   wrong, expected {want}"
+        print(line)
+    if checked:
+        print(f"exact match: {right}/{checked} ({right / checked:.1%})")
     return 0
