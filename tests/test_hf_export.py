@@ -223,7 +223,7 @@ def test_export_cli_from_a_run_directory(tmp_path, cli):
     assert again.returncode == 2 and "already exists; pass --force" in again.stderr
     assert again.stderr.count("\n") == 1
     assert cli("export", "--ckpt", run, "--out", tmp_path / "hf", "--force").returncode == 0
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
 
 def test_export_cli_writes_the_runs_tokenizer(tmp_path, cli):

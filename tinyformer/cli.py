@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "plot": ("tinyformer.train.plot_cli", "draw loss, perplexity or accuracy curves of one or more runs"),
     "compare": ("tinyformer.train.compare_cli", "train variants of a config over seeds, then compare them"),
     "export": ("tinyformer.train.export_cli", "export a run to the HF format (GPT-2, Llama, MPT)"),
+    "push": ("tinyformer.train.push_cli", "publish a run on the Hugging Face Hub (export + model card + upload)"),
     "lengen": ("tinyformer.lab.cli", "length-generalization lab: train, sweep, best, report"),
     "attention": ("tinyformer.lab.attention_cli", "attention heatmaps of a run on a text"),
     "demo": ("tinyformer.demo", "the embedded default: a short study that needs no downloads"),

@@ -69,15 +69,25 @@ def hf_tokenizer_json(tok) -> dict[str, Any]:
     }
 
 
-def hf_tokenizer_config(tok) -> dict[str, Any]:
-    """`tokenizer_config.json`: the generic fast class, so transformers 4.x and 5.x load it the same way."""
+def pad_token(tok) -> str | None:
+    """The padding token of an export: a special token named as one (`<|pad|>`, `<pad>`, `[PAD]`), else the
+    end-of-text token (GPT-2's convention: padded positions are masked, so any id serves), else None."""
+    named = [s for s in tok.special_tokens if "pad" in s.lower()]
+    return named[0] if named else (EOT if EOT in tok.special_tokens else None)
+
+
+def hf_tokenizer_config(tok, model_max_length: int | None = None) -> dict[str, Any]:
+    """`tokenizer_config.json`: the generic fast class, so transformers 4.x and 5.x load it the same way.
+    `model_max_length`: the context the model was trained on (a tokenizer alone has none: 1e9)."""
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,  # decode must give back the exact text
-        "model_max_length": 1_000_000_000,
+        "model_max_length": model_max_length or 1_000_000_000,
     }
     if EOT in tok.special_tokens:
         config.update(bos_token=EOT, eos_token=EOT)
+    if pad_token(tok) is not None:
+        config["pad_token"] = pad_token(tok)
     return config
 
 
@@ -110,12 +120,12 @@ def check_pattern_in_hf(pattern: str) -> None:
         )
 
 
-def to_hf(tok, out_dir: str | os.PathLike) -> Path:
+def to_hf(tok, out_dir: str | os.PathLike, model_max_length: int | None = None) -> Path:
     """Write `tokenizer.json` and `tokenizer_config.json` into an existing directory `out_dir`."""
     check_pattern_in_hf(tok.pattern)
     out_dir = Path(out_dir)
     _write_json(out_dir / "tokenizer.json", hf_tokenizer_json(tok))
-    _write_json(out_dir / "tokenizer_config.json", hf_tokenizer_config(tok))
+    _write_json(out_dir / "tokenizer_config.json", hf_tokenizer_config(tok, model_max_length))
     return out_dir
 
 

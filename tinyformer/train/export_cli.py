@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     run = Run(args.ckpt, args.which)
     check_output(args.out, args.force)  # both before importing torch: bad input fails fast
 
-    from tinyformer.model.hf import ARCHITECTURES, export_hf, hf_family
+    from tinyformer.model.hf import ARCHITECTURES, hf_family
+    from tinyformer.train.publish import export_run
 
     model = run.load_model()
     family = hf_family(model.config)
@@ -35,12 +36,8 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"no tokenizer in {run.path or run.checkpoint}: weights and config only")
     if model.config.n_predict > 1:
         notes.append(f"the {model.config.n_predict - 1} extra multi-token heads are not exported")
-    eos = tokenizer.eot_id if tokenizer is not None else None
-    out = export_hf(
-        model, args.out, force=args.force, eos_token_id=eos, bos_token_id=eos,
-        tokenizer_dir=run.path / "tokenizer" if tokenizer is not None else None,
-    )
-    print(f"exported {run.checkpoint} as {ARCHITECTURES[family]} to {out}")
+    out = export_run(run, model, args.out, force=args.force)  # weights, config, tokenizer, model card
+    print(f"exported {run.checkpoint} as {ARCHITECTURES[family]} to {out} (model card: {out / 'README.md'})")
     for note in notes:
         print(f"note: {note}")
     return 0
