@@ -95,6 +95,12 @@ def resume_point(run_dir: str | os.PathLike) -> tuple[Path | None, str | None]:
         return run_dir / CHECKPOINTS / named, None
     done = [p for p in steps if is_complete(p)]
     if not done:
+        if steps:  # only a damaged run has step directories and none complete: never train over it
+            raise TinyformerError(
+                f"{run_dir} has checkpoints but none is complete ({steps[-1].name} lacks "
+                f"{', '.join(n for n in (STATE_FILE, STATE_TENSORS_FILE, WEIGHTS_FILE, MODEL_CONFIG_FILE) if not (steps[-1] / n).is_file())}); "
+                f"it cannot be resumed: start a new run_dir, or delete {run_dir / CHECKPOINTS} to start this one over"
+            )
         return None, None
     why = f"{INDEX_FILE} names {named}, which is missing or incomplete" if named else f"{INDEX_FILE} is missing"
     return done[-1], f"{why}; resuming from the newest complete checkpoint, {done[-1].name}"

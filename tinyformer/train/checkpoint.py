@@ -137,6 +137,15 @@ def prune_checkpoints(ckpts: Path, keep_last: int, keep: set[str | None]) -> Non
             shutil.rmtree(ckpts / name, ignore_errors=True)
 
 
+def read_settings(ckpt_dir: str | Path) -> Any:
+    """Only the result settings kept in a checkpoint's state (cheap: no tensors), or None when unreadable
+    (loading the whole state then says what is wrong)."""
+    try:
+        return json.loads((Path(ckpt_dir) / rundir.STATE_FILE).read_text(encoding="utf-8"))["state"]["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
     """The trainer state of a checkpoint, read as JSON + safetensors (never unpickled)."""
     from safetensors import SafetensorError

@@ -16,17 +16,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tinyformer.fileio import check_output
     from tinyformer.rundir import Run
 
     run = Run(args.ckpt, args.which)
-    check_output(args.out, args.force)  # both before importing torch: bad input fails fast
+    if Path(args.out).exists() and not args.force:
+        check_output(args.out, args.force)  # before importing torch: bad input fails fast
 
     from tinyformer.model.hf import ARCHITECTURES, hf_family
     from tinyformer.train.publish import export_run
 
     model = run.load_model()
     family = hf_family(model.config)
+    check_output(args.out, args.force)  # only now: a failed export creates no directory
     tokenizer = run.tokenizer()
     notes = []
     if run.kind == "task":

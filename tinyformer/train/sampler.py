@@ -118,7 +118,12 @@ class TokenFileBatches:
                 f"cannot resume: the checkpoint's global batch is {state.get('global_batch')} sequences, "
                 f"this run's is {self.batch_size * self.world_size}; keep train.batch_size the same"
             )
-        self.calls, self.epoch, self.index = int(state["calls"]), int(state["epoch"]), int(state["index"])
+        counters = [state.get(k) for k in ("calls", "epoch", "index")]
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counters) or (
+                counters[2] >= max(self.n_windows, 1)):
+            raise TinyformerError(f"cannot resume: the checkpoint's data position {counters} is not one of "
+                                  f"{self.path}; the checkpoint is corrupt")
+        self.calls, self.epoch, self.index = counters
         self._order = None
 
 

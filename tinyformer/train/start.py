@@ -13,10 +13,11 @@ import torch
 
 from tinyformer import rundir
 from tinyformer.config import to_dict
+from tinyformer.train.checkpoint import read_settings
 from tinyformer.train.config import RunConfig, result_settings, save_run_config
 from tinyformer.train.distributed import barrier
 from tinyformer.train.runtime import Runtime, seed_everything, setup_runtime
-from tinyformer.train.trainer import Trainer
+from tinyformer.train.trainer import Trainer, check_settings, find_resume
 
 # build(runtime) -> (batch source, evaluation or None, sample_fn or None)
 Build = Callable[[Runtime], tuple[Any, Any, Any]]
@@ -31,6 +32,10 @@ def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[st
 
     run_dir = Path(cfg.run_dir)
     rundir.check_writable(run_dir)
+    settings = {**result_settings(cfg, seq_len), **(data_identity or {})}
+    resume_from, _ = find_resume(run_dir, cfg.resume)
+    if resume_from is not None and (saved := read_settings(resume_from)) is not None:
+        check_settings(saved, settings, run_dir)  # a refused resume costs no model, data or measurement
     rt = setup_runtime(cfg.train)
     seed_everything(cfg.train.seed)  # the same initial weights on every process
     model = Transformer(cfg.model)
@@ -40,7 +45,6 @@ def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[st
     source, evaluation, sample_fn = build(rt)
     tuned = _autotune(cfg, rt, model, source)
     train_cfg = dataclasses.replace(cfg.train, sdpa_backend=rt.sdpa)  # the kernel autotune chose, if it did
-    settings = {**result_settings(cfg, seq_len), **(data_identity or {})}
     trainer = Trainer(model, train_cfg, run_dir, source, rt, evaluation=evaluation, sample_fn=sample_fn,
                       model_config=to_dict(cfg.model), seq_len=seq_len, resume=cfg.resume, settings=settings)
     if rt.info.is_main:

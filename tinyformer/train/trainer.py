@@ -76,6 +76,36 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def find_resume(run_dir: Path, resume: str) -> tuple[Path | None, str | None]:
+    """(the checkpoint a run in `run_dir` continues from, or None; a note when it fell back from the one
+    index.json names), by `resume` = never | auto | must."""
+    latest, note = rundir.resume_point(run_dir)
+    if resume == "never":
+        if latest is not None:
+            raise TinyformerError(
+                f"run_dir {run_dir} already has checkpoints; pass resume=auto to continue it or choose a new run_dir"
+            )
+        return None, None
+    if resume == "must" and latest is None:
+        raise TinyformerError(f"nothing to resume: {run_dir} has no checkpoint; drop --resume to start")
+    return latest, note
+
+
+def check_settings(saved: Any, settings: dict[str, Any], run_dir: Path) -> None:
+    """Refuse a resume whose config changes a setting that decides the result (model, data, optimizer,
+    schedule, batch, seed, task, evaluation sets), naming it; how long and where the run goes on may change."""
+    if not isinstance(saved, dict):
+        raise TinyformerError(f"the checkpoint state of {run_dir} has no settings; it is corrupt")
+    for key in [*settings, *(k for k in saved if k not in settings)]:
+        was, now = saved.get(key), settings.get(key)
+        if was != now:
+            raise TinyformerError(
+                f"cannot resume {run_dir}: {key} was {was!r} when it trained, the config says {now!r} "
+                "(a resume may change how long and where it runs, not what it computes); use the run's "
+                "config.yaml or start a new run_dir"
+            )
+
+
 class Trainer:
     """Train `model` on batches from `train_source`; evaluate, checkpoint and log into `run_dir`.
 
@@ -126,10 +156,10 @@ class Trainer:
         self.last_saved: Path | None = None
         self.last_eval: dict[str, Any] = {}
         self.progress: Progress | None = None
-        resume_from, self.resume_note = self._find_resume(resume)
+        resume_from, self.resume_note = find_resume(self.run_dir, resume)
         state = ckpt.load_trainer_state(resume_from) if resume_from else None
         if state is not None:
-            self._check_compatible(state, resume_from)
+            check_settings(state.get("settings"), self.settings, self.run_dir)
             ckpt.load_weights(model, resume_from)
 
         self.raw = model.to(runtime.device)
@@ -147,55 +177,32 @@ class Trainer:
 
     # ------------------------------------------------------------ resume
 
-    def _find_resume(self, resume: str) -> tuple[Path | None, str | None]:
-        latest, note = rundir.resume_point(self.run_dir)
-        if resume == "never":
-            if latest is not None:
-                raise TinyformerError(
-                    f"run_dir {self.run_dir} already has checkpoints; pass resume=auto to continue it "
-                    "or choose a new run_dir"
-                )
-            return None, None
-        if resume == "must" and latest is None:
-            raise TinyformerError(f"nothing to resume: {self.run_dir} has no checkpoint; drop --resume to start")
-        return latest, note
-
-    def _check_compatible(self, state: dict[str, Any], where: Path) -> None:
-        """Refuse a resume whose config changes a setting that decides the result (model, data, optimizer,
-        schedule, batch, seed, task, evaluation sets); how long and where the run goes on may change."""
-        saved = state.get("settings")
-        if not isinstance(saved, dict):
-            raise TinyformerError(f"checkpoint state of {where} has no settings; it is corrupt")
-        for key in [*self.settings, *(k for k in saved if k not in self.settings)]:
-            was, now = saved.get(key), self.settings.get(key)
-            if was != now:
-                raise TinyformerError(
-                    f"cannot resume {self.run_dir}: {key} was {was!r} when it trained, the config says {now!r} "
-                    "(a resume may change how long and where it runs, not what it computes); use the run's "
-                    "config.yaml or start a new run_dir"
-                )
-
     def _load_state(self, state: dict[str, Any], where: Path) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
             set_optimizer_state_dict(
                 self.raw, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
             )
+            self._check_optimizer(groups)
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.train_source.load_state_dict(state["sampler"])
             rngs = state["rng"]
             set_rng_state(rngs[self.rt.info.rank] if self.rt.info.rank < len(rngs) else rngs[0])
-            self.step, self.tokens = int(state["step"]), int(state["tokens"])
-            self.examples = int(state.get("examples", 0))
-            self.elapsed = float(state.get("elapsed", 0.0))
-            best = state.get("best_score")
+            counters = [state["step"], state["tokens"], state["examples"], state["evals_without_improvement"]]
+            if not all(type(c) is int and c >= 0 for c in counters) or rundir.step_name(state["step"]) != where.name:
+                raise ValueError(f"counters {counters} do not fit {where.name}")
+            self.step, self.tokens, self.examples, self.evals_without_improvement = counters
+            self.elapsed = float(state["elapsed"])
+            best = state["best_score"]
             self.best_score = None if best is None else float(best)
             self.best_checkpoint = state.get("best_checkpoint")
-            self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
-            self.eval_pending = bool(state.get("eval_pending", False))
-            self.status = state.get("status")
+            if not (self.best_checkpoint is None or rundir.STEP_NAME.fullmatch(str(self.best_checkpoint))):
+                raise ValueError(f"best checkpoint {self.best_checkpoint!r}")
+            self.eval_pending = state["eval_pending"] is True
+            self.status = state["status"] if state["status"] in DONE else None
         except TinyformerError:
             raise
         except Exception as exc:  # a damaged or foreign state: one line, never a traceback
@@ -203,6 +210,23 @@ class Trainer:
                 f"checkpoint state of {where} does not fit this run ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else 'bad value'}); it is corrupt or from another run"
             ) from None
+
+    def _check_optimizer(self, groups: list[dict[str, Any]]) -> None:
+        """Make the loaded optimizer state one this run can step with: the hyperparameters of its groups are
+        the config's (`groups`, from before loading; the settings check made sure they did not change), and
+        every parameter's moments are tensors shaped and typed like it."""
+        if len(groups) != len(self.optimizer.param_groups):
+            raise ValueError("optimizer groups")
+        for group, fresh in zip(self.optimizer.param_groups, groups):
+            group.update(fresh)
+            for p in group["params"]:
+                state = self.optimizer.state.get(p, {})
+                if state and not {"step", "exp_avg", "exp_avg_sq"} <= set(state):
+                    raise ValueError(f"optimizer state keys {sorted(state)}")
+                for name, value in state.items():
+                    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or (
+                            name != "step" and (value.shape != p.shape or value.dtype != p.dtype)):
+                        raise ValueError(f"optimizer {name} does not fit a parameter of shape {tuple(p.shape)}")
 
     # ------------------------------------------------------------ checkpoints
 
