@@ -50,7 +50,8 @@ class DataConfig:
     train: str = ""  # path to the training token file (.bin)
     val: str | None = None  # path to the validation token file (.bin); None = no evaluation
     tokenizer: str | None = None  # tokenizer directory; its fingerprint must match the token files
-    sampling: Literal["random", "sequential"] = "random"  # random windows, or in-order passes
+    # random windows, in-order passes, or rows: one line per sequence (number sequences; tinyformer.train.rows)
+    sampling: Literal["random", "sequential", "rows"] = "random"
     shuffle: bool = True  # sequential sampling: shuffle window order each epoch (seeded)
     eval_tokens: int | None = None  # None = the whole validation file; else a fixed seeded subset of windows
     digits: str = "0123456789"  # model.position=abacus: the characters numbers are made of (add abcdef for hex)

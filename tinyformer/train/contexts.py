@@ -95,8 +95,29 @@ def evaluate_run(run, model, lengths: list[int] | None, device: torch.device, *,
         max_tokens = cfg.data.eval_tokens
     seed = seed if seed is not None else (cfg.train.seed if cfg is not None else 0)
     batch_size = batch_size or (max(1, cfg.train.batch_size // cfg.train.grad_accum) if cfg is not None else 16)
-    records = loss_at_lengths(model, data, lengths or [trained], batch_size=batch_size, max_tokens=max_tokens,
-                              seed=seed, device=device, precision=precision, positions=run_positions_of(run, model),
-                              bytes_per_token=meta.get("bytes_per_token"))
+    positions = run_positions_of(run, model)
+    if cfg is not None and cfg.data is not None and cfg.data.sampling == "rows":
+        if lengths and lengths != [trained]:
+            raise TinyformerError(f"{run.given} trained on one row per sequence (data.sampling=rows): it is "
+                                  "evaluated row by row, so --seq-len does not apply")
+        records = [_rows_loss(model, data, trained, tok, meta, batch_size, max_tokens, seed, device, precision,
+                              positions)]
+    else:
+        records = loss_at_lengths(model, data, lengths or [trained], batch_size=batch_size, max_tokens=max_tokens,
+                                  seed=seed, device=device, precision=precision, positions=positions,
+                                  bytes_per_token=meta.get("bytes_per_token"))
     return records, {"data": str(data), "trained_seq_len": trained, "max_tokens": max_tokens, "seed": seed,
                      "batch_size": batch_size, "checkpoint": str(run.checkpoint)}
+
+
+def _rows_loss(model, data, seq_len, tok, meta, batch_size, max_tokens, seed, device, precision, positions):
+    from tinyformer.train.rows import line_end_ids, row_eval_batches
+
+    batches = row_eval_batches(data, batch_size, seq_len, line_end_ids(tok, meta.get("eot_id")),
+                               max_tokens=max_tokens, seed=seed)
+    if positions is not None:
+        batches = positions.add_to(batches)
+    loss_sum, count = loss_over(model, batches, device, precision)
+    m = loss_metrics(loss_sum, count, meta.get("bytes_per_token"))
+    return {"seq_len": seq_len, "loss": m["val_loss"], "perplexity": m["val_ppl"], "bits_per_byte": m.get("val_bpb"),
+            "tokens": m["val_tokens"]}

@@ -18,6 +18,7 @@ from tinyformer.model import ModelConfig
 from tinyformer.train.abacus import AbacusBatches, TextPositions, generate_kwargs, text_positions
 from tinyformer.train.config import RunConfig, TrainConfig
 from tinyformer.train.evaluation import LossEvaluation
+from tinyformer.train.rows import RowBatches, line_end_ids, row_eval_batches, row_spans
 from tinyformer.train.sampler import TokenFileBatches, eval_batches
 from tinyformer.train.start import start_run
 
@@ -99,20 +100,29 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
             )
     resolved = dataclasses.replace(cfg, model=model_cfg)
     positions = text_positions(model_cfg, tokenizer, data.digits)  # Abacus ids; None for other schemes
+    ends = line_end_ids(tokenizer, train_meta.get("eot_id")) if data.sampling == "rows" else None
+    for path in filter(None, (data.train, data.val) if ends is not None else ()):
+        row_spans(path, ends, seq_len)  # every row fits: checked before anything is written
 
     def build(rt):
         micro = max(1, cfg.train.batch_size // max(1, rt.info.world_size * cfg.train.grad_accum))
-        source = TokenFileBatches(
-            data.train, micro, seq_len, sampling=data.sampling, seed=cfg.train.seed,
-            shuffle=data.shuffle, rank=rt.info.rank, world_size=rt.info.world_size,
-        )
+        where = {"rank": rt.info.rank, "world_size": rt.info.world_size}
+        if ends is not None:
+            source = RowBatches(data.train, micro, seq_len, ends, seed=cfg.train.seed, **where)
+        else:
+            source = TokenFileBatches(data.train, micro, seq_len, sampling=data.sampling, seed=cfg.train.seed,
+                                      shuffle=data.shuffle, **where)
         if positions is not None:
             source = AbacusBatches(source, positions, model_cfg.position_table_size, cfg.train.seed)
         evaluation = None
         if data.val:
             def val_batches():
-                batches = eval_batches(data.val, micro, seq_len, max_tokens=data.eval_tokens,
-                                       seed=cfg.train.seed, rank=rt.info.rank, world_size=rt.info.world_size)
+                if ends is not None:
+                    batches = row_eval_batches(data.val, micro, seq_len, ends, max_tokens=data.eval_tokens,
+                                               seed=cfg.train.seed, **where)
+                else:
+                    batches = eval_batches(data.val, micro, seq_len, max_tokens=data.eval_tokens,
+                                           seed=cfg.train.seed, **where)
                 return positions.add_to(batches) if positions is not None else batches
 
             evaluation = LossEvaluation(val_batches, (val_meta or train_meta).get("bytes_per_token"))
