@@ -188,9 +188,10 @@ def resolve_checkpoint(path: str | os.PathLike, which: str | None = None) -> Pat
         )
     index = read_index(run)
     if not index:
-        saved = [p for p in step_dirs(run) if (p / WEIGHTS_FILE).is_file() and (p / MODEL_CONFIG_FILE).is_file()]
-        if saved and which != "best":  # index.json lost: the newest checkpoint with weights is the latest
-            return saved[-1]
+        steps = step_dirs(run)
+        if steps:  # the index alone is lost: say which directories can still be read
+            raise TinyformerError(f"{run} has no {CHECKPOINTS}/{INDEX_FILE}; pass a checkpoint directory such as "
+                                  f"{steps[-1]}, or resume the run (which rebuilds the index)")
         raise TinyformerError(f"{run} has no {CHECKPOINTS}/{INDEX_FILE}: the run has not saved a checkpoint yet; "
                               "train it first or wait for its first checkpoint")
     name = index.get(which or ("best" if index.get("best") else "latest"))
