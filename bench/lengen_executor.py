@@ -26,7 +26,8 @@ def main() -> int:
     from tinyformer.lab import reproduce
     from tinyformer.lab.executor import LocalExecutor, one_thread, train_summary
 
-    overrides = {"train.max_steps": args.steps, "eval.stop_accuracy": 2.0, "train.progress": False}
+    overrides = {"train.max_steps": args.steps, "eval.stop_accuracy": 2.0, "train.progress": False,
+                 "train.eval_every": args.steps}
     seeds = list(range(args.runs // 2))
     print(f"load {os.getloadavg()[0]:.2f}; {args.runs} runs (UR x ape/rope x {len(seeds)} seeds, CPU scale, "
           f"{args.steps} steps each); {args.workers} workers vs one after another", flush=True)

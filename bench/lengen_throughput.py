@@ -24,7 +24,7 @@ from pathlib import Path
 
 SETTINGS = {"model.n_layers": 4, "model.n_heads": 4, "model.d_model": 256, "task.train_lengths": "1-50",
             "train.batch_size": 64, "eval.bins": ["1-50"], "eval.examples": 8, "eval.greedy": False,
-            "train.eval_every": 0, "train.progress": False, "eval.stop_accuracy": 2.0}
+            "train.eval_every": 0, "train.progress": False, "eval.stop_accuracy": 2.0, "train.warmup": 5}
 
 
 def engine_rate(task: str, pe: str, precision: str, steps: int, log_every: int, threads: int | None,
@@ -66,7 +66,7 @@ def old_rate(tree: Path, task: str, pe: str, steps: int, log_every: int, threads
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run([sys.executable, "-c", OLD_LOOP, task, pe, str(steps), str(log_every), str(out)],
-                          env=env, capture_output=True, text=True, check=True)
+                          env=env, cwd=tree, capture_output=True, text=True, check=True)  # cwd: "" is first on sys.path
     return float(proc.stdout.strip().splitlines()[-1])
 
 
