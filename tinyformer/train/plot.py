@@ -98,6 +98,7 @@ def draw_runs(run_dirs: Sequence[str | Path], x: str = "steps", lr: bool = False
         a.set_xlabel(X_LABELS[x])
         a.set_title(titles.get(key) or f"exact-match accuracy, length bin {key[4:]}", fontsize=10)
         a.grid(alpha=0.3)
+        a.ticklabel_format(axis="y", useOffset=False)  # "+1.805" above the axis reads as a value: whole numbers
         if key.startswith("acc:"):
             a.set_ylim(-0.03, 1.03)
     ppl = [line.get_ydata() for line in ax["ppl"].get_lines()] if "ppl" in ax else []
