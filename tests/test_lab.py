@@ -255,7 +255,7 @@ def test_cli_errors_from_the_executable(cli, tmp_path: Path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().startswith(
         "tinyformer: error: unknown task 'NRlast'; did you mean 'NRLast'? valid tasks: UF, UB, NF, NB, UL, UR, "
-        "NLFirst, NRFirst, NLLast, NRLast, sort, parity, majority"
+        "NLFirst, NRFirst, NLLast, NRLast, NLFirst-ref, NRFirst-ref, NLLast-ref, NRLast-ref, sort, parity, majority"
     )
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
