@@ -319,3 +319,17 @@ def test_bf16_autocast_solves_a_small_task_like_fp32(tmp_path: Path):
     # the same batches, different arithmetic: bf16 really ran (its losses differ from fp32's)
     losses = [[r["train_loss"] for r in records(tmp_path / k) if r["kind"] == "train"] for k in ("fp32", "bf16")]
     assert losses[0] != losses[1] and losses[0][0] == pytest.approx(losses[1][0], rel=0.02)
+
+
+def test_a_sweep_records_no_row_for_a_run_that_did_not_end(tmp_path: Path):
+    calls: list = []
+    base = {"task.name": "UR", "model.position": "rope", "train.max_steps": 10}
+
+    def interrupted(cfg, run_dir):
+        calls.append(cfg.model.n_layers)
+        return {"status": "interrupted", "steps": 3, "stopped_early": False, "accuracy": {"1-50": 0.1}}
+
+    rows = sweep(base, {"model.n_layers": [2]}, tmp_path, train=interrupted, log=lambda s: None)
+    assert rows == [] and not (tmp_path / "UR" / "summary-rope.jsonl").exists()
+    sweep(base, {"model.n_layers": [2]}, tmp_path, train=fake_train(calls), log=lambda s: None)
+    assert calls == [2, (2, 1e-3, 0)] and len(read_rows(tmp_path / "UR" / "summary-rope.jsonl")) == 1

@@ -170,12 +170,17 @@ def test_ray_runs_the_same_runs_with_the_same_results(tmp_path):
     jobs = reproduce.plan("cpu", tmp_path / "local", rows=["UL"], schemes=["ape"], seeds=[0, 1], overrides=TINY)
     local = dict(LocalExecutor(0).map(train_summary, [j.cfg for j in jobs]))
     jobs = reproduce.plan("cpu", tmp_path / "ray", rows=["UL"], schemes=["ape"], seeds=[0, 1], overrides=TINY)
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         remote = dict(RayExecutor().map(train_summary, [j.cfg for j in jobs]))
     finally:
         ray.shutdown()
+        for sig, handler in handlers.items():  # Ray installs its own; later tests must not inherit them
+            signal.signal(sig, handler)
     assert sorted(remote) == [0, 1]
     for i in (0, 1):
         assert remote[i]["accuracy"] == local[i]["accuracy"] and remote[i]["train_loss"] == local[i]["train_loss"]

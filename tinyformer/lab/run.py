@@ -80,6 +80,7 @@ def train_task(cfg: RunConfig) -> dict[str, Any]:
 def result_row(summary: dict[str, Any]) -> dict[str, Any]:
     """The fields of a task run's summary that sweeps, reports and the demo read."""
     return {
+        "status": summary["status"],
         "steps": summary["step"],
         "stopped_early": summary["status"] == "solved",
         "accuracy": summary.get("accuracy", {}),

@@ -224,10 +224,20 @@ def sweep(base: Settings, grid: Mapping[str, list], results: str | Path, *, trai
     rows = []
     jobs = [(settings, cfg, run_path(results, cfg)) for settings, cfg in todo]
     for settings, cfg, run_dir, result in _run_all(jobs, train, executor, log):
+        if _unfinished(result, run_dir, log):
+            continue
         row = make_row(cfg, settings, result, run_dir)
         append_row(path, row)
         rows.append(row)
     return rows
+
+
+def _unfinished(result: dict, run_dir: Path, log: Callable[[str], None]) -> bool:
+    """A run that did not end (interrupted, paused) gets no summary row: the next sweep resumes it."""
+    if result.get("status", "finished") in ("finished", "solved", "early_stopped"):
+        return False
+    log(f"  {run_dir}: {result['status']}; not recorded, run the command again to continue it")
+    return True
 
 
 def pick_bin(rows: list[dict], by: str | None) -> str:
@@ -295,9 +305,15 @@ def best(task: str, pe: str, results: str | Path, *, by: str | None = None, seed
             log(f"  seed {seed}: to train")
             jobs.append((settings, cfg, run_path(results, cfg)))
     for settings, cfg, run_dir, result in _run_all(jobs, train, executor, log):
+        if _unfinished(result, run_dir, log):
+            continue
         row = make_row(cfg, settings, result, run_dir)
         append_row(seed_path, row)
         by_seed[cfg.train.seed] = row
+    missing = [seed for seed in seeds if seed not in by_seed]
+    if missing:
+        raise TinyformerError(f"seeds {', '.join(map(str, missing))} did not finish; run the command again to "
+                              "continue them")
     seed_rows = [by_seed[seed] for seed in seeds]
     summary = {
         "task": task,
