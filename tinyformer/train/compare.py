@@ -100,7 +100,7 @@ def finished(member: Member) -> bool:
     """The run ended earlier with this very config: nothing to train, read it back."""
     from tinyformer import rundir
     from tinyformer.config import read_yaml
-    from tinyformer.train.trainer import DONE
+    from tinyformer.train.trainer_state import DONE
 
     run_dir = member.run_dir
     summary = rundir.read_summary(run_dir) if run_dir.is_dir() else {}

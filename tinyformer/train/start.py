@@ -17,7 +17,8 @@ from tinyformer.train.checkpoint import read_settings
 from tinyformer.train.config import RunConfig, result_settings, save_run_config
 from tinyformer.train.distributed import barrier
 from tinyformer.train.runtime import Runtime, seed_everything, setup_runtime
-from tinyformer.train.trainer import Trainer, check_settings, find_resume
+from tinyformer.train.trainer import Trainer
+from tinyformer.train.trainer_state import check_settings, find_resume
 
 # build(runtime) -> (batch source, evaluation or None, sample_fn or None)
 Build = Callable[[Runtime], tuple[Any, Any, Any]]
