@@ -333,3 +333,32 @@ def test_a_sweep_records_no_row_for_a_run_that_did_not_end(tmp_path: Path):
     assert rows == [] and not (tmp_path / "UR" / "summary-rope.jsonl").exists()
     sweep(base, {"model.n_layers": [2]}, tmp_path, train=fake_train(calls), log=lambda s: None)
     assert calls == [2, (2, 1e-3, 0)] and len(read_rows(tmp_path / "UR" / "summary-rope.jsonl")) == 1
+
+
+def test_a_task_run_on_two_processes_matches_one(tmp_path: Path):
+    # the engine's DDP reaches lab runs: each process keeps its rows of one global batch, so 2 gloo
+    # processes with batch 8 in all follow the 1-process curve
+    import os
+    import subprocess
+    import sys
+
+    args = ["lengen", "train", "--task", "UR", "--pe", "rope", "model.n_layers=1", "model.d_model=16",
+            "model.n_heads=2", "train.max_steps=4", "train.eval_every=2", "eval.examples=12", "train.log_every=1",
+            "task.train_lengths=1-8", "eval.bins=[1-8]", "train.batch_size=8", "train.precision=fp32",
+            "train.progress=false", "train.threads=1", "train.device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "tinyformer", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "tinyformer", *args, "train.parallel=ddp", "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    losses = [[r["train_loss"] for r in records(tmp_path / k) if r["kind"] == "train"] for k in ("one", "two")]
+    assert len(losses[0]) == 4
+    np.testing.assert_allclose(losses[1], losses[0], atol=1e-5, rtol=0)
+    assert summary_of(tmp_path / "two")["world_size"] == 2
+
+
+def summary_of(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
