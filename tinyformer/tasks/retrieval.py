@@ -86,11 +86,10 @@ class ReferenceRetrieval(NonUniqueRetrieval):
         context, ok, query, answer = super()._draw(rng, lengths, width)
         if self.side < 0 and not self.last:  # first occurrence at index 0: the answer is context[length - 1]
             rows = np.arange(len(lengths))
-            first = ((context == query[:, None]) & (columns(width) < lengths[:, None])).argmax(1)
-            wrap = first == 0
+            hits = (context == query[:, None]) & (columns(width) < lengths[:, None])
+            wrap = hits.argmax(1) == 0
             answer = np.where(wrap, context[rows, lengths - 1], answer)
-            ok = ok | (wrap & (query >= 0))
-            ok &= _has_repeat(context, lengths, self.n_symbols)
+            ok = ok | (wrap & (hits.sum(1) >= 2))  # kept when the query really repeats
         return context, ok, query, answer
 
     def sample(self, rng: np.random.Generator, lo: int, hi: int, count: int) -> Examples:
@@ -113,12 +112,6 @@ class ReferenceRetrieval(NonUniqueRetrieval):
 
     # `generate(rng, lengths)` (lengths fixed by the caller, e.g. to measure the longest input) keeps the
     # inherited same-length redraw; training and evaluation draw through `sample`, the reference's rule
-
-
-def _has_repeat(context: np.ndarray, lengths: np.ndarray, n_symbols: int) -> np.ndarray:
-    inside = columns(context.shape[1]) < lengths[:, None]
-    counts = np.stack([((context == s) & inside).sum(1) for s in range(n_symbols)], axis=1)
-    return (counts >= 2).any(1)
 
 
 @register_task
