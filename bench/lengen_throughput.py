@@ -5,10 +5,11 @@ float32, measured in one run, interleaved (fp32, auto, fp32, auto, ...), on the 
     python bench/lengen_throughput.py [--task UR] [--pe ape] [--steps 40] [--repeats 2] [--threads N]
     python bench/lengen_throughput.py --old-tree DIR   # also the pre-engine loop, from a worktree of an old commit
 
-Each measurement is a real `lengen` run (engine, checkpoint at the end, no evaluation until the last step);
+Each measurement is a real `lengen` run (engine, checkpoint at the end, no evaluation until the last step)
+in a fresh Python process of its own, so no run inherits another's allocator, thread or import state;
 examples/s is read from metrics.jsonl, leaving out the first logging window (warm-up). `--old-tree` runs
 the lab's former own loop (`tinyformer.lab.train.train_run`, removed by the engine change) from a git
-worktree of the commit before it, in a subprocess, on the same settings.
+worktree of the commit before it, the same way, on the same settings.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ SETTINGS = {"model.n_layers": 4, "model.n_heads": 4, "model.d_model": 256, "task
             "train.eval_every": 0, "train.progress": False, "eval.stop_accuracy": 2.0, "train.warmup": 5}
 
 
-def engine_rate(task: str, pe: str, precision: str, steps: int, log_every: int, threads: int | None,
-                run_dir: Path) -> tuple[float, str]:
-    """(examples/s after the first logging window, the precision the run used) of one engine run."""
+def engine_run(task: str, pe: str, precision: str, steps: int, log_every: int, threads: int | None,
+               run_dir: Path) -> tuple[float, str]:
+    """(examples/s after the first logging window, the precision the run used) of one engine run, in this
+    process."""
     import shutil
 
     from tinyformer.lab.run import train_task
@@ -47,13 +49,35 @@ def engine_rate(task: str, pe: str, precision: str, steps: int, log_every: int, 
     return statistics.fmean(rates), summary["precision"]
 
 
+ENGINE = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import torch
+from lengen_throughput import engine_run
+task, pe, precision, steps, log_every, threads, out = sys.argv[2:9]
+if int(threads):
+    torch.set_num_threads(int(threads))
+print(json.dumps(engine_run(task, pe, precision, int(steps), int(log_every), int(threads) or None, Path(out))))
+"""
+
+
+def engine_rate(task: str, pe: str, precision: str, steps: int, log_every: int, threads: int | None,
+                run_dir: Path) -> tuple[float, str]:
+    """`engine_run` in a fresh process."""
+    args = [str(Path(__file__).parent), task, pe, precision, str(steps), str(log_every), str(threads or 0), str(run_dir)]
+    proc = subprocess.run([sys.executable, "-c", ENGINE, *args], capture_output=True, text=True, check=True)
+    rate, used = json.loads(proc.stdout.strip().splitlines()[-1])
+    return rate, used
+
+
 OLD_LOOP = r"""
 import json, sys
 from tinyformer.lab.config import LengenConfig
 from tinyformer.lab.train import train_run
 task, pe, steps, log_every, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 cfg = LengenConfig(task=task, pe=pe, layers=4, heads=4, d_model=256, train_lengths="1-50", batch_size=64,
-                   eval_bins=["1-50"], eval_examples=8, greedy=False, steps=steps, eval_every=steps,
+                   eval_bins=["1-50"], eval_examples=8, greedy=False, steps=steps, eval_every=steps, warmup=5,
                    log_every=log_every, stop_accuracy=2.0, device="cpu")
 train_run(cfg, out, force=True, log=lambda s: None)
 rates = [r["examples_per_s"] for r in map(json.loads, open(out + "/metrics.jsonl")) if "examples_per_s" in r][1:]
