@@ -343,8 +343,11 @@ def test_resume_must_have_a_checkpoint(cli, tmp_path, corpus):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(cli, tmp_path, corpus, parallel):
     """Same global batch (4) on 1 process and on 2 gloo processes x 2: the loss curves agree to 1e-5.
-    The FSDP2 run is also stopped half way and resumed, so save/resume is covered under sharding."""
-    common = ["train.max_steps=6", "train.eval_every=3", "train.batch_size=4"]
+    The FSDP2 run is also stopped half way and resumed, so save/resume is covered under sharding. The
+    vocabulary is padded past FUSED_MIN_VOCAB, so the fused head + loss runs under both wrappers."""
+    from tinyformer.model.loss import FUSED_MIN_VOCAB
+
+    common = ["train.max_steps=6", "train.eval_every=3", "train.batch_size=4", f"model.vocab_size={FUSED_MIN_VOCAB + 8}"]
     train(cli, tmp_path / "one", corpus, *common)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 

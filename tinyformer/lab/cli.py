@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from tinyformer.lab.executor import GPU_RUNS
+
 # short flag -> schema key; help text and default are read from the schema
 ALIASES = {
     "task": "task.name",
@@ -50,7 +52,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_executor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="runs at once (default: one per CPU core, one thread each; "
-                   "4 sharing a GPU; 0 = one after another in this process)")
+                   f"{GPU_RUNS} sharing a GPU; 0 = one after another in this process)")
     p.add_argument("--executor", default="local", choices=("local", "ray"),
                    help="local worker processes, or one Ray task per run on a cluster (pip install 'tinyformer[ray]')")
     p.add_argument("--address", help="Ray cluster address (default: start or join a local one)")

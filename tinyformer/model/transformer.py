@@ -15,6 +15,7 @@ from tinyformer.batch import IGNORE_INDEX
 from tinyformer.errors import TinyformerError
 from tinyformer.model.attention import Attention, AttentionMask, KVCache, build_attention_mask
 from tinyformer.model.config import ModelConfig
+from tinyformer.model.loss import FUSED_MIN_VOCAB, linear_cross_entropy
 from tinyformer.model.positions import alibi_slopes, rope_cos_sin, sinusoidal_embedding
 
 
@@ -234,6 +235,7 @@ class Transformer(nn.Module):
         *,
         kv_cache: KVCache | None = None,
         return_attention: bool = False,
+        return_logits: bool = True,
     ):
         """ids [B, T]; targets [B, T] next-token ids (-100 = ignore); position_ids [T] or [B, T];
         attention_mask [B, T] (1 = real token, 0 = padding).
@@ -242,24 +244,35 @@ class Transformer(nn.Module):
         per-layer attention probabilities [B, H, T, T_keys] (computed explicitly, off the SDPA fast path).
         The loss is the mean over the n_predict heads of each head's mean cross-entropy; head k's targets are
         `shift_targets(targets, k)`. Heads with no target at all (T < k) are left out of the mean.
+        `return_logits=False` (a training step, which needs only the loss): logits are None, and a vocabulary
+        of at least `loss.FUSED_MIN_VOCAB` computes head and loss together a block of rows at a time
+        (`tinyformer.model.loss`), never holding all the logits.
         """
         x, mask, rope, attentions = self._trunk(ids, position_ids, attention_mask, kv_cache, return_attention)
-        logits = self.lm_head(self.norm(x))
+        fused = targets is not None and not return_logits and self.config.vocab_size >= FUSED_MIN_VOCAB
+        logits = None if fused else self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
-            head_losses, has_targets = self._head_loss(logits, targets)
+            head_losses, has_targets = self._head_loss(x, logits, targets, fused)
             for k, head in enumerate(self.mtp_layers, start=2):
                 head_x, _ = head(x, mask, rope)
-                ce, has = self._head_loss(self.lm_head(self.norm(head_x)), shift_targets(targets, k))
+                ce, has = self._head_loss(head_x, None, shift_targets(targets, k), fused)
                 head_losses, has_targets = head_losses + ce, has_targets + has
             loss = head_losses / has_targets.clamp(min=1)
+        if not return_logits:
+            logits = None
         if return_attention:
             return logits, loss, attentions
         return logits, loss
 
-    @staticmethod
-    def _head_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean cross-entropy over non-ignored targets, 1.0 if there are any else 0.0), without a host sync."""
+    def _head_loss(self, x: torch.Tensor, logits: torch.Tensor | None, targets: torch.Tensor,
+                   fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy over non-ignored targets, 1.0 if there are any else 0.0), without a host sync.
+        `x`: the head's hidden states before the final norm; `logits`: their logits if already made."""
+        if fused:
+            return linear_cross_entropy(self.norm(x), self.lm_head.weight, targets)
+        if logits is None:
+            logits = self.lm_head(self.norm(x))
         total = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1),

@@ -62,7 +62,7 @@ def step_timer(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: t
     def step(candidate: Candidate) -> float:
         precision, sdpa = candidate
         with sdpa_backend(sdpa), autocast(device, precision):
-            _, loss = work(inputs["ids"], targets=inputs["targets"], **kwargs)
+            _, loss = work(inputs["ids"], targets=inputs["targets"], return_logits=False, **kwargs)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

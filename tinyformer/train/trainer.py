@@ -148,7 +148,7 @@ class Trainer(TrainerState):
         ids = batch["ids"].to(self.rt.device, non_blocking=True)
         targets = batch["targets"].to(self.rt.device, non_blocking=True)
         with autocast(self.rt.device, self.rt.precision):
-            _, loss = self.module(ids, targets=targets, **kwargs)
+            _, loss = self.module(ids, targets=targets, return_logits=False, **kwargs)
         return loss
 
     def train_step(self, lr: float) -> tuple[float, float, int]:
