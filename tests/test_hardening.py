@@ -281,6 +281,26 @@ def test_an_interrupted_run_exits_128_plus_signal_and_resumes_bit_exactly(cli, t
     assert records(run) == records(straight) and same_weights(weights(run, 8), weights(straight, 8))
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_gives_up_at_once_with_that_signals_exit_code(cli, tmp_path, corpus, monkeypatch, sig):
+    """A scheduler that sends SIGTERM twice must still see 143 (not 130, the code of a Ctrl-C)."""
+    from tinyformer.train.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def step_then_two_signals(self, lr):
+        out = original(self, lr)
+        if self.step == 2:
+            os.kill(os.getpid(), sig)
+            os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_two_signals)
+    proc = train(cli, tmp_path / "run", corpus, *COMMON, check=False)
+    assert proc.returncode == 128 + sig, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"tinyformer: interrupted ({sig.name})"
+
+
 def test_a_run_stopped_during_its_evaluation_evaluates_on_resume(cli, tmp_path, corpus, straight, monkeypatch):
     from tinyformer.train.evaluation import LossEvaluation
 

@@ -83,6 +83,14 @@ def test_missing_input(cli, tmp_path):
     assert not (tmp_path / "tok").exists()
 
 
+def test_empty_input(cli, tmp_path):
+    """An empty file would give a tokenizer with no merges (bytes only): refused, nothing written."""
+    (tmp_path / "empty.txt").write_text("")
+    proc = cli("tokenizer", "train", tmp_path / "empty.txt", "--vocab-size", "300", "--out", tmp_path / "tok")
+    assert_one_line_error(proc, "empty.txt", "empty")
+    assert not (tmp_path / "tok").exists()
+
+
 def test_directory_as_input(cli, tmp_path):
     proc = cli("tokenizer", "train", tmp_path, "--vocab-size", "300", "--out", tmp_path / "tok")
     assert_one_line_error(proc, "is a directory")

@@ -85,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     except TinyformerError as exc:
         print(f"tinyformer: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("tinyformer: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"tinyformer: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + int(signum)
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug, not the user's mistake: one line here, the traceback in a file

@@ -5,3 +5,12 @@ class TinyformerError(Exception):
     """A user-facing error: the message says what is wrong and how to fix it, in one line."""
 
     exit_code = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM while a run was already stopping: give up at once. The CLI exits with
+    128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a process killed by it would."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -67,6 +67,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise TinyformerError(f"--workers must be at least 1, got {args.workers}")
     inputs = [require_file(p) for p in args.inputs]
+    if all(p.stat().st_size == 0 for p in inputs):
+        names = ", ".join(str(p) for p in inputs)
+        raise TinyformerError(f"{names}: {'the input is' if len(inputs) == 1 else 'every input is'} empty, so there "
+                              "is nothing to learn merges from; pass a text file")
     specials = special_tokens(args.special_tokens, args.special_tokens_file)
     out = check_output(args.out, args.force)
     start = time.perf_counter()

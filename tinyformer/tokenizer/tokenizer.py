@@ -321,7 +321,8 @@ class Tokenizer:
         raise TinyformerError(f"token id {bad!r} is out of range for this tokenizer (vocab size {len(table)})")
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD, never an exception."""
+        """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD (never a decoding error). An id outside
+        the vocabulary is a `TinyformerError` naming it, not a silent skip."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def id_to_bytes(self, token_id: int) -> bytes:

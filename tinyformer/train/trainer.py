@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tinyformer import rundir
-from tinyformer.errors import TinyformerError
+from tinyformer.errors import Interrupted, TinyformerError
 from tinyformer.train import checkpoint as ckpt
 from tinyformer.train.config import TrainConfig
 from tinyformer.train.distributed import (
@@ -64,7 +64,7 @@ class _StopFlag:
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:  # second signal: give up at once
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.signal = signum
 
     def __exit__(self, *exc) -> None:
