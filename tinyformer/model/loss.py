@@ -4,7 +4,7 @@ The plain path (`lm_head(x)` -> float32 logits -> `cross_entropy`) writes the wh
 tensor, its float32 copy, the log-softmax, and in backward a zero-filled gradient of the same size: at a
 10k vocabulary and 4k tokens per batch that is several 160 MB tensors streamed through memory, more time
 than the head's matmul itself on a CPU. Here each block of rows makes its logits, log-sum-exp, loss and
-gradient (softmax minus one-hot, over the number of counted targets) while they are in cache; the
+gradient (softmax minus one-hot, over the number of counted targets; one exp pass for both) while they are in cache; the
 gradients of the hidden states and of the head's weight are computed in the forward pass and scaled by the
 incoming gradient in backward (the loss is a scalar, so nothing else is needed). The matmuls are the same
 three as the plain path's, in the autocast dtype when autocast is on; the softmax is always float32.
@@ -53,11 +53,14 @@ class LinearCrossEntropy(torch.autograd.Function):
                 t = targets[start:stop]
                 ok = valid[start:stop]
                 logits = (h @ w.t()).float()
-                lse = torch.logsumexp(logits, dim=-1)
                 picked = logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
+                top = logits.amax(dim=-1, keepdim=True)
+                exps = logits.sub_(top).exp_()  # one exp pass serves the log-sum-exp and the softmax
+                sums = exps.sum(dim=-1, keepdim=True)
+                lse = (top + sums.log()).squeeze(1)
                 total += torch.where(ok, lse - picked, 0.0).sum()
                 if need_grad:
-                    probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
+                    probs = exps.div_(sums)  # softmax, in place of the logits
                     probs.scatter_add_(1, t.clamp(min=0).unsqueeze(1), -ok.float().unsqueeze(1))
                     probs.mul_((ok.float() * inv).unsqueeze(1))  # ignored rows: zero gradient
                     g = probs.to(dtype)
