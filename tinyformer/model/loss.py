@@ -21,7 +21,7 @@ import torch
 from tinyformer.batch import IGNORE_INDEX
 
 FUSED_MIN_VOCAB = 1024
-BLOCK_ELEMENTS = 1 << 21  # logits per block (8 MB in float32): rows per block = this / vocab
+BLOCK_ELEMENTS = 1 << 22  # logits per block (16 MB in float32, the fastest measured on a CPU): rows = this / vocab
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
