@@ -98,3 +98,18 @@ def test_an_explicit_precision_is_never_measured(tmp_path, monkeypatch, precisio
                                      "task.train_lengths": "1-4", "eval.bins": ["1-4"], "train.progress": False,
                                      "train.precision": precision, "run_dir": str(tmp_path / "run")}))
     assert summary["precision"] == precision and "autotune" not in summary
+
+
+def test_short_steps_are_timed_in_more_rounds_up_to_a_bound():
+    """A 10 ms step measured 3 times is noise: rounds grow until the timing reaches min_seconds, at most
+    MAX_ROUNDS; long steps keep the given rounds."""
+    calls: list = []
+    cands = [("fp32", "auto"), ("bf16", "auto")]
+    autotune.pick_fastest(cands, fake_measure({c: 0.01 for c in cands}, calls), rounds=3, min_seconds=0.5)
+    assert len(calls) == 2 * 25  # 0.02 s per round -> 25 rounds
+    calls.clear()
+    autotune.pick_fastest(cands, fake_measure({c: 0.0001 for c in cands}, calls), rounds=3, min_seconds=0.5)
+    assert len(calls) == 2 * autotune.MAX_ROUNDS
+    calls.clear()
+    autotune.pick_fastest(cands, fake_measure({c: 1.0 for c in cands}, calls), rounds=3, min_seconds=0.5)
+    assert len(calls) == 2 * 3

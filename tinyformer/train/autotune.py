@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -26,6 +27,8 @@ import torch
 Candidate = tuple[str, str]  # (precision, sdpa backend)
 CPU_CANDIDATES: tuple[Candidate, ...] = (("fp32", "auto"), ("fp32", "math"), ("bf16", "auto"), ("bf16", "math"))
 MARGIN = 0.03  # a candidate must beat float32 by more than this to be chosen over it
+MEASURE_SECONDS = 2.0  # time spent timing steps at least (short steps get more rounds), up to MAX_ROUNDS
+MAX_ROUNDS = 30
 
 
 def cache_path() -> Path:
@@ -34,13 +37,22 @@ def cache_path() -> Path:
 
 
 def pick_fastest(candidates: Sequence[Candidate], measure: Callable[[Candidate], float], rounds: int = 3,
-                 reference: Candidate = ("fp32", "auto")) -> tuple[Candidate, dict[str, float]]:
-    """The candidate with the lowest time per step (the minimum over `rounds` interleaved measurements);
-    `reference` (float32, torch's kernel) stays unless the best beats it by more than MARGIN."""
+                 reference: Candidate = ("fp32", "auto"), min_seconds: float = 0.0) -> tuple[Candidate, dict[str, float]]:
+    """The candidate with the lowest time per step (the minimum over interleaved rounds: `rounds`, or more
+    when a round takes less than `min_seconds / rounds`, so short steps are timed often enough to rise above
+    the noise; at most MAX_ROUNDS); `reference` (float32, torch's kernel) stays unless the best beats it by
+    more than MARGIN."""
     best: dict[Candidate, float] = {c: float("inf") for c in candidates}
-    for _ in range(rounds):
+    done = 0
+    while done < rounds:
+        round_time = 0.0
         for c in candidates:
-            best[c] = min(best[c], measure(c))
+            t = measure(c)
+            best[c] = min(best[c], t)
+            round_time += t
+        done += 1
+        if done == 1 and min_seconds > 0 and round_time > 0:
+            rounds = max(rounds, min(MAX_ROUNDS, math.ceil(min_seconds / round_time)))
     fastest = min(candidates, key=lambda c: best[c])
     if reference in best and best[fastest] > best[reference] * (1 - MARGIN):
         fastest = reference
@@ -110,7 +122,7 @@ def choose(model: torch.nn.Module, model_config: dict[str, Any], batch: dict[str
         entry = cache[key]
         return (*entry["choice"], {"source": f"cached measurement ({path})", **entry})
     with torch.random.fork_rng(devices=[]):  # measuring must not move the training RNG
-        choice, times = pick_fastest(candidates, step_timer(model, batch, device))
+        choice, times = pick_fastest(candidates, step_timer(model, batch, device), min_seconds=MEASURE_SECONDS)
     entry = {"choice": list(choice), "seconds_per_step": times}
     cache[key] = entry
     try:
