@@ -121,7 +121,8 @@ def special_tokens(given: list[str], path: str | None) -> list[str]:
 
 def run_info(args: argparse.Namespace) -> int:
     from tinyformer.tokenizer.pretokenize import PATTERNS
-    from tinyformer.tokenizer.tokenizer import Tokenizer, escape_bytes
+    from tinyformer.tokenizer.storage import escape_bytes
+    from tinyformer.tokenizer.tokenizer import Tokenizer
 
     tok = Tokenizer.load(args.tokenizer)
     pattern_name = next((name for name, pat in PATTERNS.items() if pat == tok.pattern), "custom")

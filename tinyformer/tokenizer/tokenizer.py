@@ -1,4 +1,4 @@
-"""The byte-level BPE `Tokenizer`: encode/decode, special tokens, save/load, fingerprint.
+"""The byte-level BPE `Tokenizer`: encode/decode, special tokens, fingerprint (files: `storage`).
 
 Ids 0..255 are raw bytes, id 256+i is merge i, special tokens take the last ids in the order given. A tokenizer
 read from a tiktoken rank file keeps tiktoken's ids instead: its 256 byte ids may be in another order
@@ -21,6 +21,7 @@ from types import MappingProxyType
 import regex
 
 from tinyformer.errors import TinyformerError
+from tinyformer.tokenizer import storage
 from tinyformer.tokenizer.pretokenize import (
     GPT2_PATTERN,
     ascii_classes,
@@ -30,18 +31,14 @@ from tinyformer.tokenizer.pretokenize import (
     special_splitter,
     unicode_classes,
 )
+from tinyformer.tokenizer.storage import FORMAT, VERSION
 
 try:
     from tinyformer.tokenizer import _bpe
 except ImportError:
     _bpe = None
 
-FORMAT = "tinyformer-bpe"
-VERSION = 1  # written for tokenizers with the default ids and rule; version 2 adds byte_order, special ids, merge_rule
-VERSIONS = (1, 2)
 MERGE_RULES = ("pairs", "tiktoken")
-TOKENIZER_FILE = "tokenizer.json"
-VOCAB_FILE = "vocab.txt"
 EOT = "<|endoftext|>"
 CACHE_SIZE = 1 << 17  # pre-token -> ids entries kept before the cache is cleared
 
@@ -167,7 +164,7 @@ class Tokenizer:
         return self._to_json()
 
     def __setstate__(self, state: dict) -> None:
-        args, kwargs = _from_json(state)
+        args, kwargs = storage.from_json(state)
         self.__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------ encoding
@@ -351,62 +348,17 @@ class Tokenizer:
 
     def save(self, directory: str | os.PathLike, force: bool = False) -> Path:
         """Write `tokenizer.json` (for machines) and `vocab.txt` (for people) into `directory`, atomically."""
-        from tinyformer.fileio import atomic_dir
-
-        directory = Path(directory)
-        if directory.exists() and not directory.is_dir():
-            raise TinyformerError(f"output {directory} exists and is not a directory; choose another path")
-        if directory.is_dir() and any(directory.iterdir()) and not force:
-            raise TinyformerError(f"output {directory} already exists; pass --force to overwrite it")
-        with atomic_dir(directory, force=True) as tmp:
-            (tmp / TOKENIZER_FILE).write_text(json.dumps(self._to_json(), indent=1) + "\n", encoding="utf-8")
-            (tmp / VOCAB_FILE).write_text(self.vocab_listing(), encoding="utf-8")
-        return directory
+        return storage.save(self, directory, force)
 
     def vocab_listing(self) -> str:
         """One line per id: id, the token's bytes escaped, and for merges the two parent ids."""
-        lines = [f"# {FORMAT} vocab: {self.vocab_size} ids (256 bytes, {len(self._merges)} merges, "
-                 f"{len(self._special_tokens)} special); fingerprint {self.fingerprint}",
-                 "# id\ttoken\tparents"]
-        id_of = {bytes([b]): i for i, b in enumerate(self._byte_order)}
-        for i, data in enumerate(self._token_bytes):
-            if data is None:
-                continue  # an id the tokenizer does not use (a gap before a special token's own id)
-            if i < 256:
-                parents = "byte"
-            elif i in self._special_by_id:
-                parents = "special"
-            else:
-                a, b = self._merges[i - 256]
-                parents = f"{id_of[a]} + {id_of[b]}"
-                id_of.setdefault(data, i)
-            lines.append(f"{i}\t{escape_bytes(data)}\t{parents}")
-        return "\n".join(lines) + "\n"
+        return storage.vocab_listing(self)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Tokenizer:
-        """Read a tokenizer saved by `save` (a directory, or its tokenizer.json); one-line error if corrupt."""
-        path = Path(directory)
-        if path.is_dir() and not (path / TOKENIZER_FILE).is_file() and (path / "merges.txt").is_file():
-            return cls.from_gpt2_files(path / "vocab.json", path / "merges.txt")  # GPT-2-style files
-        if path.is_dir() and not (path / TOKENIZER_FILE).is_file() and (path / "tiktoken.json").is_file():
-            from tinyformer.tokenizer.tiktoken_files import from_tiktoken_export
-
-            return from_tiktoken_export(path)  # what `tinyformer tokenizer export --format tiktoken` writes
-        if path.is_dir():
-            path = path / TOKENIZER_FILE
-        if not path.is_file():
-            raise TinyformerError(f"no tokenizer at {directory}: {path} does not exist; train one with "
-                                  "`tinyformer tokenizer train`")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TinyformerError(f"tokenizer file {path} is corrupt ({_short(exc)}); re-train or re-save it") from None
-        try:
-            args, kwargs = _from_json(data)
-            return cls(*args, **kwargs)
-        except TinyformerError as exc:
-            raise TinyformerError(f"tokenizer file {path}: {exc}") from None
+        """Read a tokenizer saved by `save` (a directory, or its tokenizer.json), or GPT-2 / tiktoken export
+        files; one-line error if corrupt."""
+        return storage.load(cls, directory)
 
     @classmethod
     def from_gpt2_files(cls, vocab_json: str | os.PathLike, merges_txt: str | os.PathLike) -> Tokenizer:
@@ -505,44 +457,3 @@ def _stream_cut(buf: str, limit: int, splitter: regex.Pattern | None, rules: tup
         if ends:
             return ends[-1]
     return 0
-
-
-def _from_json(data) -> tuple[tuple, dict]:
-    """(args, keyword args) of `Tokenizer` from the saved JSON."""
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise TinyformerError(f"not a {FORMAT} tokenizer file (missing \"format\": \"{FORMAT}\")")
-    if data.get("version") not in VERSIONS:
-        raise TinyformerError(
-            f"unknown tokenizer file version {data.get('version')!r} (this tinyformer reads versions "
-            f"{', '.join(map(str, VERSIONS))}); upgrade tinyformer or re-train the tokenizer"
-        )
-    try:
-        merges = [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in data["merges"]]
-        specials = data["special_tokens"]
-        specials = {str(s): int(i) for s, i in specials.items()} if isinstance(specials, dict) else [
-            str(s) for s in specials]
-        pattern = str(data["pattern"])
-        kwargs = {"byte_order": data.get("byte_order"), "merge_rule": str(data.get("merge_rule", "pairs"))}
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise TinyformerError(f"tokenizer file is corrupt ({_short(exc)})") from None
-    return (merges, specials, pattern), kwargs
-
-
-def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-
-
-def escape_bytes(data: bytes) -> str:
-    """Token bytes as quoted readable text: printable characters as is, the rest escaped (\\n, \\xNN, \\u200d)."""
-    out = []
-    for ch in data.decode("utf-8", errors="surrogateescape"):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # a byte that is not (part of) valid UTF-8
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch in "\\'":
-            out.append("\\" + ch)
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "'" + "".join(out) + "'"
