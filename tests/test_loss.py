@@ -77,7 +77,7 @@ def test_every_target_ignored_gives_zero_loss_and_zero_gradients():
     assert not hidden.grad.any() and not weight.grad.any()
 
 
-def test_without_gradients_only_the_loss_is_computed():
+def test_without_gradients_the_fused_loss_is_the_plain_loss():
     model = big_vocab_model()
     ids, targets = batch(model.config.vocab_size)
     with torch.no_grad():

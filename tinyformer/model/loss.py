@@ -4,9 +4,9 @@ The plain path (`lm_head(x)` -> float32 logits -> `cross_entropy`) writes the wh
 tensor, its float32 copy, the log-softmax, and in backward a zero-filled gradient of the same size: at a
 10k vocabulary and 4k tokens per batch that is several 160 MB tensors streamed through memory, more time
 than the head's matmul itself on a CPU. Here each block of rows makes its logits, log-sum-exp, loss and
-gradient (softmax minus one-hot, over the number of counted targets; one exp pass for both) while they are in cache; the
-gradients of the hidden states and of the head's weight are computed in the forward pass and scaled by the
-incoming gradient in backward (the loss is a scalar, so nothing else is needed). The matmuls are the same
+gradient (softmax minus one-hot, over the number of counted targets; one exp pass for both) while they are
+in cache; the gradients of the hidden states and of the head's weight are computed in the forward pass and
+scaled by the incoming gradient in backward (the loss is a scalar, so nothing else is needed). The matmuls are the same
 three as the plain path's, in the autocast dtype when autocast is on; the softmax is always float32.
 
 `Transformer` uses it for training steps (`forward(..., return_logits=False)`) when the vocabulary is at

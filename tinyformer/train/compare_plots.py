@@ -12,6 +12,17 @@ from tinyformer.train.metrics import read_metrics
 from tinyformer.train.plot import run_style
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Labels, grid and legend of a one-panel figure, then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -56,13 +67,7 @@ def training_loss(members, variants: list[dict[str, Any]], path: Path) -> Path:
         if len(curves) > 1:
             ax.fill_between(steps, [min(v_) for v_ in values], [max(v_) for v_ in values], color=style["color"],
                             alpha=0.18, lw=0)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (nats/token)")
-    ax.set_title("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, "step", "training loss (nats/token)", "training loss", path)
 
 
 def validation(variants: list[dict[str, Any]], trained: int, path: Path) -> Path:
@@ -134,13 +139,8 @@ def context_length(variants: list[dict[str, Any]], trained: int, path: Path) -> 
     ax.minorticks_off()
     if low > 0 and top > 10 * low:
         ax.set_yscale("log")
-    ax.set_xlabel(f"evaluation context (tokens; training context {trained}, dotted)")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("perplexity against evaluation context length")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, f"evaluation context (tokens; training context {trained}, dotted)",
+                   "validation perplexity", "perplexity against evaluation context length", path)
 
 
 def draw_all(members, variants: list[dict[str, Any]], trained: int, out: Path) -> dict[str, Path]:

@@ -157,8 +157,7 @@ class Trainer(TrainerState):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         accum = self.cfg.grad_accum
-        scaling = self.scaler.is_enabled()  # fp16 only: the other precisions skip the scaler's calls
-        losses = []
+        total = torch.zeros((), device=self.rt.device)
         tokens = 0
         for micro in range(accum):
             batch = self.train_source.next_batch()
@@ -167,23 +166,17 @@ class Trainer(TrainerState):
             ctx = contextlib.nullcontext() if sync else self.module.no_sync()
             with ctx, sdpa_backend(self.cfg.sdpa_backend):
                 loss = self._forward_loss(batch)
-                scaled = loss / accum if accum > 1 else loss
-                (self.scaler.scale(scaled) if scaling else scaled).backward()
-            losses.append(loss.detach())
-        if scaling:
-            self.scaler.unscale_(self.optimizer)
+                self.scaler.scale(loss / accum).backward()
+            total += loss.detach().float()
+        self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm)
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
             norm = norm.full_tensor()
-        if scaling:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        mean = losses[0].float() if accum == 1 else torch.stack(losses).float().mean()
-        return mean.item(), float(norm), tokens
+        return (total / accum).item(), float(norm), tokens
 
     def evaluate(self) -> dict[str, Any]:
         """The evaluation's metrics (every process takes part)."""
