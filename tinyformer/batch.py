@@ -38,3 +38,48 @@ def offset_positions(position_ids: np.ndarray, real: np.ndarray, table_size: int
     out = np.where(position_ids > 0, shifted, 0) if members_only else shifted
     np.minimum(out, table_size - 1, out=out)
     return out
+
+
+MIN_GROUP_ROWS = 8  # rows below which a group's matmuls lose more than its trimmed padding saves
+GROUP_SLACK = 0.10  # more groups only when they cut the computed positions by more than this
+
+
+def split_by_length(batch: dict, max_groups: int) -> list[dict]:
+    """A training batch as sub-batches that compute the same loss with less padding.
+
+    Under causal attention, a position after a row's last counted target changes nothing in its loss, so
+    each row needs only its columns up to that target. Rows are grouped by that length (at most
+    `max_groups` groups of equal row count, sorted by length; the fewest groups within GROUP_SLACK of the
+    least padding), each group cut to its own longest row, and rows with no counted target are left out.
+    A batch where every row needs every column (language-model text) comes back as it is. Feed the parts
+    with the whole batch's `target_counts` so their losses add up to the batch's loss.
+
+    `batch`: torch tensors `ids`, `targets` [B, T], optional `position_ids` ([T] or [B, T]) and
+    `attention_mask` [B, T].
+    """
+    import torch
+
+    targets = batch["targets"]
+    width = targets.shape[1]
+    columns = torch.arange(1, width + 1)
+    need = torch.where(targets != IGNORE_INDEX, columns, 0).amax(1)  # columns each row needs
+    if int(need.min()) == width or int(need.max()) == 0:
+        return [batch]
+    order = torch.argsort(need, stable=True)
+    order = order[need[order] > 0]
+    n = len(order)
+    options = []
+    for k in range(1, max(1, max_groups) + 1):
+        if k > 1 and n // k < MIN_GROUP_ROWS:
+            break
+        bounds = [n * i // k for i in range(k + 1)]
+        cost = sum((bounds[i + 1] - bounds[i]) * int(need[order[bounds[i + 1] - 1]]) for i in range(k))
+        options.append((cost, bounds))
+    least = min(cost for cost, _ in options)
+    bounds = next(b for cost, b in options if cost <= least * (1 + GROUP_SLACK))
+    parts = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        rows = order[lo:hi].sort().values  # the batch's own row order within a group
+        cut = int(need[rows].max())
+        parts.append({k: v[:cut] if v.dim() == 1 else v[rows, :cut] for k, v in batch.items()})
+    return parts

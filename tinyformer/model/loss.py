@@ -33,16 +33,19 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 class LinearCrossEntropy(torch.autograd.Function):
     """mean over counted rows of cross_entropy(hidden @ weight.T, targets); rows whose target is
-    IGNORE_INDEX do not count. Returns (mean loss, number of counted rows as a float tensor)."""
+    IGNORE_INDEX do not count; `count` (a tensor, or None for this call's own count) is what the sum is
+    divided by. Returns (loss, 1.0 if count > 0 else 0.0)."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows_per_block: int):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows_per_block: int,
+                count: torch.Tensor | None = None):
         dtype = _compute_dtype(hidden)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             valid = targets != IGNORE_INDEX
-            count = valid.sum()
+            if count is None:
+                count = valid.sum()
             inv = 1.0 / count.clamp(min=1).float()
             total = torch.zeros((), device=hidden.device, dtype=torch.float32)
             grad_hidden = torch.empty_like(hidden) if need_grad else None
@@ -74,12 +77,14 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_has: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None
+        return (grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype),
+                None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
-                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean cross-entropy of `hidden @ weight.T` against `targets` over non-ignored rows, 1.0 if any row
-    counted else 0.0); hidden [..., d], weight [V, d], targets [...]. Never materializes all the logits."""
+                         targets: torch.Tensor, count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy of `hidden @ weight.T` against `targets` over non-ignored rows, or its sum over
+    `count` when given; 1.0 if any row counted else 0.0); hidden [..., d], weight [V, d], targets [...].
+    Never materializes all the logits."""
     rows = max(1, BLOCK_ELEMENTS // weight.shape[0])
-    return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), rows)
+    return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), rows, count)

@@ -92,6 +92,11 @@ def shift_targets(targets: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat((targets[:, k - 1 :], pad), dim=1)[:, : targets.shape[1]]
 
 
+def target_counts(targets: torch.Tensor, n_predict: int) -> torch.Tensor:
+    """Counted targets of each output head in a batch [n_predict]: the `target_counts` of its parts."""
+    return torch.stack([(shift_targets(targets, k) != IGNORE_INDEX).sum() for k in range(1, n_predict + 1)])
+
+
 class Transformer(nn.Module):
     """Decoder-only language model. `forward(ids, targets, position_ids, attention_mask) -> (logits, loss)`."""
 
@@ -236,6 +241,7 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         return_attention: bool = False,
         return_logits: bool = True,
+        target_counts: torch.Tensor | None = None,
     ):
         """ids [B, T]; targets [B, T] next-token ids (-100 = ignore); position_ids [T] or [B, T];
         attention_mask [B, T] (1 = real token, 0 = padding).
@@ -247,16 +253,20 @@ class Transformer(nn.Module):
         `return_logits=False` (a training step, which needs only the loss): logits are None, and a vocabulary
         of at least `loss.FUSED_MIN_VOCAB` computes head and loss together a block of rows at a time
         (`tinyformer.model.loss`), never holding all the logits.
+        `target_counts` [n_predict] (from `target_counts(...)` of a whole batch): each head's loss is divided
+        by these counts instead of this call's own, so the losses of a batch fed in parts (rows, or columns
+        after the last target: `tinyformer.batch.split_by_length`) add up to the whole batch's loss.
         """
         x, mask, rope, attentions = self._trunk(ids, position_ids, attention_mask, kv_cache, return_attention)
         fused = targets is not None and not return_logits and self.config.vocab_size >= FUSED_MIN_VOCAB
         logits = None if fused else self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
-            head_losses, has_targets = self._head_loss(x, logits, targets, fused)
+            counts = [None] * self.config.n_predict if target_counts is None else target_counts
+            head_losses, has_targets = self._head_loss(x, logits, targets, fused, counts[0])
             for k, head in enumerate(self.mtp_layers, start=2):
                 head_x, _ = head(x, mask, rope)
-                ce, has = self._head_loss(head_x, None, shift_targets(targets, k), fused)
+                ce, has = self._head_loss(head_x, None, shift_targets(targets, k), fused, counts[k - 1])
                 head_losses, has_targets = head_losses + ce, has_targets + has
             loss = head_losses / has_targets.clamp(min=1)
         if not return_logits:
@@ -266,11 +276,12 @@ class Transformer(nn.Module):
         return logits, loss
 
     def _head_loss(self, x: torch.Tensor, logits: torch.Tensor | None, targets: torch.Tensor,
-                   fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                   fused: bool, count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean cross-entropy over non-ignored targets, 1.0 if there are any else 0.0), without a host sync.
-        `x`: the head's hidden states before the final norm; `logits`: their logits if already made."""
+        `x`: the head's hidden states before the final norm; `logits`: their logits if already made;
+        `count`: the number of targets to divide by (default: this call's own)."""
         if fused:
-            return linear_cross_entropy(self.norm(x), self.lm_head.weight, targets)
+            return linear_cross_entropy(self.norm(x), self.lm_head.weight, targets, count)
         if logits is None:
             logits = self.lm_head(self.norm(x))
         total = F.cross_entropy(
@@ -279,7 +290,8 @@ class Transformer(nn.Module):
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
-        count = (targets != IGNORE_INDEX).sum()
+        if count is None:
+            count = (targets != IGNORE_INDEX).sum()
         return total / count.clamp(min=1), (count > 0).float()
 
     @torch.no_grad()

@@ -60,22 +60,28 @@ def pick_fastest(candidates: Sequence[Candidate], measure: Callable[[Candidate],
 
 
 def step_timer(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
-               warmup: int = 1) -> Callable[[Candidate], float]:
-    """A function timing one training step of a private copy of `model` under a candidate."""
+               warmup: int = 1, length_groups: int = 1) -> Callable[[Candidate], float]:
+    """A function timing one training step of a private copy of `model` under a candidate (the batch split
+    as a training step splits it: `tinyformer.batch.split_by_length`)."""
+    from tinyformer.batch import split_by_length
+    from tinyformer.model.transformer import target_counts
     from tinyformer.train.optim import build_optimizer
     from tinyformer.train.runtime import autocast, sdpa_backend
 
     work = copy.deepcopy(model).to(device).train()
     optimizer = build_optimizer(work, 1e-6, 0.0)
-    inputs = {k: v.to(device) for k, v in batch.items()}
-    kwargs = {k: inputs[k] for k in ("position_ids", "attention_mask") if k in inputs}
+    parts = [{k: v.to(device) for k, v in part.items()} for part in split_by_length(batch, length_groups)]
+    counts = target_counts(batch["targets"], work.config.n_predict).to(device) if len(parts) > 1 else None
     seen: set[Candidate] = set()
 
     def step(candidate: Candidate) -> float:
         precision, sdpa = candidate
-        with sdpa_backend(sdpa), autocast(device, precision):
-            _, loss = work(inputs["ids"], targets=inputs["targets"], return_logits=False, **kwargs)
-        loss.backward()
+        for part in parts:
+            kwargs = {k: part[k] for k in ("position_ids", "attention_mask") if k in part}
+            with sdpa_backend(sdpa), autocast(device, precision):
+                _, loss = work(part["ids"], targets=part["targets"], return_logits=False, target_counts=counts,
+                               **kwargs)
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -107,13 +113,13 @@ def cache_key(model_config: dict[str, Any], batch: dict[str, torch.Tensor]) -> s
 
 
 def choose(model: torch.nn.Module, model_config: dict[str, Any], batch: dict[str, torch.Tensor],
-           precision: str, sdpa: str, device: torch.device) -> tuple[str, str, dict[str, Any]]:
+           precision: str, sdpa: str, device: torch.device, length_groups: int = 1) -> tuple[str, str, dict[str, Any]]:
     """(precision, sdpa backend, report): `auto` settings replaced by the fastest measured candidate."""
     candidates = [c for c in CPU_CANDIDATES if precision in ("auto", c[0]) and sdpa in ("auto", c[1])]
     if len(candidates) == 1:
         return (*candidates[0], {"source": "given"})
     path = cache_path()
-    key = cache_key({**model_config, "_ask": [precision, sdpa]}, batch)
+    key = cache_key({**model_config, "_ask": [precision, sdpa], "_groups": length_groups}, batch)
     try:
         cache = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -122,7 +128,8 @@ def choose(model: torch.nn.Module, model_config: dict[str, Any], batch: dict[str
         entry = cache[key]
         return (*entry["choice"], {"source": f"cached measurement ({path})", **entry})
     with torch.random.fork_rng(devices=[]):  # measuring must not move the training RNG
-        choice, times = pick_fastest(candidates, step_timer(model, batch, device), min_seconds=MEASURE_SECONDS)
+        choice, times = pick_fastest(candidates, step_timer(model, batch, device, length_groups=length_groups),
+                                     min_seconds=MEASURE_SECONDS)
     entry = {"choice": list(choice), "seconds_per_step": times}
     cache[key] = entry
     try:

@@ -24,6 +24,19 @@ class Runtime:
     precision: str  # fp32 | bf16 | fp16
     info: DistInfo
     sdpa: str = "auto"  # the attention kernel (train.sdpa_backend, or the one autotune measured fastest)
+    length_groups: int = 1  # how many groups of rows a training batch may be split into (`length_groups`)
+
+
+CPU_LENGTH_GROUPS = 4
+
+
+def length_groups(device: torch.device, compiled: bool) -> int:
+    """At most how many sub-batches `tinyformer.batch.split_by_length` may cut a training batch into.
+    On a CPU, time follows the number of positions computed, so several groups of similar length pay off
+    (the lab's tasks, lengths 1-50: 1.5x the steps per second, `bench/lengen_throughput.py`). Elsewhere one
+    group, which still cuts the batch's trailing padding: on a GPU a tiny model's step costs kernel launches
+    more than positions (not measured), and under torch.compile every new shape recompiles."""
+    return CPU_LENGTH_GROUPS if device.type == "cpu" and not compiled else 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,7 +104,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
-    return Runtime(device, precision, info, cfg.sdpa_backend)
+    return Runtime(device, precision, info, cfg.sdpa_backend, length_groups(device, cfg.compile))
 
 
 def rng_state() -> dict[str, Any]:

@@ -107,7 +107,7 @@ def _autotune(cfg: RunConfig, rt: Runtime, model: torch.nn.Module, source: Any) 
 
     batch = copy.deepcopy(source).next_batch()  # a copy: the run's own stream must not move
     precision, sdpa, report = autotune.choose(model, to_dict(cfg.model), batch, "auto", cfg.train.sdpa_backend,
-                                              rt.device)
+                                              rt.device, rt.length_groups)
     precision, sdpa, report = all_gather_objects((precision, sdpa, report), rt.info)[0]
     rt.precision, rt.sdpa = precision, sdpa
     if cfg.train.progress and rt.info.is_main:

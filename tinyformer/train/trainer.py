@@ -22,7 +22,9 @@ from typing import Any
 import torch
 
 from tinyformer import rundir
+from tinyformer.batch import split_by_length
 from tinyformer.errors import Interrupted, TinyformerError
+from tinyformer.model.transformer import target_counts
 from tinyformer.train import checkpoint as ckpt
 from tinyformer.train.config import TrainConfig
 from tinyformer.train.distributed import (
@@ -143,17 +145,17 @@ class Trainer(TrainerState):
 
     # ------------------------------------------------------------ one step, evaluation
 
-    def _forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _forward_loss(self, batch: dict[str, torch.Tensor], counts: torch.Tensor | None) -> torch.Tensor:
         kwargs = {k: batch[k].to(self.rt.device) for k in ("position_ids", "attention_mask") if k in batch}
         ids = batch["ids"].to(self.rt.device, non_blocking=True)
         targets = batch["targets"].to(self.rt.device, non_blocking=True)
         with autocast(self.rt.device, self.rt.precision):
-            _, loss = self.module(ids, targets=targets, return_logits=False, **kwargs)
+            _, loss = self.module(ids, targets=targets, return_logits=False, target_counts=counts, **kwargs)
         return loss
 
     def train_step(self, lr: float) -> tuple[float, float, int]:
-        """One optimizer step over grad_accum micro-batches: (mean loss, grad norm before clipping, tokens
-        in this process's micro-batches, padding included)."""
+        """One optimizer step over grad_accum micro-batches: (mean loss, grad norm before clipping, positions
+        this process computed: its micro-batches' tokens, less the padding cut by `split_by_length`)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         accum = self.cfg.grad_accum
@@ -161,13 +163,20 @@ class Trainer(TrainerState):
         tokens = 0
         for micro in range(accum):
             batch = self.train_source.next_batch()
-            tokens += batch["ids"].numel()
-            sync = micro == accum - 1 or self.cfg.parallel != "ddp" or not self.rt.info.enabled
-            ctx = contextlib.nullcontext() if sync else self.module.no_sync()
-            with ctx, sdpa_backend(self.cfg.sdpa_backend):
-                loss = self._forward_loss(batch)
-                self.scaler.scale(loss / accum).backward()
-            total += loss.detach().float()
+            # rows of similar length with their trailing padding cut: the same loss, fewer positions
+            parts = split_by_length(batch, self.rt.length_groups)
+            tokens += sum(part["ids"].numel() for part in parts)
+            counts = None
+            if len(parts) > 1:
+                counts = target_counts(batch["targets"], self.raw.config.n_predict).to(self.rt.device)
+            for i, part in enumerate(parts):
+                last = micro == accum - 1 and i == len(parts) - 1
+                sync = last or self.cfg.parallel != "ddp" or not self.rt.info.enabled
+                ctx = contextlib.nullcontext() if sync else self.module.no_sync()
+                with ctx, sdpa_backend(self.cfg.sdpa_backend):
+                    loss = self._forward_loss(part, counts)
+                    self.scaler.scale(loss / accum).backward()
+                total += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm)
