@@ -7,7 +7,9 @@ float32, measured in one run, interleaved (fp32, auto, fp32, auto, ...), on the 
 
 Each measurement is a real `lengen` run (engine, checkpoint at the end, no evaluation until the last step)
 in a fresh Python process of its own, so no run inherits another's allocator, thread or import state;
-examples/s is read from metrics.jsonl, leaving out the first logging window (warm-up). `--old-tree` runs
+examples/s is read from metrics.jsonl, leaving out the first logging window (warm-up). The engine trains
+each batch as groups of rows of similar length (`tinyformer.batch.split_by_length`); the old loop computes
+every row to the batch's longest. `--old-tree` runs
 the lab's former own loop (`tinyformer.lab.train.train_run`, removed by the engine change) from a git
 worktree of the commit before it, the same way, on the same settings.
 """
@@ -30,8 +32,8 @@ SETTINGS = {"model.n_layers": 4, "model.n_heads": 4, "model.d_model": 256, "task
 
 def engine_run(task: str, pe: str, precision: str, steps: int, log_every: int, threads: int | None,
                run_dir: Path) -> tuple[float, str]:
-    """(examples/s after the first logging window, the precision the run used) of one engine run, in this
-    process."""
+    """(examples/s after the first logging window, the precision and attention kernel the run used) of one
+    engine run, in this process."""
     import shutil
 
     from tinyformer.lab.run import train_task
@@ -46,7 +48,8 @@ def engine_run(task: str, pe: str, precision: str, steps: int, log_every: int, t
     summary = train_task(lab_config(settings))
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["examples_per_s"] for r in records if r["kind"] == "train"][1:]
-    return statistics.fmean(rates), summary["precision"]
+    kernel = (summary.get("autotune") or {}).get("sdpa_backend", "auto")
+    return statistics.fmean(rates), f"{summary['precision']}, {kernel} attention"
 
 
 ENGINE = r"""
@@ -125,7 +128,7 @@ def main() -> int:
                 rate = old_rate(args.old_tree, args.task, args.pe, args.steps, args.log_every, args.threads,
                                 Path(tmp) / f"old-{i}")
                 rows["old"].append(rate)
-                print(f"  old loop fp32:        {rate:8.1f} examples/s", flush=True)
+                print(f"  old loop fp32: {rate:8.1f} examples/s", flush=True)
     med = {k: statistics.median(v) for k, v in rows.items() if v}
     result = {"load_avg_1m": round(os.getloadavg()[0], 2), "threads": torch.get_num_threads(),
               "auto_precision": chosen, **{f"{k}_examples_per_s": round(v, 1) for k, v in med.items()},
