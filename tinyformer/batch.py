@@ -61,7 +61,7 @@ def split_by_length(batch: dict, max_groups: int) -> list[dict]:
 
     targets = batch["targets"]
     width = targets.shape[1]
-    columns = torch.arange(1, width + 1)
+    columns = torch.arange(1, width + 1, device=targets.device)
     need = torch.where(targets != IGNORE_INDEX, columns, 0).amax(1)  # columns each row needs
     if int(need.min()) == width or int(need.max()) == 0:
         return [batch]
