@@ -22,13 +22,16 @@ def fake_measure(times: dict, calls: list | None = None):
 
 def test_the_fastest_candidate_wins_and_a_slower_one_never_does():
     cands = autotune.CPU_CANDIDATES
-    times = {("fp32", "auto"): 1.0, ("fp32", "math"): 1.2, ("bf16", "auto"): 1.4, ("bf16", "math"): 0.6}
+    times = {("fp32", "auto"): 1.0, ("fp32", "math"): 1.2, ("bf16", "auto"): 1.4, ("bf16", "math"): 0.6,
+             ("bf16", "fp32"): 0.7}
     assert autotune.pick_fastest(cands, fake_measure(times))[0] == ("bf16", "math")
     # bf16 measured slower than float32 everywhere: float32 stays
-    times = {("fp32", "auto"): 1.0, ("fp32", "math"): 1.1, ("bf16", "auto"): 1.3, ("bf16", "math"): 1.05}
+    times = {("fp32", "auto"): 1.0, ("fp32", "math"): 1.1, ("bf16", "auto"): 1.3, ("bf16", "math"): 1.05,
+             ("bf16", "fp32"): 1.2}
     assert autotune.pick_fastest(cands, fake_measure(times))[0] == ("fp32", "auto")
     # a win inside the noise margin is not a win
-    times = {("fp32", "auto"): 1.0, ("fp32", "math"): 0.99, ("bf16", "auto"): 0.985, ("bf16", "math"): 1.5}
+    times = {("fp32", "auto"): 1.0, ("fp32", "math"): 0.99, ("bf16", "auto"): 0.985, ("bf16", "math"): 1.5,
+             ("bf16", "fp32"): 0.98}
     assert autotune.pick_fastest(cands, fake_measure(times))[0] == ("fp32", "auto")
 
 
@@ -50,17 +53,18 @@ def test_choose_measures_once_per_shape_then_reads_the_cache(tmp_path, monkeypat
 
     monkeypatch.setenv("TINYFORMER_CACHE", str(tmp_path))
     calls: list = []
-    times = {("fp32", "auto"): 1.0, ("fp32", "math"): 2.0, ("bf16", "auto"): 3.0, ("bf16", "math"): 0.5}
+    times = {("fp32", "auto"): 1.0, ("fp32", "math"): 2.0, ("bf16", "auto"): 3.0, ("bf16", "math"): 0.5,
+             ("bf16", "fp32"): 0.8}
     monkeypatch.setattr(autotune, "step_timer", lambda *a, **k: fake_measure(times, calls))
     model = Transformer(ModelConfig(vocab_size=11, n_layers=1, n_heads=2, d_model=16))
     batch = {"ids": torch.zeros(2, 5, dtype=torch.long), "targets": torch.zeros(2, 5, dtype=torch.long)}
     first = autotune.choose(model, {"d": 16}, batch, "auto", "auto", torch.device("cpu"))
-    assert first[:2] == ("bf16", "math") and first[2]["source"] == "measured" and len(calls) == 12
+    assert first[:2] == ("bf16", "math") and first[2]["source"] == "measured" and len(calls) == 15
     again = autotune.choose(model, {"d": 16}, batch, "auto", "auto", torch.device("cpu"))
-    assert again[:2] == ("bf16", "math") and again[2]["source"].startswith("cached") and len(calls) == 12
+    assert again[:2] == ("bf16", "math") and again[2]["source"].startswith("cached") and len(calls) == 15
     other = {"ids": torch.zeros(2, 7, dtype=torch.long), "targets": torch.zeros(2, 7, dtype=torch.long)}
     autotune.choose(model, {"d": 16}, other, "auto", "auto", torch.device("cpu"))
-    assert len(calls) == 24, "another shape is measured anew"
+    assert len(calls) == 30, "another shape is measured anew"
     assert len(json.loads((tmp_path / "autotune.json").read_text())) == 2
     # an explicit attention kernel leaves only the precision to choose
     monkeypatch.setattr(autotune, "step_timer", lambda *a, **k: fake_measure(times))
@@ -79,7 +83,7 @@ def test_a_run_with_precision_auto_records_what_was_measured(tmp_path, monkeypat
                                      "train.precision": "auto", "run_dir": str(tmp_path / "run")}))
     tuned = summary["autotune"]
     assert tuned["source"] == "measured" and set(tuned["seconds_per_step"]) == {"fp32/auto", "fp32/math",
-                                                                               "bf16/auto", "bf16/math"}
+                                                                               "bf16/auto", "bf16/math", "bf16/fp32"}
     assert (summary["precision"], summary["sdpa_backend"]) == (tuned["precision"], tuned["sdpa_backend"])
     fastest = min(tuned["seconds_per_step"].values())
     chosen = tuned["seconds_per_step"][f"{tuned['precision']}/{tuned['sdpa_backend']}"]

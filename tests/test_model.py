@@ -240,3 +240,31 @@ def test_default_forward_stays_on_the_sdpa_path(monkeypatch):
         model.generate(ids, 3, temperature=0)
         with pytest.raises(AssertionError, match="explicit attention"):
             model(ids, return_attention=True)
+
+
+def test_the_float32_kernel_runs_attention_in_float32_under_bf16_autocast(monkeypatch):
+    # train.sdpa_backend=fp32 (and autotune's bf16/fp32 candidate): every layer's SDPA call gets float32
+    # q, k, v although autocast is on; the rest of the step stays in bf16 and trains the same
+    from tinyformer.model import attention
+    from tinyformer.train.runtime import sdpa_backend
+
+    seen: list = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda q, *a, **k: seen.append(q.dtype) or real(q, *a, **k))
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=50, n_layers=3, n_heads=2, d_model=32, max_seq_len=16))
+    ids = torch.randint(0, 50, (4, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(ids, targets=ids)
+        with sdpa_backend("fp32"):
+            logits32, loss32 = model(ids, targets=ids)
+    assert seen == [torch.bfloat16] * 3 + [torch.float32] * 3
+    assert logits32.dtype == logits.dtype == torch.bfloat16
+    with torch.no_grad():
+        exact, _ = model(ids, targets=ids)  # float32 throughout
+    # the float32 kernel is at least as close to the float32 model as the bf16 one
+    assert (logits32.float() - exact).abs().max() <= (logits.float() - exact).abs().max() * 1.05
+    loss32.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert loss32.item() == pytest.approx(loss.item(), rel=1e-2)

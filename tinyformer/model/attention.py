@@ -4,6 +4,7 @@ and the one function that builds the attention mask (causal + padding + ALiBi bi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,22 @@ from torch import nn
 
 from tinyformer.model.config import ModelConfig
 from tinyformer.model.positions import alibi_bias, apply_rope
+
+
+_FLOAT32_KERNEL = False  # set by `float32_kernel()`
+
+
+@contextlib.contextmanager
+def float32_kernel():
+    """Within it, `F.scaled_dot_product_attention` runs on float32 q, k, v (outside autocast), its output cast
+    back to their dtype. Under bf16 autocast on a CPU torch's flash kernel is faster in float32 than in bf16
+    at small head sizes (bench/RESULTS.md); `train.sdpa_backend=fp32` and autotune use it from outside."""
+    global _FLOAT32_KERNEL
+    previous, _FLOAT32_KERNEL = _FLOAT32_KERNEL, True
+    try:
+        yield
+    finally:
+        _FLOAT32_KERNEL = previous
 
 
 @dataclass
@@ -155,16 +172,21 @@ class Attention(nn.Module):
         if return_attention:
             y, probs = attention_with_probs(q, k, v, mask)
         else:
+            dtype = q.dtype
+            upcast = _FLOAT32_KERNEL and dtype != torch.float32
+            if upcast:
+                q, k, v = q.float(), k.float(), v.float()
             attn_mask = mask.mask
             if attn_mask is not None and attn_mask.dtype != torch.bool:
                 attn_mask = attn_mask.to(q.dtype)
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=attn_mask,
-                is_causal=mask.is_causal,
-                dropout_p=self.dropout if self.training else 0.0,
-            )
+            with torch.autocast(x.device.type, enabled=False) if upcast else contextlib.nullcontext():
+                y = F.scaled_dot_product_attention(
+                    q,
+                    k,
+                    v,
+                    attn_mask=attn_mask,
+                    is_causal=mask.is_causal,
+                    dropout_p=self.dropout if self.training else 0.0,
+                ).to(dtype)
         y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return self.o_proj(y), probs

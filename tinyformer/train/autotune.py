@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 Candidate = tuple[str, str]  # (precision, sdpa backend)
-CPU_CANDIDATES: tuple[Candidate, ...] = (("fp32", "auto"), ("fp32", "math"), ("bf16", "auto"), ("bf16", "math"))
+CPU_CANDIDATES: tuple[Candidate, ...] = (("fp32", "auto"), ("fp32", "math"), ("bf16", "auto"), ("bf16", "math"),
+                                         ("bf16", "fp32"))  # bf16 with the attention kernel in float32
 MARGIN = 0.03  # a candidate must beat float32 by more than this to be chosen over it
 MEASURE_SECONDS = 2.0  # time spent timing steps at least (short steps get more rounds), up to MAX_ROUNDS
 MAX_ROUNDS = 30
@@ -115,7 +116,8 @@ def cache_key(model_config: dict[str, Any], batch: dict[str, torch.Tensor]) -> s
 def choose(model: torch.nn.Module, model_config: dict[str, Any], batch: dict[str, torch.Tensor],
            precision: str, sdpa: str, device: torch.device, length_groups: int = 1) -> tuple[str, str, dict[str, Any]]:
     """(precision, sdpa backend, report): `auto` settings replaced by the fastest measured candidate."""
-    candidates = [c for c in CPU_CANDIDATES if precision in ("auto", c[0]) and sdpa in ("auto", c[1])]
+    candidates = [c for c in CPU_CANDIDATES if precision in ("auto", c[0])
+                  and (sdpa in ("auto", c[1]) or (sdpa == "fp32" and c == ("fp32", "auto")))]  # float32: the same
     if len(candidates) == 1:
         return (*candidates[0], {"source": "given"})
     path = cache_path()

@@ -116,9 +116,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA (Ampere+), fp32 else
     compile: bool = False
-    # attention kernel for F.scaled_dot_product_attention; auto = torch's choice. On CPU with bf16 and short
-    # contexts `math` is faster (bench/RESULTS.md): the fused CPU kernel's bf16 backward is slow there.
-    sdpa_backend: Literal["auto", "flash", "efficient", "math", "cudnn"] = "auto"
+    # attention kernel for F.scaled_dot_product_attention; auto = torch's choice; fp32 = torch's choice on
+    # float32 q, k, v under autocast (on a CPU the flash kernel is faster in float32 than in bf16 at head sizes
+    # 32-64, bench/RESULTS.md). precision=auto on a CPU measures which is fastest for the run's shape.
+    sdpa_backend: Literal["auto", "flash", "efficient", "math", "cudnn", "fp32"] = "auto"
     tf32: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # CPU threads for torch; None = torch's default (all cores)

@@ -80,9 +80,14 @@ def autocast(device: torch.device, precision: str):
 
 
 def sdpa_backend(name: str):
-    """A context choosing the scaled-dot-product-attention kernel (`auto`: leave it to torch)."""
+    """A context choosing the scaled-dot-product-attention kernel (`auto`: leave it to torch; `fp32`: torch's
+    choice, on float32 q, k, v even under autocast)."""
     if name == "auto":
         return contextlib.nullcontext()
+    if name == "fp32":
+        from tinyformer.model.attention import float32_kernel
+
+        return float32_kernel()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
