@@ -85,6 +85,8 @@ def test_a_run_with_precision_auto_records_what_was_measured(tmp_path, monkeypat
     assert tuned["source"] == "measured" and set(tuned["seconds_per_step"]) == {"fp32/auto", "fp32/math",
                                                                                "bf16/auto", "bf16/math", "bf16/fp32"}
     assert (summary["precision"], summary["sdpa_backend"]) == (tuned["precision"], tuned["sdpa_backend"])
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())  # what the run directory keeps
+    assert (on_disk["precision"], on_disk["sdpa_backend"]) == (tuned["precision"], tuned["sdpa_backend"])
     fastest = min(tuned["seconds_per_step"].values())
     chosen = tuned["seconds_per_step"][f"{tuned['precision']}/{tuned['sdpa_backend']}"]
     assert chosen == fastest or tuned["precision"] == "fp32"

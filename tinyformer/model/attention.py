@@ -14,7 +14,6 @@ from torch import nn
 from tinyformer.model.config import ModelConfig
 from tinyformer.model.positions import alibi_bias, apply_rope
 
-
 _FLOAT32_KERNEL = False  # set by `float32_kernel()`
 
 

@@ -57,7 +57,6 @@ def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[st
             write_extra(run_dir)
     barrier(rt.info)
     summary = trainer.fit()
-    summary["sdpa_backend"] = rt.sdpa
     if tuned:
         summary["autotune"] = tuned
     return summary

@@ -381,7 +381,8 @@ class Trainer(TrainerState):
             "best_" + (self.evaluation.score_name if self.evaluation else "score"): self.best_score,
             "elapsed_s": round(self.elapsed, 3), "tokens_per_s": self.tokens / self.elapsed if self.elapsed else None,
             "examples_per_s": self.examples / self.elapsed if self.elapsed else None,
-            "precision": self.rt.precision, "device": str(self.rt.device), "world_size": info.world_size,
+            "precision": self.rt.precision, "sdpa_backend": self.cfg.sdpa_backend, "device": str(self.rt.device),
+            "world_size": info.world_size,
             "params": self.raw.num_params() if hasattr(self.raw, "num_params") else None,
             "peak_flops": self.peak, "peak_flops_source": self.peak_source,
         }
