@@ -26,7 +26,7 @@ import torch
 
 from tinyformer.config import to_dict
 from tinyformer.model import Transformer
-from tinyformer.model.hf import hf_config
+from tinyformer.model.hf_config import hf_config
 from tinyformer.train.config import load_run_config
 from tinyformer.train.metrics import matmul_ceiling
 from tinyformer.train.runtime import autocast, setup_runtime

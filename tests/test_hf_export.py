@@ -9,7 +9,8 @@ import torch
 
 from tinyformer.errors import TinyformerError
 from tinyformer.model import ModelConfig, Transformer
-from tinyformer.model.hf import export_hf, hf_family, import_hf
+from tinyformer.model.hf import export_hf, import_hf
+from tinyformer.model.hf_config import hf_family
 from tinyformer.model.io import save_model
 
 transformers = pytest.importorskip("transformers")

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tinyformer.errors import TinyformerError
+from tinyformer.tokenizer.merges import all_splits, bpe_python
 from tinyformer.tokenizer.pretokenize import GPT4_PATTERN, O200K_PATTERN
-from tinyformer.tokenizer.tokenizer import Tokenizer, all_splits, bpe_python
+from tinyformer.tokenizer.tokenizer import Tokenizer
 
 try:
     from tinyformer.tokenizer import _bpe

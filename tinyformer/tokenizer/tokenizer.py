@@ -22,6 +22,13 @@ import regex
 
 from tinyformer.errors import TinyformerError
 from tinyformer.tokenizer import storage
+from tinyformer.tokenizer.merges import (
+    IDENTITY_BYTES,
+    all_splits,
+    bpe_python,
+    check_byte_order,
+    inverse_byte_order,
+)
 from tinyformer.tokenizer.pretokenize import (
     GPT2_PATTERN,
     ascii_classes,
@@ -63,7 +70,7 @@ class Tokenizer:
         self.pattern = resolve_pattern(pattern)
         self._regex = regex.compile(self.pattern)
         self._merges = [(bytes(a), bytes(b)) for a, b in merges]
-        self._byte_order = _check_byte_order(byte_order)
+        self._byte_order = check_byte_order(byte_order)
         if merge_rule not in MERGE_RULES:
             raise TinyformerError(f"unknown merge rule {merge_rule!r}; use one of {', '.join(MERGE_RULES)}")
         self.merge_rule = merge_rule
@@ -216,12 +223,12 @@ class Tokenizer:
 
     def _new_encoder(self, release_gil: bool):
         classes = ascii_classes() if self._fast_kind else None
-        byte_ids = None if self._byte_order == _BYTES else _inverse(self._byte_order)
+        byte_ids = None if self._byte_order == IDENTITY_BYTES else inverse_byte_order(self._byte_order)
         return _bpe.Encoder(self._ranks, classes, release_gil, self._fast_kind, byte_ids)
 
     def _encode_bytes_python(self, data: bytes) -> list[int]:
         """Merge the leftmost adjacent pair with the lowest merged id until none is left."""
-        return bpe_python(data, self._ranks, None if self._byte_order == _BYTES else _inverse(self._byte_order))
+        return bpe_python(data, self._ranks, None if self._byte_order == IDENTITY_BYTES else inverse_byte_order(self._byte_order))
 
     def encode(self, text: str, allowed_special: str | Iterable[str] = ()) -> list[int]:
         """Ids of `text`; specials in `allowed_special` ("all" or a set) become their ids, others stay text."""
@@ -338,7 +345,7 @@ class Tokenizer:
         # and fingerprints stay as they were.
         if self._special_tokens != self._special_ids(list(self._special_tokens)):
             data["special_tokens"] = dict(self._special_tokens)
-        if self._byte_order != _BYTES:
+        if self._byte_order != IDENTITY_BYTES:
             data["byte_order"] = list(self._byte_order)
         if self.merge_rule != "pairs":
             data["merge_rule"] = self.merge_rule
@@ -389,58 +396,6 @@ def _valid_id(token_id, table: list[bytes | None]) -> bool:
         return 0 <= operator.index(token_id) < len(table) and table[token_id] is not None
     except TypeError:
         return False
-
-
-_BYTES = tuple(range(256))
-
-
-def _check_byte_order(byte_order: Sequence[int] | None) -> tuple[int, ...]:
-    if byte_order is None:
-        return _BYTES
-    order = tuple(int(b) for b in byte_order)
-    if sorted(order) != list(_BYTES):
-        raise TinyformerError("byte_order must list each of the 256 byte values once")
-    return order
-
-
-def _inverse(byte_order: Sequence[int]) -> list[int]:
-    """The id of each byte value, from the byte value of each id."""
-    ids = [0] * 256
-    for i, b in enumerate(byte_order):
-        ids[b] = i
-    return ids
-
-
-def all_splits(token_bytes: Sequence[bytes | None], id_of: Mapping[bytes, int]) -> dict[tuple[int, int], int]:
-    """tiktoken's merge rule as pairs: (left id, right id) -> id, for every token and every cut of its bytes into
-    two tokens (`id_of`: bytes -> id of the ordinary tokens; `token_bytes` in id order)."""
-    pairs: dict[tuple[int, int], int] = {}
-    get = id_of.get
-    for token_id, token in enumerate(token_bytes):
-        if token is None or id_of.get(token) != token_id:
-            continue  # a special token, or a gap
-        for k in range(1, len(token)):
-            left = get(token[:k])
-            if left is not None:
-                right = get(token[k:])
-                if right is not None:
-                    pairs[(left, right)] = token_id
-    return pairs
-
-
-def bpe_python(data: bytes, ranks: Mapping[tuple[int, int], int], byte_ids: Sequence[int] | None = None,
-               below: int = 1 << 62) -> list[int]:
-    """BPE without the C extension: merge the leftmost adjacent pair with the lowest merged id (< `below`) until
-    none is left."""
-    ids = list(data) if byte_ids is None else [byte_ids[b] for b in data]
-    while len(ids) >= 2:
-        merged = [ranks.get(pair, below) for pair in zip(ids, ids[1:])]
-        best = min(merged)
-        if best >= below:
-            break
-        at = merged.index(best)
-        ids[at:at + 2] = [best]
-    return ids
 
 
 def _stream_cut(buf: str, limit: int, splitter: regex.Pattern | None, rules: tuple[bool, bool]) -> int:

@@ -64,15 +64,13 @@ def step_timer(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: t
                warmup: int = 1, length_groups: int = 1) -> Callable[[Candidate], float]:
     """A function timing one training step of a private copy of `model` under a candidate (the batch split
     as a training step splits it: `tinyformer.batch.split_by_length`)."""
-    from tinyformer.batch import split_by_length
-    from tinyformer.model.transformer import target_counts
     from tinyformer.train.optim import build_optimizer
-    from tinyformer.train.runtime import autocast, sdpa_backend
+    from tinyformer.train.runtime import autocast, sdpa_backend, training_parts
 
     work = copy.deepcopy(model).to(device).train()
     optimizer = build_optimizer(work, 1e-6, 0.0)
-    parts = [{k: v.to(device) for k, v in part.items()} for part in split_by_length(batch, length_groups)]
-    counts = target_counts(batch["targets"], work.config.n_predict).to(device) if len(parts) > 1 else None
+    parts, counts = training_parts(batch, length_groups, work.config.n_predict, device)
+    parts = [{k: v.to(device) for k, v in part.items()} for part in parts]
     seen: set[Candidate] = set()
 
     def step(candidate: Candidate) -> float:

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not args.force:
         check_output(args.out, args.force)  # before importing torch: bad input fails fast
 
-    from tinyformer.model.hf import ARCHITECTURES, hf_family
+    from tinyformer.model.hf_config import ARCHITECTURES, hf_family
     from tinyformer.train.publish import export_run
 
     model = run.load_model()

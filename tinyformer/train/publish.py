@@ -26,7 +26,8 @@ def export_run(run, model, out: str | os.PathLike, force: bool = False, repo: st
     """Write `run` (a `rundir.Run`, its `model` loaded) as an HF folder with a model card, atomically;
     `repo`: the Hub name the card's loading example uses (default: the run's name)."""
     from tinyformer.fileio import atomic_dir, check_output
-    from tinyformer.model.hf import hf_family, write_hf
+    from tinyformer.model.hf import write_hf
+    from tinyformer.model.hf_config import hf_family
     from tinyformer.tokenizer.export import pad_token, to_hf
 
     hf_family(model.config)  # refuse before touching the output
@@ -67,7 +68,7 @@ def _count(n: int) -> str:
 def model_card(run, model, max_length: int, repo: str | None = None) -> str:
     """README.md of the export: YAML front matter for the Hub, then what a reader needs to judge and use it.
     `repo`: what `from_pretrained` loads it as (a Hub name or the export's path)."""
-    from tinyformer.model.hf import ARCHITECTURES, hf_family
+    from tinyformer.model.hf_config import ARCHITECTURES, hf_family
 
     cfg = model.config
     family = hf_family(cfg)

@@ -39,6 +39,18 @@ def length_groups(device: torch.device, compiled: bool) -> int:
     return CPU_LENGTH_GROUPS if device.type == "cpu" and not compiled else 1
 
 
+def training_parts(batch: dict[str, torch.Tensor], groups: int, n_predict: int,
+                   device: torch.device) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor | None]:
+    """A training batch as its length groups (`tinyformer.batch.split_by_length`), and the whole batch's
+    `target_counts` on `device` that the parts' losses divide by (None when the batch stays whole)."""
+    from tinyformer.batch import split_by_length
+    from tinyformer.model.transformer import target_counts
+
+    parts = split_by_length(batch, groups)
+    counts = target_counts(batch["targets"], n_predict).to(device) if len(parts) > 1 else None
+    return parts, counts
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` -> cuda if available, else mps, else cpu; an explicit device must exist."""
     if name == "auto":

@@ -22,9 +22,7 @@ from typing import Any
 import torch
 
 from tinyformer import rundir
-from tinyformer.batch import split_by_length
 from tinyformer.errors import Interrupted, TinyformerError
-from tinyformer.model.transformer import target_counts
 from tinyformer.train import checkpoint as ckpt
 from tinyformer.train.config import TrainConfig
 from tinyformer.train.distributed import (
@@ -35,7 +33,7 @@ from tinyformer.train.distributed import (
 from tinyformer.train.evaluation import Evaluation
 from tinyformer.train.metrics import MetricsLog, Progress, device_peak_flops
 from tinyformer.train.optim import build_optimizer
-from tinyformer.train.runtime import Runtime, autocast, sdpa_backend
+from tinyformer.train.runtime import Runtime, autocast, sdpa_backend, training_parts
 from tinyformer.train.schedule import lr_at
 from tinyformer.train.trainer_state import DONE, TrainerState, check_settings, find_resume
 
@@ -164,11 +162,8 @@ class Trainer(TrainerState):
         for micro in range(accum):
             batch = self.train_source.next_batch()
             # rows of similar length with their trailing padding cut: the same loss, fewer positions
-            parts = split_by_length(batch, self.rt.length_groups)
+            parts, counts = training_parts(batch, self.rt.length_groups, self.raw.config.n_predict, self.rt.device)
             tokens += sum(part["ids"].numel() for part in parts)
-            counts = None
-            if len(parts) > 1:
-                counts = target_counts(batch["targets"], self.raw.config.n_predict).to(self.rt.device)
             for i, part in enumerate(parts):
                 last = micro == accum - 1 and i == len(parts) - 1
                 sync = last or self.cfg.parallel != "ddp" or not self.rt.info.enabled
