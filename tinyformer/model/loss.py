@@ -4,10 +4,12 @@ The plain path (`lm_head(x)` -> float32 logits -> `cross_entropy`) writes the wh
 tensor, its float32 copy, the log-softmax, and in backward a zero-filled gradient of the same size: at a
 10k vocabulary and 4k tokens per batch that is several 160 MB tensors streamed through memory, more time
 than the head's matmul itself on a CPU. Here each block of rows makes its logits, log-sum-exp, loss and
-gradient (softmax minus one-hot, over the number of counted targets; one exp pass for both) while they are
-in cache; the gradients of the hidden states and of the head's weight are computed in the forward pass and
-scaled by the incoming gradient in backward (the loss is a scalar, so nothing else is needed). The matmuls are the same
-three as the plain path's, in the autocast dtype when autocast is on; the softmax is always float32.
+gradient (softmax minus one-hot, over the number of counted targets; torch's softmax kernel serves both: the
+log-sum-exp is the row's top logit minus the log of its largest probability) while they are in cache; the
+gradients of the hidden states and of the head's weight are computed in the forward pass and scaled by the
+incoming gradient in backward (the loss is a scalar, so nothing else is needed). The matmuls are the same
+three as the plain path's, in the autocast dtype when autocast is on (the weight's gradient one matmul per
+chunk of up to CHUNK_ELEMENTS logits, not per block); the softmax is always float32.
 
 `Transformer` uses it for training steps (`forward(..., return_logits=False)`) when the vocabulary is at
 least `FUSED_MIN_VOCAB`; small vocabularies (characters, the lab's tasks) keep the plain path, which is as
@@ -22,6 +24,7 @@ from tinyformer.batch import IGNORE_INDEX
 
 FUSED_MIN_VOCAB = 1024
 BLOCK_ELEMENTS = 1 << 22  # logits per block (16 MB in float32, the fastest measured on a CPU): rows = this / vocab
+CHUNK_ELEMENTS = 1 << 25  # logits' gradients kept for one weight-gradient matmul (64 MB in bf16)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -41,6 +44,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 count: torch.Tensor | None = None):
         dtype = _compute_dtype(hidden)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        n, vocab = hidden.shape[0], weight.shape[0]
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             valid = targets != IGNORE_INDEX
@@ -49,28 +53,41 @@ class LinearCrossEntropy(torch.autograd.Function):
             inv = 1.0 / count.clamp(min=1).float()
             total = torch.zeros((), device=hidden.device, dtype=torch.float32)
             grad_hidden = torch.empty_like(hidden) if need_grad else None
-            grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_grad else None
-            for start in range(0, hidden.shape[0], rows_per_block):
-                stop = min(start + rows_per_block, hidden.shape[0])
-                h = hidden[start:stop].to(dtype)
-                t = targets[start:stop]
-                ok = valid[start:stop]
-                logits = (h @ w.t()).float()
-                picked = logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
-                top = logits.amax(dim=-1, keepdim=True)
-                exps = logits.sub_(top).exp_()  # one exp pass serves the log-sum-exp and the softmax
-                sums = exps.sum(dim=-1, keepdim=True)
-                lse = (top + sums.log()).squeeze(1)
-                total += torch.where(ok, lse - picked, 0.0).sum()
+            grad_weight = None
+            # the logits' gradients of several blocks are kept (in the compute dtype) for one weight-gradient
+            # matmul per chunk: fewer, larger matmuls and far fewer [vocab, d] casts and sums than one per block
+            chunk_rows = max(rows_per_block, CHUNK_ELEMENTS // vocab) if need_grad else n
+            for c0 in range(0, n, chunk_rows):
+                c1 = min(c0 + chunk_rows, n)
+                h_chunk = hidden[c0:c1].to(dtype)
+                g_chunk = torch.empty((c1 - c0, vocab), device=hidden.device, dtype=dtype) if need_grad else None
+                for start in range(c0, c1, rows_per_block):
+                    stop = min(start + rows_per_block, c1)
+                    h = h_chunk[start - c0:stop - c0]
+                    t = targets[start:stop]
+                    ok = valid[start:stop]
+                    logits = (h @ w.t()).float()
+                    picked = logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
+                    top = logits.amax(dim=-1)
+                    probs = torch.softmax(logits, dim=-1)
+                    # log-sum-exp = top + log(sum exp(logits - top)), and the largest probability is
+                    # exp(0) / that sum: no target's probability enters, so a target the model all but rules
+                    # out (probability below float32's range) keeps its exact loss
+                    lse = top - probs.amax(dim=-1).log()
+                    total += torch.where(ok, lse - picked, 0.0).sum()
+                    if need_grad:
+                        probs.scatter_add_(1, t.clamp(min=0).unsqueeze(1), -ok.float().unsqueeze(1))
+                        probs.mul_((ok.float() * inv).unsqueeze(1))  # ignored rows: zero gradient
+                        g = g_chunk[start - c0:stop - c0]
+                        g.copy_(probs)
+                        grad_hidden[start:stop] = g @ w
                 if need_grad:
-                    probs = exps.div_(sums)  # softmax, in place of the logits
-                    probs.scatter_add_(1, t.clamp(min=0).unsqueeze(1), -ok.float().unsqueeze(1))
-                    probs.mul_((ok.float() * inv).unsqueeze(1))  # ignored rows: zero gradient
-                    g = probs.to(dtype)
-                    grad_hidden[start:stop] = g @ w
-                    grad_weight += (g.t() @ h).float()
+                    part = (g_chunk.t() @ h_chunk).float()
+                    grad_weight = part if grad_weight is None else grad_weight.add_(part)
             loss = total * inv
         if need_grad:
+            if grad_weight is None:  # no rows
+                grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return loss, (count > 0).float()
 

@@ -107,6 +107,41 @@ def sdpa_backend(name: str):
     return sdpa_kernel([backend])
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
+HEAP_BLOCKS_UP_TO = 32 << 20  # glibc's largest mmap threshold: blocks up to this size come from the heap
+KEEP_FREE_UP_TO = 1 << 30  # free memory at the heap's top kept before any is given back to the OS
+_reused = False
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; True once applied (False where it is not glibc).
+
+    By default glibc serves blocks above a moving threshold (128 KB up to 32 MB) with fresh mmap calls and
+    gives free memory at the top of its heap back to the OS once it exceeds twice that threshold. A training
+    step allocates and frees the same tens of MB of activations and logit blocks every step, so each step
+    page-faults them in again, zero-filled: 40-50 thousand faults per TinyStories step on this CPU, about 9%
+    of its time. With blocks up to 32 MB taken from the heap and up to 1 GiB of free memory kept, a step
+    reuses the pages of the previous one. The process's resident memory then stays at its peak.
+    Process-wide and for the rest of the process (like LD_PRELOAD of jemalloc or tcmalloc, which torch's CPU
+    tuning guide recommends for the same reason); applied once."""
+    global _reused
+    if _reused:
+        return True
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        ok = libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO) == 1 and libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                    KEEP_FREE_UP_TO) == 1
+    except (OSError, AttributeError):
+        return False
+    _reused = ok
+    return ok
+
+
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Device, process group (under torchrun) and precision for a run."""
     device = resolve_device(cfg.device)
@@ -116,6 +151,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.reuse_memory and device.type == "cpu":
+        reuse_freed_memory()
     info = init_distributed(cfg.parallel, device.type, cfg.dist_backend)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
