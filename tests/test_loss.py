@@ -37,12 +37,12 @@ def loss_and_grads(model: Transformer, ids, targets, **kw) -> tuple[torch.Tensor
 
 
 @pytest.mark.parametrize("tie", [True, False])
-@pytest.mark.parametrize("block,chunk", [(1 << 21, 1 << 25),  # one block
-                                         (5 * (FUSED_MIN_VOCAB + 37), 1 << 25),  # blocks of 5 rows (uneven)
-                                         (5 * (FUSED_MIN_VOCAB + 37), 12 * (FUSED_MIN_VOCAB + 37))])  # 12-row chunks
+@pytest.mark.parametrize("block,chunk", [(1 << 21, 24 << 20),  # one block
+                                         (5 * (FUSED_MIN_VOCAB + 37), 24 << 20),  # blocks of 5 rows (uneven)
+                                         (5 * (FUSED_MIN_VOCAB + 37), 12 * 4 * (FUSED_MIN_VOCAB + 37))])  # 12-row chunks
 def test_fused_training_loss_has_the_plain_loss_and_gradients(tie, block, chunk, monkeypatch):
     monkeypatch.setattr(fused_loss, "BLOCK_ELEMENTS", block)
-    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(fused_loss, "CHUNK_BYTES", chunk)
     model = big_vocab_model(tie_embeddings=tie, n_predict=2)
     ids, targets = batch(model.config.vocab_size)
     plain_loss, plain = loss_and_grads(model, ids, targets)

@@ -9,7 +9,7 @@ log-sum-exp is the row's top logit minus the log of its largest probability) whi
 gradients of the hidden states and of the head's weight are computed in the forward pass and scaled by the
 incoming gradient in backward (the loss is a scalar, so nothing else is needed). The matmuls are the same
 three as the plain path's, in the autocast dtype when autocast is on (the weight's gradient one matmul per
-chunk of up to CHUNK_ELEMENTS logits, not per block); the softmax is always float32.
+chunk of up to CHUNK_BYTES of logits' gradients, not per block); the softmax is always float32.
 
 `Transformer` uses it for training steps (`forward(..., return_logits=False)`) when the vocabulary is at
 least `FUSED_MIN_VOCAB`; small vocabularies (characters, the lab's tasks) keep the plain path, which is as
@@ -24,7 +24,8 @@ from tinyformer.batch import IGNORE_INDEX
 
 FUSED_MIN_VOCAB = 1024
 BLOCK_ELEMENTS = 1 << 22  # logits per block (16 MB in float32, the fastest measured on a CPU): rows = this / vocab
-CHUNK_ELEMENTS = 1 << 25  # logits' gradients kept for one weight-gradient matmul (64 MB in bf16)
+CHUNK_BYTES = 24 << 20  # logits' gradients kept for one weight-gradient matmul: under glibc's 32 MB mmap
+# threshold, so the buffer is reused from the heap (`train.reuse_memory`) rather than mapped afresh each step
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -56,7 +57,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_weight = None
             # the logits' gradients of several blocks are kept (in the compute dtype) for one weight-gradient
             # matmul per chunk: fewer, larger matmuls and far fewer [vocab, d] casts and sums than one per block
-            chunk_rows = max(rows_per_block, CHUNK_ELEMENTS // vocab) if need_grad else n
+            chunk_rows = max(rows_per_block, CHUNK_BYTES // (vocab * w.element_size())) if need_grad else n
             for c0 in range(0, n, chunk_rows):
                 c1 = min(c0 + chunk_rows, n)
                 h_chunk = hidden[c0:c1].to(dtype)
