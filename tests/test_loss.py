@@ -88,6 +88,18 @@ def test_a_target_the_model_all_but_rules_out_keeps_its_exact_loss():
     assert torch.isfinite(hidden.grad).all()
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_no_rows_gives_zero_loss(grad):
+    hidden = torch.zeros(0, 8, requires_grad=grad)
+    weight = torch.randn(FUSED_MIN_VOCAB, 8, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        loss, has = linear_cross_entropy(hidden, weight, torch.zeros(0, dtype=torch.long))
+    assert loss.item() == 0.0 and has.item() == 0.0
+    if grad:
+        loss.backward()
+        assert not weight.grad.any()
+
+
 def test_every_target_ignored_gives_zero_loss_and_zero_gradients():
     hidden = torch.randn(6, 8, requires_grad=True)
     weight = torch.randn(20, 8, requires_grad=True)

@@ -57,7 +57,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_weight = None
             # the logits' gradients of several blocks are kept (in the compute dtype) for one weight-gradient
             # matmul per chunk: fewer, larger matmuls and far fewer [vocab, d] casts and sums than one per block
-            chunk_rows = max(rows_per_block, CHUNK_BYTES // (vocab * w.element_size())) if need_grad else n
+            chunk_rows = max(rows_per_block, CHUNK_BYTES // (vocab * w.element_size())) if need_grad else max(n, 1)
             for c0 in range(0, n, chunk_rows):
                 c1 = min(c0 + chunk_rows, n)
                 h_chunk = hidden[c0:c1].to(dtype)
