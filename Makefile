@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all lint bench install clean
 
-$(STAMP): pyproject.toml setup.py tinyformer/tokenizer/_bpe.c
+$(STAMP): pyproject.toml setup.py tinyformer/tokenizer/_bpe.c tinyformer/model/_kernels.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel, so nothing pulls the CUDA stack.

@@ -15,6 +15,7 @@ from tinyformer.batch import IGNORE_INDEX
 from tinyformer.errors import TinyformerError
 from tinyformer.model.attention import Attention, AttentionMask, KVCache, build_attention_mask
 from tinyformer.model.config import ModelConfig
+from tinyformer.model.kernels import gelu_tanh
 from tinyformer.model.loss import FUSED_MIN_VOCAB, linear_cross_entropy
 from tinyformer.model.positions import alibi_slopes, rope_cos_sin, sinusoidal_embedding
 
@@ -50,12 +51,12 @@ class MLP(nn.Module):
             self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
         self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
-        self.gelu_approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
+        self.activation = gelu_tanh if cfg.mlp == "gelu_tanh" else F.gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(F.gelu(self.up_proj(x), approximate=self.gelu_approximate))
+        return self.down_proj(self.activation(self.up_proj(x)))
 
 
 class Block(nn.Module):
