@@ -1,8 +1,10 @@
 """Lab training throughput through the one engine: examples/s of the published length-generalization
 configuration (4 layers, 4 heads, d_model 256, lengths 1-50, batch 64) with `train.precision=auto` against
-float32, measured in one run, interleaved (fp32, auto, fp32, auto, ...), on the presets as shipped.
+float32, measured in one run, interleaved in pairs (fp32, auto, then auto, fp32, ...), on the presets as shipped.
+The headline ratio is the median of the rounds' own auto / fp32 ratios: the two runs of a round are tens of seconds
+apart, so a machine whose speed drifts over a run (shared hosts do, by 10-20%) moves both.
 
-    python bench/lengen_throughput.py [--task UR] [--pe ape] [--steps 40] [--repeats 2] [--threads N]
+    python bench/lengen_throughput.py [--task UR] [--pe ape] [--steps 40] [--repeats 6] [--threads N]
     python bench/lengen_throughput.py --old-tree DIR   # also the pre-engine loop, from a worktree of an old commit
 
 Each measurement is a real `lengen` run (engine, checkpoint at the end, no evaluation until the last step)
@@ -103,7 +105,7 @@ def main() -> int:
     ap.add_argument("--pe", default="ape")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, as shipped)")
     ap.add_argument("--old-tree", type=Path, help="a git worktree of the commit before the engine change")
     args = ap.parse_args()
@@ -118,21 +120,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TINYFORMER_CACHE"] = str(Path(tmp) / "cache")  # auto measures now, not from an old cache
         for i in range(args.repeats):
-            for precision in ("fp32", "auto"):
+            # fp32, auto in even rounds, auto, fp32 in odd ones: a machine drifting in speed over the minutes
+            # of a run favours neither side of a round's pair
+            for precision in ("fp32", "auto") if i % 2 == 0 else ("auto", "fp32"):
                 rate, used = engine_rate(args.task, args.pe, precision, args.steps, args.log_every, args.threads,
                                          Path(tmp) / f"{precision}-{i}")
                 rows[precision].append(rate)
                 chosen = used if precision == "auto" else chosen
                 print(f"  engine {precision:>4} ({used}): {rate:8.1f} examples/s", flush=True)
+            print(f"  round {i + 1}: auto / fp32 {rows['auto'][-1] / rows['fp32'][-1]:.3f}x", flush=True)
             if args.old_tree:
                 rate = old_rate(args.old_tree, args.task, args.pe, args.steps, args.log_every, args.threads,
                                 Path(tmp) / f"old-{i}")
                 rows["old"].append(rate)
                 print(f"  old loop fp32: {rate:8.1f} examples/s", flush=True)
     med = {k: statistics.median(v) for k, v in rows.items() if v}
+    paired = [a / f for a, f in zip(rows["auto"], rows["fp32"], strict=True)]
     result = {"load_avg_1m": round(os.getloadavg()[0], 2), "threads": torch.get_num_threads(),
               "auto_precision": chosen, **{f"{k}_examples_per_s": round(v, 1) for k, v in med.items()},
-              "auto_vs_fp32": round(med["auto"] / med["fp32"], 3)}
+              "auto_vs_fp32": round(statistics.median(paired), 3),  # the median of the rounds' own ratios
+              "auto_vs_fp32_of_medians": round(med["auto"] / med["fp32"], 3)}
     if "old" in med:
         result["engine_fp32_vs_old_loop"] = round(med["fp32"] / med["old"], 3)
     print(json.dumps(result))

@@ -1,10 +1,14 @@
 """CPU kernels the model uses where torch's are slow: GPT-2's tanh-approximation GELU (`_kernels.c`).
 
-`gelu_tanh(x)` is `F.gelu(x, approximate="tanh")`: the C kernel for contiguous float32/bfloat16 CPU tensors
-outside `torch.compile`, torch's own everywhere else (CUDA, other dtypes, or when the extension was not
-built). The kernel computes in float32 like torch's and agrees with it to float32 rounding (bfloat16 results
-are the float32 value rounded once, so they match torch's to the last bit but for rare ties); it is 2-3x
-faster on the CPUs measured (bench/RESULTS.md).
+`gelu_tanh(x)` is `F.gelu(x, approximate="tanh")`: the C kernel for bfloat16 CPU tensors outside
+`torch.compile` (the activations of a CPU run under `train.precision=bf16` or `auto`), torch's own everywhere
+else (float32, CUDA, or when the extension was not built). The kernel computes in float32 and rounds once, so
+every bfloat16 result is the exact value correctly rounded (torch's tanh form loses low bits for negative x);
+it is about 2.3x faster than torch's on the CPUs measured (bench/RESULTS.md).
+
+The kernel handles float32 too (2-3x torch's, within float32 rounding of it) but float32 runs keep torch's
+kernel: their results are recorded bit for bit (the demo's table, bench/lengen.md, bench/arithmetic.md), and
+a different last bit in an activation sends a small model's training down another, equally valid, path.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ try:  # a C extension: absent when tinyformer was installed without a C compiler
 except ImportError:
     _kernels = None
 
-_DTYPES = (torch.float32, torch.bfloat16)
+_DTYPES = (torch.bfloat16,)  # float32: torch's kernel, see above
 
 
 def _native(x: torch.Tensor) -> bool:
