@@ -1,4 +1,4 @@
-/* GPT-2's tanh-approximation GELU for contiguous CPU tensors, float32 and bfloat16, forward and backward.
+/* GPT-2's tanh-approximation GELU for contiguous bfloat16 CPU tensors, forward and backward.
  *
  * torch's CPU kernel for F.gelu(approximate="tanh") runs its tanh at scalar speed (about 3x its exact
  * GELU on the machines we measured). This one evaluates the same function in its sigmoid form,
@@ -10,8 +10,8 @@
  * cancellation for negative x, where 1 + tanh(u) loses the low bits.
  *
  * Python sees raw pointers: the caller (tinyformer/model/kernels.py) checks device, dtype, contiguity and
- * sizes. The GIL is released while a kernel runs; a large tensor is cut into slices for the caller's thread and
- * `threads - 1` more.
+ * sizes. The GIL is released while a kernel runs; a large tensor is cut into slices run on up to `threads`
+ * OpenMP threads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -77,17 +77,8 @@ static inline float gelu_slope(float x) {
     return s + 2.0f * SQRT_2_OVER_PI * x * (e * s * s) * (1.0f + 3.0f * CUBIC * x2);
 }
 
-CLONES static void forward_f32(const float *restrict x, float *restrict y, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) y[i] = gelu(x[i]);
-}
-
 CLONES static void forward_bf16(const uint16_t *restrict x, uint16_t *restrict y, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) y[i] = to_bf16(gelu(from_bf16(x[i])));
-}
-
-CLONES static void backward_f32(const float *restrict g, const float *restrict x, float *restrict out,
-                                Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = g[i] * gelu_slope(x[i]);
 }
 
 CLONES static void backward_bf16(const uint16_t *restrict g, const uint16_t *restrict x, uint16_t *restrict out,
@@ -95,32 +86,18 @@ CLONES static void backward_bf16(const uint16_t *restrict g, const uint16_t *res
     for (Py_ssize_t i = 0; i < n; i++) out[i] = to_bf16(from_bf16(g[i]) * gelu_slope(from_bf16(x[i])));
 }
 
-/* One call's work, cut into equal slices for `threads` threads (the caller's own thread takes the first). */
-typedef struct {
-    int backward, bf16;
-    const void *g, *x;
-    void *out;
-    Py_ssize_t start, stop;
-} Slice;
-
-static void run_slice(const Slice *s) {
-    Py_ssize_t n = s->stop - s->start, i = s->start;
-    if (n <= 0) return;
-    if (s->backward && s->bf16)
-        backward_bf16((const uint16_t *)s->g + i, (const uint16_t *)s->x + i, (uint16_t *)s->out + i, n);
-    else if (s->backward)
-        backward_f32((const float *)s->g + i, (const float *)s->x + i, (float *)s->out + i, n);
-    else if (s->bf16)
-        forward_bf16((const uint16_t *)s->x + i, (uint16_t *)s->out + i, n);
-    else
-        forward_f32((const float *)s->x + i, (float *)s->out + i, n);
+/* One slice of a call's work: the backward pass when `g` (the output's gradient) is given. */
+static void run_slice(const uint16_t *g, const uint16_t *x, uint16_t *out, Py_ssize_t start, Py_ssize_t stop) {
+    if (stop <= start) return;
+    if (g) backward_bf16(g + start, x + start, out + start, stop - start);
+    else forward_bf16(x + start, out + start, stop - start);
 }
 
 #define MIN_SLICE 32768  /* elements below which another thread costs more than it saves */
 
 /* Slices run on OpenMP threads: in a process that has loaded torch, the same libgomp (and so the same, already
    running thread pool) as torch's own kernels, so the two never compete for cores. */
-static void run(int backward, int bf16, const void *g, const void *x, void *out, Py_ssize_t n, int threads) {
+static void run(const uint16_t *g, const uint16_t *x, uint16_t *out, Py_ssize_t n, int threads) {
     if (threads > n / MIN_SLICE) threads = (int)(n / MIN_SLICE);
     if (threads < 1) threads = 1;
 #ifdef _OPENMP
@@ -130,18 +107,17 @@ static void run(int backward, int bf16, const void *g, const void *x, void *out,
         /* slice bounds on 64-element (one or two cache lines) boundaries */
         Py_ssize_t start = (n * t / threads) & ~(Py_ssize_t)63;
         Py_ssize_t stop = t == threads - 1 ? n : (n * (t + 1) / threads) & ~(Py_ssize_t)63;
-        Slice slice = {backward, bf16, g, x, out, start, stop};
-        run_slice(&slice);
+        run_slice(g, x, out, start, stop);
     }
 }
 
 static PyObject *gelu_tanh(PyObject *self, PyObject *args) {
     unsigned long long x, y;
     Py_ssize_t n;
-    int bf16, threads;
-    if (!PyArg_ParseTuple(args, "KKnpi", &x, &y, &n, &bf16, &threads)) return NULL;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKni", &x, &y, &n, &threads)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    run(0, bf16, NULL, (const void *)(uintptr_t)x, (void *)(uintptr_t)y, n, threads);
+    run(NULL, (const uint16_t *)(uintptr_t)x, (uint16_t *)(uintptr_t)y, n, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -149,19 +125,19 @@ static PyObject *gelu_tanh(PyObject *self, PyObject *args) {
 static PyObject *gelu_tanh_backward(PyObject *self, PyObject *args) {
     unsigned long long g, x, out;
     Py_ssize_t n;
-    int bf16, threads;
-    if (!PyArg_ParseTuple(args, "KKKnpi", &g, &x, &out, &n, &bf16, &threads)) return NULL;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKni", &g, &x, &out, &n, &threads)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    run(1, bf16, (const void *)(uintptr_t)g, (const void *)(uintptr_t)x, (void *)(uintptr_t)out, n, threads);
+    run((const uint16_t *)(uintptr_t)g, (const uint16_t *)(uintptr_t)x, (uint16_t *)(uintptr_t)out, n, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"gelu_tanh", gelu_tanh, METH_VARARGS,
-     "gelu_tanh(x_ptr, y_ptr, n, bf16, threads): y = gelu(x), tanh approximation, over n contiguous elements"},
+     "gelu_tanh(x_ptr, y_ptr, n, threads): y = gelu(x), tanh approximation, over n contiguous bfloat16 elements"},
     {"gelu_tanh_backward", gelu_tanh_backward, METH_VARARGS,
-     "gelu_tanh_backward(g_ptr, x_ptr, out_ptr, n, bf16, threads): out = g * gelu'(x) over n contiguous elements"},
+     "gelu_tanh_backward(g_ptr, x_ptr, out_ptr, n, threads): out = g * gelu'(x) over n contiguous bfloat16 elements"},
     {NULL, NULL, 0, NULL},
 };
 

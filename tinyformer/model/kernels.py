@@ -6,9 +6,10 @@ else (float32, CUDA, or when the extension was not built). The kernel computes i
 every bfloat16 result is the exact value correctly rounded (torch's tanh form loses low bits for negative x);
 it is about 2.3x faster than torch's on the CPUs measured (bench/RESULTS.md).
 
-The kernel handles float32 too (2-3x torch's, within float32 rounding of it) but float32 runs keep torch's
-kernel: their results are recorded bit for bit (the demo's table, bench/lengen.md, bench/arithmetic.md), and
-a different last bit in an activation sends a small model's training down another, equally valid, path.
+Float32 keeps torch's kernel on purpose: a float32 form of this one (2-3x torch's, within float32 rounding of
+it) was tried, but float32 results are recorded bit for bit (the demo's table, bench/lengen.md,
+bench/arithmetic.md), and a different last bit in an activation sent a small model's training down another,
+equally valid, path.
 """
 
 from __future__ import annotations
@@ -21,11 +22,8 @@ try:  # a C extension: absent when tinyformer was installed without a C compiler
 except ImportError:
     _kernels = None
 
-_DTYPES = (torch.bfloat16,)  # float32: torch's kernel, see above
-
-
 def _native(x: torch.Tensor) -> bool:
-    return (_kernels is not None and x.device.type == "cpu" and x.dtype in _DTYPES and x.layout == torch.strided
+    return (_kernels is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.layout == torch.strided
             and not torch.compiler.is_compiling())
 
 
@@ -34,7 +32,7 @@ class _GeluTanh(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
         y = torch.empty_like(x)
-        _kernels.gelu_tanh(x.data_ptr(), y.data_ptr(), x.numel(), x.dtype == torch.bfloat16, torch.get_num_threads())
+        _kernels.gelu_tanh(x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
         ctx.save_for_backward(x)
         return y
 
@@ -44,8 +42,7 @@ class _GeluTanh(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         grad = grad.to(x.dtype).contiguous()
         out = torch.empty_like(x)
-        _kernels.gelu_tanh_backward(grad.data_ptr(), x.data_ptr(), out.data_ptr(), x.numel(),
-                                    x.dtype == torch.bfloat16, torch.get_num_threads())
+        _kernels.gelu_tanh_backward(grad.data_ptr(), x.data_ptr(), out.data_ptr(), x.numel(), torch.get_num_threads())
         return out
 
 
