@@ -115,12 +115,45 @@ def test_sinusoidal_values_at_known_positions():
         assert table[row].tolist() == pytest.approx(expected, abs=1e-6)
 
 
-def test_sinusoidal_model_adds_the_table_to_token_embeddings():
+def test_sinusoidal_model_adds_the_table_at_the_papers_ratio_to_token_embeddings():
+    # Vaswani et al.: sqrt(d) * embedding + table; divided by sqrt(d) (the first norm removes the factor)
     model = tiny("sinusoidal")
     ids = torch.randint(0, 37, (1, 7))
     pos = torch.tensor([[3, 4, 5, 9, 10, 11, 40]])
     x = model.embed(ids, pos)
-    torch.testing.assert_close(x - model.embed_tokens(ids), sinusoidal_embedding(pos, 32))
+    torch.testing.assert_close(x - model.embed_tokens(ids), sinusoidal_embedding(pos, 32) / math.sqrt(32))
+
+
+def position_and_token_accuracy(position: str, steps: int = 150, lr: float = 3e-3) -> float:
+    """Accuracy on a task that needs both what a token is and where it is: target_t = (token_t + t) mod V."""
+    torch.manual_seed(0)
+    vocab, t, b = 16, 12, 32
+    model = Transformer(ModelConfig(vocab_size=vocab, n_layers=1, n_heads=2, d_model=32, max_seq_len=t,
+                                    position=position))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+
+    def batch():
+        ids = torch.randint(0, vocab, (b, t), generator=g)
+        return ids, (ids + torch.arange(t)) % vocab
+
+    for _ in range(steps):
+        ids, targets = batch()
+        _, loss = model(ids, targets=targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ids, targets = batch()
+    with torch.no_grad():
+        logits, _ = model.eval()(ids)
+    return (logits.argmax(-1) == targets).float().mean().item()
+
+
+def test_sinusoidal_learns_a_token_and_position_task_as_well_as_learned_positions():
+    # the unscaled table (amplitude 1 against std-0.02 embeddings) reached 0.17 here; learned reaches 1.0
+    learned = position_and_token_accuracy("learned")
+    assert learned > 0.95
+    assert position_and_token_accuracy("sinusoidal") >= learned - 0.02
 
 
 # ---------------------------------------------------------------------------- learned

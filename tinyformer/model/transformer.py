@@ -185,7 +185,11 @@ class Transformer(nn.Module):
             self._check_table(position_ids, counted)
             x = x + self.embed_positions(position_ids)
         elif self.config.position == "sinusoidal":
-            x = x + sinusoidal_embedding(position_ids, self.config.d_model).to(x.dtype)
+            # Vaswani et al.'s sqrt(d) * embedding + table, divided by sqrt(d): the same sum up to one factor,
+            # which the first block's norm removes, and token embeddings keep their init and learning rate.
+            # Unscaled, the table drowned the std-0.02 tokens and the model learned only unigrams.
+            table = sinusoidal_embedding(position_ids, self.config.d_model) * self.config.d_model**-0.5
+            x = x + table.to(x.dtype)
         return x
 
     # ---------------------------------------------------------------- forward
