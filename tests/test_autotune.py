@@ -119,3 +119,88 @@ def test_short_steps_are_timed_in_more_rounds_up_to_a_bound():
     calls.clear()
     autotune.pick_fastest(cands, fake_measure({c: 1.0 for c in cands}, calls), rounds=3, min_seconds=0.5)
     assert len(calls) == 2 * 3
+
+
+# ------------------------------------------------------------- every candidate trains like float32
+
+TOLERANCE = 0.03  # the largest relative gap of any step's loss to float32's over 20 steps at lr 3e-3
+
+
+def batch_kinds() -> dict[str, dict[str, torch.Tensor]]:
+    """The batches a training step sees: text windows, right-padded rows (data.sampling=rows, lab tasks)
+    with and without offset position ids, and left-padded rows with an attention mask."""
+    g = torch.Generator().manual_seed(0)
+    vocab, b, t = 32, 8, 24
+    ids = torch.randint(0, vocab, (b, t), generator=g)
+    nxt = torch.roll(ids, -1, 1)
+    lens = torch.randint(6, t + 1, (b,), generator=g)
+    right = torch.arange(t)[None] < lens[:, None]
+    left = torch.arange(t)[None] >= t - lens[:, None]
+    rows = {"ids": ids.masked_fill(~right, 0), "targets": nxt.masked_fill(~right, -100)}
+    return {
+        "plain": {"ids": ids, "targets": nxt},
+        "rows": rows,
+        "rows+offsets": {**rows, "position_ids": torch.arange(t) + torch.randint(0, 8, (b, 1), generator=g)},
+        "left-padded": {"ids": ids.masked_fill(~left, 0), "targets": nxt.masked_fill(~left, -100),
+                        "attention_mask": left.long()},
+    }
+
+
+CASES = [("plain", "learned", 1), ("rows", "learned", 4), ("rows", "rope", 4), ("rows+offsets", "learned", 4),
+         ("left-padded", "alibi", 1), ("left-padded", "learned", 1)]
+
+
+@pytest.mark.parametrize("kind,position,groups", CASES)
+def test_every_candidate_trains_like_float32(kind, position, groups):
+    from tinyformer.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("gpt2", vocab_size=32, n_layers=2, n_heads=4, d_model=32,
+                                           max_seq_len=40, position=position))
+    batch = batch_kinds()[kind]
+    cpu = torch.device("cpu")
+    reference = autotune.loss_trajectory(model, batch, cpu, autotune.REFERENCE, groups, steps=20, lr=3e-3)
+    assert reference[-1] < 0.8 * reference[0], "the steps must train, or agreement says nothing"
+    for candidate in autotune.CPU_CANDIDATES:
+        losses = autotune.loss_trajectory(model, batch, cpu, candidate, groups, steps=20, lr=3e-3)
+        assert autotune.disagreement(losses, reference) < TOLERANCE, (candidate, losses, reference)
+
+
+def test_the_agreement_check_sees_a_wrong_computation():
+    """Left-padded rows without their attention mask let tokens see padding: the losses part by more than
+    the tolerance, so a kernel that mishandled padding would be refused."""
+    from tinyformer.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("gpt2", vocab_size=32, n_layers=2, n_heads=4, d_model=32,
+                                           max_seq_len=40))
+    batch = batch_kinds()["left-padded"]
+    unmasked = {k: v for k, v in batch.items() if k != "attention_mask"}
+    cpu = torch.device("cpu")
+    right = autotune.loss_trajectory(model, batch, cpu, autotune.REFERENCE, steps=20, lr=3e-3)
+    wrong = autotune.loss_trajectory(model, unmasked, cpu, autotune.REFERENCE, steps=20, lr=3e-3)
+    assert autotune.disagreement(wrong, right) > TOLERANCE
+    assert autotune.disagreement(right, right) == 0.0
+
+
+def test_auto_passes_over_a_faster_candidate_that_trains_differently(monkeypatch):
+    """The fastest candidate's losses part from float32's: the next fastest that agrees is chosen, and a
+    candidate not faster than float32 by the margin never is."""
+    from tinyformer.model import ModelConfig, Transformer
+
+    model = Transformer(ModelConfig(vocab_size=11, n_layers=1, n_heads=2, d_model=16))
+    batch = {"ids": torch.zeros(2, 5, dtype=torch.long), "targets": torch.zeros(2, 5, dtype=torch.long)}
+    real = autotune.loss_trajectory
+
+    def trajectory(model, batch, device, candidate, *args, **kw):
+        losses = real(model, batch, device, candidate, *args, **kw)
+        return [x * 1.2 for x in losses] if candidate == ("bf16", "math") else losses
+
+    monkeypatch.setattr(autotune, "loss_trajectory", trajectory)
+    cands = autotune.CPU_CANDIDATES
+    times = {"fp32/auto": 1.0, "fp32/math": 1.1, "bf16/auto": 0.8, "bf16/math": 0.5, "bf16/fp32": 0.99}
+    choice, gaps = autotune.agreeing_choice(model, batch, torch.device("cpu"), 1, cands, times, ("bf16", "math"))
+    assert choice == ("bf16", "auto") and gaps["bf16/math"] > autotune.AGREEMENT_TOLERANCE
+    times = {"fp32/auto": 1.0, "fp32/math": 1.1, "bf16/auto": 0.99, "bf16/math": 0.5, "bf16/fp32": 0.985}
+    choice, _ = autotune.agreeing_choice(model, batch, torch.device("cpu"), 1, cands, times, ("bf16", "math"))
+    assert choice == ("fp32", "auto")
