@@ -145,7 +145,8 @@ def directory_lock(directory: str | os.PathLike, what: str = "directory") -> Ite
     created = not directory.exists()
     if created:
         try:
-            directory.mkdir(parents=True)
+            directory.mkdir(parents=True, exist_ok=True)  # another process may create it at the same moment
+            fsync_dir(directory.parent)
         except OSError as exc:
             raise TinyformerError(f"cannot create {what} {directory}: {exc.strerror}") from None
     path = directory / LOCK_FILE
