@@ -296,3 +296,20 @@ def test_every_rename_is_followed_by_an_fsync_of_its_directory(cli, tmp_path, co
             assert ("fsync", "dir", src) in events[:i], f"{src} not synced before its rename"
     # checkpoints/ itself was created by the first checkpoint: the run directory is synced after
     assert ("fsync", "dir", os.path.realpath(run)) in events
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_refuses_a_run_dir_in_use(held):
+    """Only rank 0 takes the lock; the others learn its answer, so the whole job ends (no rank left waiting)."""
+    run, pid = held
+    args = ["lengen", "train", "--task", "UR", "--pe", "rope", "model.n_layers=1", "model.d_model=16",
+            "model.n_heads=2", "train.max_steps=4", "eval.examples=12", "task.train_lengths=1-8", "eval.bins=[1-8]",
+            "train.batch_size=32", "train.precision=fp32", "train.progress=false", "train.threads=1",
+            "train.device=cpu", "train.parallel=ddp", "--out", str(run)]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "tinyformer", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    refusals = [line for line in proc.stderr.splitlines() if line.startswith("tinyformer: error:")]
+    assert refusals and all(f"pid {pid}" in line and "in use by another process" in line for line in refusals)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]

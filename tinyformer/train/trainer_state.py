@@ -196,9 +196,9 @@ class TrainerState:
             how = (f"start again in a new run_dir with a lower learning rate ({lower}) or a longer train.warmup"
                    + (f" (the last good checkpoint is {good})" if good else ""))
         else:
-            how = (f"restart from the last good checkpoint with a lower learning rate: the same command with "
-                   f"train.init_from={good} {lower} run_dir=NEW_RUN_DIR (its weights, a fresh optimizer), or "
-                   f"raise train.warmup")
+            how = (f"restart from the last good checkpoint with a lower learning rate: the same command (without "
+                   f"--resume) with train.init_from={good} {lower} run_dir=NEW_RUN_DIR (its weights, a fresh "
+                   f"optimizer), or raise train.warmup")
         return TinyformerError(f"training diverged at step {self.step if step is None else step} ({what}); {how}")
 
     def _record_outcome(self, score: float | None, status: str | None) -> None:
