@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tinyformer.data.tokenfile import write_token_file
+from tinyformer.errors import TinyformerError
 from tinyformer.tokenizer import Tokenizer
 
 TINY_MODEL = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=16"]
@@ -174,7 +175,7 @@ def test_failed_checkpoint_write_leaves_latest_intact(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(model_io, "save_model", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(TinyformerError, match="no space left on the device .* while writing .*step-00000002; free"):
         save_checkpoint(tmp_path, 2, model, {"step": 2})
     assert latest_checkpoint(tmp_path).name == "step-00000001"
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir()]

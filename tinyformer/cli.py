@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tinyformer import __version__
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import DISK_FULL, disk_full_error
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -93,15 +94,26 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + int(signum)
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            return _internal_error(exc, argv)
+        error = disk_full_error(exc.filename)  # a write no caller named the file of
+        print(f"tinyformer: error: {error}", file=sys.stderr)
+        return error.exit_code
     except Exception as exc:  # a bug, not the user's mistake: one line here, the traceback in a file
-        if os.environ.get("TINYFORMER_TRACEBACK"):
-            raise
-        report = write_error_report(exc, argv)
-        first = (str(exc).splitlines() or [""])[0][:300]
-        where = f"full report in {report}" if report else "no report could be written"
-        print(f"tinyformer: internal error: {type(exc).__name__}: {first} ({where}; please attach it to a bug "
-              "report, or set TINYFORMER_TRACEBACK=1 to see the traceback here)", file=sys.stderr)
-        return 1
+        return _internal_error(exc, argv)
+
+
+def _internal_error(exc: Exception, argv: list[str]) -> int:
+    """One line for a bug, the traceback in a report file (or here, with TINYFORMER_TRACEBACK=1)."""
+    if os.environ.get("TINYFORMER_TRACEBACK"):
+        raise exc
+    report = write_error_report(exc, argv)
+    first = (str(exc).splitlines() or [""])[0][:300]
+    where = f"full report in {report}" if report else "no report could be written"
+    print(f"tinyformer: internal error: {type(exc).__name__}: {first} ({where}; please attach it to a bug "
+          "report, or set TINYFORMER_TRACEBACK=1 to see the traceback here)", file=sys.stderr)
+    return 1
 
 
 def write_error_report(exc: BaseException, argv: list[str]) -> Path | None:

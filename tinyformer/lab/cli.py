@@ -200,6 +200,7 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
     from tinyformer.lab.setup import scheme_label
     from tinyformer.lab.sweep import lab_config
     from tinyformer.tasks import get_task
+    from tinyformer.train.trainer_state import DONE
 
     cfg = lab_config(settings, args.config)
     resolve_task_run(cfg)  # bins, positions and the model checked before any directory is touched
@@ -210,12 +211,14 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
     scheme = scheme_label(cfg.model.position)
     print(f"lengen train: {cfg.task.name} ({get_task(cfg.task.name).description}) with {scheme} positions -> {out}")
     summary = train_task(cfg)
-    if summary["status"] not in ("finished", "solved"):
+    if summary["status"] not in DONE:  # paused or stopped by a signal: a checkpoint to continue from
         from tinyformer.train.trainer import exit_code
 
         print(f"{summary['status']} at step {summary['step']}; run the same command again to continue")
         return exit_code(summary)  # 130 / 143 when a signal stopped it
-    how = ", training-range bin solved" if summary["status"] == "solved" else ""
+    how = {"solved": ", training-range bin solved",
+           "early_stopped": ", stopped early: no improvement (the run has ended; raising train.max_steps "
+                            "does not continue it)"}.get(summary["status"], "")
     print(f"done after {summary['step']} steps ({summary['elapsed_s']:.0f} s of training){how}")
     for b, acc in summary["accuracy"].items():
         greedy = (summary.get("accuracy_greedy") or {}).get(b)

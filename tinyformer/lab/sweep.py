@@ -19,7 +19,9 @@ from typing import Any
 
 from tinyformer.config import deep_merge, nest_dotted, read_yaml
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import directory_lock
 from tinyformer.train.config import RunConfig, preset_path, run_config_from_dict, saved_dict
+from tinyformer.train.trainer_state import DONE
 
 DEFAULT_GRID = {
     "model.n_layers": [2, 4],
@@ -208,11 +210,17 @@ def _run_all(jobs: list[tuple[Settings, RunConfig, Path]], train: TrainFn | None
 
 def sweep(base: Settings, grid: Mapping[str, list], results: str | Path, *, train: TrainFn | None = None,
           executor=None, log: Callable[[str], None] = print) -> list[dict]:
-    """Run every grid combination on top of `base` (task, scheme and fixed settings) not yet in the summary."""
+    """Run every grid combination on top of `base` (task, scheme and fixed settings) not yet in the summary;
+    `results` is locked meanwhile, so a second sweep on it refuses instead of running the grid twice."""
+    with directory_lock(results, "sweep results directory"):
+        return _sweep(base, grid, Path(results), train, executor, log)
+
+
+def _sweep(base: Settings, grid: Mapping[str, list], results: Path, train: TrainFn | None, executor,
+           log: Callable[[str], None]) -> list[dict]:
     from tinyformer.lab.run import run_path
     from tinyformer.lab.setup import scheme_label
 
-    results = Path(results)
     todo_all = [({**base, **combo}) for combo in combinations(grid)]
     configs = [(s, lab_config(s)) for s in todo_all]
     first = configs[0][1]
@@ -234,7 +242,7 @@ def sweep(base: Settings, grid: Mapping[str, list], results: str | Path, *, trai
 
 def _unfinished(result: dict, run_dir: Path, log: Callable[[str], None]) -> bool:
     """A run that did not end (interrupted, paused) gets no summary row: the next sweep resumes it."""
-    if result.get("status", "finished") in ("finished", "solved", "early_stopped"):
+    if result.get("status", "finished") in DONE:
         return False
     log(f"  {run_dir}: {result['status']}; not recorded, run the command again to continue it")
     return True

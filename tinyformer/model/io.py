@@ -59,6 +59,7 @@ def load_config_file(ckpt_dir: Path):
 
 def load_state(model, weights_path: Path, map_location: str = "cpu") -> None:
     """Load `model.safetensors` into `model`, with one-line errors for damage or a config/weights mismatch."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -82,6 +83,15 @@ def load_state(model, weights_path: Path, map_location: str = "cpu") -> None:
             raise TinyformerError(
                 f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the config needs "
                 f"{tuple(expected[name].shape)}; the weights belong to another model"
+            )
+        damage = (f"holds {tensor.dtype} values where the model keeps {expected[name].dtype}"
+                  if tensor.dtype != expected[name].dtype else
+                  "holds NaN or infinite values" if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+                  else None)
+        if damage:
+            raise TinyformerError(
+                f"{weights_path}: {name} {damage}; the checkpoint is damaged: use an earlier one (the run's "
+                f"checkpoints/step-*), or to resume from the previous checkpoint delete {weights_path.parent}"
             )
     model.load_state_dict(state, strict=False)  # strict would demand the tied lm_head.weight
 

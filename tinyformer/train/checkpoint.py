@@ -14,6 +14,7 @@ and tensors are written as tagged JSON objects and rebuilt as such when read.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,9 @@ def record_score(run_dir: str | Path, name: str, score: float | None, keep_last:
     ckpts = Path(run_dir) / rundir.CHECKPOINTS
     index = rundir.read_index(run_dir) if index is None else index
     best = index.get("best_score", index.get("best_val_loss"))
-    if score is not None and (best is None or score < best):
+    if best is not None and not math.isfinite(best):  # a NaN an older version recorded: anything beats it
+        best = None
+    if score is not None and math.isfinite(score) and (best is None or score < best):
         index["best"], index["best_score"] = name, float(score)
         index.pop("best_val_loss", None)
     with atomic_write(ckpts / rundir.INDEX_FILE) as f:

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tinyformer.errors import TinyformerError
+    from tinyformer.fileio import directory_lock
     from tinyformer.train import compare
     from tinyformer.train.runtime import resolve_device
     from tinyformer.train.trainer import exit_code
@@ -41,18 +42,19 @@ def run(args: argparse.Namespace) -> int:
     n_variants = len({m.variant.label for m in members})
     print(f"compare: {n_variants} variant{'s' * (n_variants != 1)} x {args.seeds} seed{'s' * (args.seeds != 1)} "
           f"= {len(members)} run{'s' * (len(members) != 1)} in {out / 'runs'}")
-    status = compare.train_all(members)
-    if status == "interrupted":
-        stopped = next(m for m in members if m.summary.get("status") == "interrupted")
-        print(f"compare: interrupted during {stopped.variant.label}, seed {stopped.seed}; run the same command "
-              "again to resume")
-        return exit_code(stopped.summary)
-    if status == "paused":
-        print("compare: runs paused at train.stop_at_step; run the same command without it to finish them")
+    with directory_lock(out, "compare output directory"):  # a second compare on `out` refuses
+        status = compare.train_all(members)
+        if status == "interrupted":
+            stopped = next(m for m in members if m.summary.get("status") == "interrupted")
+            print(f"compare: interrupted during {stopped.variant.label}, seed {stopped.seed}; run the same command "
+                  "again to resume")
+            return exit_code(stopped.summary)
+        if status == "paused":
+            print("compare: runs paused at train.stop_at_step; run the same command without it to finish them")
+            return 0
+        trained = compare.evaluate_all(members, factors, device)
+        paths = compare.write_results(members, out, trained)
+        print()
+        print(compare.results_table(compare.aggregate(members), trained))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
         return 0
-    trained = compare.evaluate_all(members, factors, device)
-    paths = compare.write_results(members, out, trained)
-    print()
-    print(compare.results_table(compare.aggregate(members), trained))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tinyformer.fileio import writing
+
 # Published dense (non-sparse) peaks in FLOP/s: (bf16/fp16 tensor core, tf32 tensor core).
 KNOWN_CUDA_PEAKS: dict[str, tuple[float, float]] = {
     "H200": (989e12, 494e12),
@@ -99,7 +101,7 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with open(self.path, "a", encoding="utf-8") as f:
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
         if self.writer is not None:
             for key, value in record.items():

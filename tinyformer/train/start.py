@@ -4,8 +4,9 @@ so a start that fails creates nothing and a refused resume leaves its files as t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ import torch
 
 from tinyformer import rundir
 from tinyformer.config import to_dict
+from tinyformer.errors import TinyformerError
+from tinyformer.fileio import directory_lock
 from tinyformer.train.checkpoint import read_settings
 from tinyformer.train.config import RunConfig, result_settings, save_run_config
-from tinyformer.train.distributed import barrier
+from tinyformer.train.distributed import all_gather_objects, barrier
 from tinyformer.train.runtime import Runtime, seed_everything, setup_runtime
 from tinyformer.train.trainer import Trainer
 from tinyformer.train.trainer_state import check_settings, find_resume
@@ -38,28 +41,47 @@ def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[st
     if resume_from is not None and (saved := read_settings(resume_from)) is not None:
         check_settings(saved, settings, run_dir)  # a refused resume costs no model, data or measurement
     rt = setup_runtime(cfg.train)
-    seed_everything(cfg.train.seed)  # the same initial weights on every process
-    model = Transformer(cfg.model)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    seed_everything(cfg.train.seed + 1 + rt.info.rank)  # dropout differs per process
-    source, evaluation, sample_fn = build(rt)
-    tuned = _autotune(cfg, rt, model, source)
-    train_cfg = dataclasses.replace(cfg.train, sdpa_backend=rt.sdpa)  # the kernel autotune chose, if it did
-    trainer = Trainer(model, train_cfg, run_dir, source, rt, evaluation=evaluation, sample_fn=sample_fn,
-                      model_config=to_dict(cfg.model), seq_len=seq_len, resume=cfg.resume, settings=settings)
-    if rt.info.is_main:
-        _announce(cfg, model, trainer)
-        rundir.prepare(run_dir)
-        rundir.remove_temp_files(run_dir)  # what a killed write left, before this run writes anything
-        save_run_config(cfg, run_dir / rundir.CONFIG_FILE)
-        if write_extra is not None:
-            write_extra(run_dir)
-    barrier(rt.info)
-    summary = trainer.fit()
-    if tuned:
-        summary["autotune"] = tuned
-    return summary
+    with _locked(run_dir, rt):  # a second process on this run_dir refuses before it reads a checkpoint
+        seed_everything(cfg.train.seed)  # the same initial weights on every process
+        model = Transformer(cfg.model)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        seed_everything(cfg.train.seed + 1 + rt.info.rank)  # dropout differs per process
+        source, evaluation, sample_fn = build(rt)
+        tuned = _autotune(cfg, rt, model, source)
+        train_cfg = dataclasses.replace(cfg.train, sdpa_backend=rt.sdpa)  # the kernel autotune chose, if it did
+        trainer = Trainer(model, train_cfg, run_dir, source, rt, evaluation=evaluation, sample_fn=sample_fn,
+                          model_config=to_dict(cfg.model), seq_len=seq_len, resume=cfg.resume, settings=settings)
+        if rt.info.is_main:
+            _announce(cfg, model, trainer)
+            rundir.prepare(run_dir)
+            rundir.remove_temp_files(run_dir)  # what a killed write left, before this run writes anything
+            save_run_config(cfg, run_dir / rundir.CONFIG_FILE)
+            if write_extra is not None:
+                write_extra(run_dir)
+        barrier(rt.info)
+        summary = trainer.fit()
+        if tuned:
+            summary["autotune"] = tuned
+        return summary
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path, rt: Runtime) -> Iterator[None]:
+    """Hold the lock on `run_dir` while the run starts and trains. Only the main process holds it (the other
+    ranks of a torchrun job write nothing into the run directory); they all refuse together when it is held."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if rt.info.is_main:
+            try:
+                stack.enter_context(directory_lock(run_dir, "run_dir"))
+            except TinyformerError as exc:
+                refused = str(exc)
+        if rt.info.enabled:
+            refused = all_gather_objects(refused, rt.info)[0]
+        if refused:
+            raise TinyformerError(refused)
+        yield
 
 
 def _announce(cfg: RunConfig, model: torch.nn.Module, trainer: Trainer) -> None:
@@ -102,7 +124,6 @@ def _autotune(cfg: RunConfig, rt: Runtime, model: torch.nn.Module, source: Any) 
     import copy
 
     from tinyformer.train import autotune
-    from tinyformer.train.distributed import all_gather_objects
 
     batch = copy.deepcopy(source).next_batch()  # a copy: the run's own stream must not move
     precision, sdpa, report = autotune.choose(model, to_dict(cfg.model), batch, "auto", cfg.train.sdpa_backend,

@@ -119,6 +119,8 @@ class Trainer(TrainerState):
         self.evals_without_improvement = 0
         self.eval_pending = False  # the checkpoint of this step was written before its evaluation finished
         self.status: str | None = None  # set when a saved run ended (finished, solved, early_stopped)
+        # the schedule's length: max_steps, or the one a finished run completed when it is extended
+        self.horizon, self.horizon_kept, self.extended_from = cfg.max_steps, False, None
         self.last_saved: Path | None = None
         self.last_eval: dict[str, Any] = {}
         self.progress: Progress | None = None
@@ -221,6 +223,8 @@ class Trainer(TrainerState):
         except Exception as exc:
             self._failed("evaluation", exc)
             return None, False
+        if not math.isfinite(score):  # never a best score nothing can beat
+            raise self.diverged(f"its evaluation gave {self.evaluation.score_name} {score}")
         self.last_eval = metrics
         if self.peak and self.peak_source.startswith("measured"):
             # A ceiling measured while something else ran reads low (MFU over 100%); the best
@@ -323,6 +327,16 @@ class Trainer(TrainerState):
             self._warn(self.resume_note)
         if self.resumed_from is not None:
             progress.note(f"resumed from {self.resumed_from} at step {self.step}")
+        if self.extended_from is not None:
+            final = lr_at(self.horizon, schedule=cfg.schedule, lr=cfg.lr, min_lr=cfg.final_lr, warmup=cfg.warmup,
+                          total=self.horizon)
+            text = (f"extending the run that finished at step {self.extended_from} to train.max_steps={cfg.max_steps}: "
+                    f"the learning-rate schedule keeps its {self.horizon}-step horizon, so the new steps train at its "
+                    f"final rate, {final:.3g} (stretching it would raise the rate again and undo the decay)")
+            if progress.enabled:
+                progress.note(text)
+            elif main:  # said even without progress output: the run does not train as its config reads
+                print(text, flush=True)
         self.stop_signal: str | None = None
         status, train_loss = None, float("nan")
         self.module.train()
@@ -334,12 +348,10 @@ class Trainer(TrainerState):
             while status is None and self.step < end_step:
                 t0 = time.perf_counter()
                 lr = lr_at(self.step, schedule=cfg.schedule, lr=cfg.lr, min_lr=cfg.final_lr, warmup=cfg.warmup,
-                           total=cfg.max_steps)
+                           total=self.horizon)
                 loss, grad_norm, step_tokens = self.train_step(lr)
                 if not math.isfinite(loss) and self.rt.precision != "fp16":
-                    raise TinyformerError(
-                        f"training diverged at step {self.step + 1} (loss {loss}); lower train.lr or raise train.warmup"
-                    )
+                    raise self.diverged(f"loss {loss}", self.step + 1)
                 self.step += 1
                 step_tokens *= info.world_size
                 self.tokens += step_tokens

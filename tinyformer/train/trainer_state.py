@@ -6,6 +6,7 @@ outcome). A mixin of `Trainer`, kept apart so the training loop reads in one sit
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from tinyformer import rundir
 from tinyformer.errors import TinyformerError
 from tinyformer.train import checkpoint as ckpt
-from tinyformer.train.distributed import all_gather_objects, barrier
+from tinyformer.train.distributed import all_gather_objects, all_reduce_max, barrier
 from tinyformer.train.runtime import rng_state, set_rng_state
 
 DONE = ("finished", "solved", "early_stopped")  # statuses after which a run does not train again
@@ -63,7 +64,7 @@ class TrainerState:
             set_optimizer_state_dict(
                 self.raw, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
             )
-            self._check_optimizer(groups)
+            self._check_optimizer(groups, where)
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.train_source.load_state_dict(state["sampler"])
@@ -75,12 +76,18 @@ class TrainerState:
             self.step, self.tokens, self.examples, self.evals_without_improvement = counters
             self.elapsed = float(state["elapsed"])
             best = state["best_score"]
-            self.best_score = None if best is None else float(best)
+            self.best_score = None if best is None or not math.isfinite(float(best)) else float(best)
             self.best_checkpoint = state.get("best_checkpoint")
             if not (self.best_checkpoint is None or rundir.STEP_NAME.fullmatch(str(self.best_checkpoint))):
                 raise ValueError(f"best checkpoint {self.best_checkpoint!r}")
             self.eval_pending = state["eval_pending"] is True
             self.status = state["status"] if state["status"] in DONE else None
+            schedule = state.get("schedule") or {}
+            if schedule.get("kept") or (self.status == "finished" and self.cfg.max_steps > self.step):
+                # a finished run extended to a larger max_steps keeps the horizon its schedule completed
+                self.horizon, self.horizon_kept = int(schedule["total"]), True
+                if self.status == "finished" and self.cfg.max_steps > self.step:
+                    self.status, self.extended_from = None, self.step
         except TinyformerError:
             raise
         except Exception as exc:  # a damaged or foreign state: one line, never a traceback
@@ -89,10 +96,10 @@ class TrainerState:
                 f"{str(exc).splitlines()[0] if str(exc) else 'bad value'}); it is corrupt or from another run"
             ) from None
 
-    def _check_optimizer(self, groups: list[dict[str, Any]]) -> None:
+    def _check_optimizer(self, groups: list[dict[str, Any]], where: Path) -> None:
         """Make the loaded optimizer state one this run can step with: the hyperparameters of its groups are
         the config's (`groups`, from before loading; the settings check made sure they did not change), and
-        every parameter's moments are tensors shaped and typed like it."""
+        every parameter's moments are finite tensors shaped and typed like it."""
         if len(groups) != len(self.optimizer.param_groups):
             raise ValueError("optimizer groups")
         for group, fresh in zip(self.optimizer.param_groups, groups):
@@ -105,6 +112,11 @@ class TrainerState:
                     if not isinstance(value, torch.Tensor) or not value.is_floating_point() or (
                             name != "step" and (value.shape != p.shape or value.dtype != p.dtype)):
                         raise ValueError(f"optimizer {name} does not fit a parameter of shape {tuple(p.shape)}")
+                    if not torch.isfinite(value).all():
+                        raise TinyformerError(
+                            f"{where / rundir.STATE_TENSORS_FILE}: the optimizer's {name} holds NaN or infinite "
+                            f"values; the checkpoint is damaged: to resume from the previous checkpoint delete {where}"
+                        )
 
     # ------------------------------------------------------------ checkpoints
 
@@ -143,6 +155,11 @@ class TrainerState:
         )
         rngs = all_gather_objects(rng_state(), self.rt.info)
         model = self._full_model_for_save()
+        broken = model is not None and not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        if self.rt.info.enabled:
+            broken = all_reduce_max([float(broken)], self.rt.info, self.rt.device)[0] > 0
+        if broken:  # never a checkpoint nothing can continue from
+            raise self.diverged("its weights hold NaN or infinite values")
         if self.rt.info.is_main:
             state = {
                 "step": self.step,
@@ -155,7 +172,7 @@ class TrainerState:
                 "rng": rngs,
                 "schedule": {
                     "schedule": self.cfg.schedule, "lr": self.cfg.lr, "min_lr": self.cfg.final_lr,
-                    "warmup": self.cfg.warmup, "total": self.cfg.max_steps,
+                    "warmup": self.cfg.warmup, "total": self.horizon, "kept": self.horizon_kept,
                 },
                 "model_config": self.model_config,
                 "seq_len": self.seq_len,
@@ -165,6 +182,24 @@ class TrainerState:
             self.last_saved = ckpt.save_checkpoint(self.run_dir, self.step, model, state,
                                                    keep_last=self.cfg.keep_last)
         barrier(self.rt.info)
+
+    def diverged(self, what: str, step: int | None = None) -> TinyformerError:
+        """The one line after a divergence (the weights of `self.step` broke; `step`: the step to name): how to
+        go on from the last good checkpoint with a lower rate. A resume may not change train.lr (it decides
+        the result), so its weights start a new run_dir (train.init_from)."""
+        # the weights of self.step broke (their loss, evaluation or values): a checkpoint before them, the best
+        before = [p for p in rundir.step_dirs(self.run_dir)
+                  if rundir.is_complete(p) and p.name < rundir.step_name(self.step)]
+        good = next((p for p in before if p.name == self.best_checkpoint), before[-1] if before else None)
+        lower = f"train.lr={self.cfg.lr / 10:g}"
+        if good is None or "task.name" in self.settings:  # the lab starts its runs from scratch
+            how = (f"start again in a new run_dir with a lower learning rate ({lower}) or a longer train.warmup"
+                   + (f" (the last good checkpoint is {good})" if good else ""))
+        else:
+            how = (f"restart from the last good checkpoint with a lower learning rate: the same command (without "
+                   f"--resume) with train.init_from={good} {lower} run_dir=NEW_RUN_DIR (its weights, a fresh "
+                   f"optimizer), or raise train.warmup")
+        return TinyformerError(f"training diverged at step {self.step if step is None else step} ({what}); {how}")
 
     def _record_outcome(self, score: float | None, status: str | None) -> None:
         """After the evaluation of a saved step: the best checkpoint in index.json, then the step's state."""
