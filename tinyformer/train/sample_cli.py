@@ -91,35 +91,41 @@ def _sample_task(run, model, args, device) -> int:
     right = 0
     for tokens, supervised, n in zip(examples.tokens, examples.supervised, examples.seq_lens):
         tokens, supervised = tokens[: int(n)], supervised[: int(n)]
-        start = int(np.argmax(supervised))
+        # scored as `eval` scores: every supervised token, generated greedily from the prompt before them
+        start, stop = int(np.argmax(supervised)), len(supervised) - int(np.argmax(supervised[::-1]))
         prompt = tokens[:start].tolist()
-        want = task.answer_text(tokens[start:])
-        got = _answer(setup, model, prompt, device)
-        ok = task.same_answer(got, want)
+        want = task.answer_text(tokens[start:stop])
+        out = _answer_ids(setup, model, prompt, device, stop - start)
+        ok = len(out) == stop - start and bool((np.asarray(out) == tokens[start:stop])[supervised[start:stop]].all())
         right += ok
-        print(f"{task.prompt_text(prompt)} -> {got}   {'correct' if ok else 'wrong, expected ' + want}")
+        print(f"{task.prompt_text(prompt)} -> {task.answer_text(out)}   {'correct' if ok else 'wrong, expected ' + want}")
     print(f"{right}/{len(examples)} correct (task {task.name}, lengths {lo}-{hi}, checkpoint {run.checkpoint.name})")
     return 0
 
 
-def _answer(setup, model, prompt: list[int], device, max_new_tokens: int | None = None) -> str:
-    """The model's greedy answer to `prompt` (the task's own ids), in the human-readable form."""
+def _answer_ids(setup, model, prompt: list[int], device, n_new: int) -> list[int]:
+    """The model's `n_new` greedy tokens after `prompt` (the task's own ids), fewer where learned positions end."""
     import numpy as np
 
     from tinyformer.errors import TinyformerError
     from tinyformer.lab.evaluate import greedy_continuation
 
-    task = setup.task
-    n_new = task.answer_length(prompt)
-    if max_new_tokens is not None:
-        n_new = min(n_new, max_new_tokens)
     if model.config.position == "learned":  # stay inside the position table
         n_new = min(n_new, model.config.position_table_size - len(prompt))
         if n_new < 1:
             raise TinyformerError(f"the input has {len(prompt)} tokens; the run's learned positions end at "
                                   f"{model.config.position_table_size}: give a shorter input")
-    out = greedy_continuation(model, np.asarray([prompt]), n_new, setup.eval_positions, device)[0].tolist()
-    return task.answer_text(out)
+    return greedy_continuation(model, np.asarray([prompt]), n_new, setup.eval_positions, device)[0].tolist()
+
+
+def _answer(setup, model, prompt: list[int], device, max_new_tokens: int | None = None) -> str:
+    """The model's greedy answer to `prompt` (the task's own ids), in the human-readable form: exactly the
+    task's answer length (`Task.answer_length`), or `max_new_tokens` when fewer."""
+    task = setup.task
+    n_new = task.answer_length(prompt)
+    if max_new_tokens is not None:
+        n_new = min(n_new, max_new_tokens)
+    return task.answer_text(_answer_ids(setup, model, prompt, device, n_new))
 
 
 def _answer_prompts(setup, model, args, device) -> int:
