@@ -91,3 +91,19 @@ def test_a_prompts_file_on_an_answer_only_task_marks_the_models_own_answer_right
 def test_a_task_name_in_the_wrong_case_suggests_the_right_one(main_cli, tmp_path):
     proc = main_cli("lengen", "train", "--task", "ur", "--pe", "rope", "--out", tmp_path / "r")
     one_line_error(proc, "unknown task 'ur'; did you mean 'UR'?")
+
+
+# --- point 13: attention reads a prompt as sample does ---------------------------------------------
+
+
+def test_attention_takes_the_prompt_syntax_of_sample(main_cli, ur_run, tmp_path):
+    from tinyformer.rundir import Run
+
+    main_cli("attention", "--ckpt", ur_run, "--text", "0 3 1 4 ? 3", "--out", tmp_path / "maps", check=True)
+    saved = np.load(tmp_path / "maps" / "attention.npz")
+    task = Run(ur_run).task_setup().task
+    assert saved["ids"].tolist() == task.prompt_ids("0 3 1 4 ? 3")  # what sample --prompt feeds the model
+    assert saved["tokens"].tolist() == ["<bos>", "0", "3", "1", "4", "<sep>", "3"]
+    proc = main_cli("attention", "--ckpt", ur_run, "--text", "0 3 9 ? 3", "--out", tmp_path / "bad")
+    one_line_error(proc, "9 is not a symbol of task UR")
+    assert not (tmp_path / "bad").exists()
