@@ -10,12 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tinyformer.data.tokenfile import write_token_file
-from tinyformer.model import ModelConfig, Transformer
-from tinyformer.model.io import save_model
-from tinyformer.tokenizer import train_bpe
+from tinyformer.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -33,26 +30,32 @@ def ur_run(tmp_path_factory) -> Path:
     return out
 
 
-ROWS = ["+12+34+46+", "+5+5+01+", "+9+1+01+", "+21+2+41+"]
+ROWS = ["+12+34+46+", "+5+5+01+", "+9+1+01+", "+21+2+41+"]  # a+b=c, digits reversed (docs/number-sequences.md)
 
 
 @pytest.fixture(scope="module")
-def lm_run(tmp_path_factory) -> tuple[Path, object]:
-    """A language-model run laid out as the trainer writes it: character tokenizer, RoPE model, val.bin."""
+def lm_run(tmp_path_factory) -> Path:
+    """A real language-model run (byte tokenizer, RoPE, packed windows) that has learned four sum rows by
+    heart; its validation file is 2,000 tokens and it evaluated on a 64-token subset (data.eval_tokens)."""
+    from tinyformer.cli import main
+
     root = tmp_path_factory.mktemp("lm")
-    text = "\n".join(ROWS * 50) + "\n"
-    tok = train_bpe([text], 256 + 1, special_tokens=["<|endoftext|>"], pattern=r"[\s\S]")
+    tok = Tokenizer([], [])
+    tok.save(root / "tok")
+    rng = np.random.default_rng(0)
+    text = "".join(ROWS[i] + "\n" for i in rng.integers(0, len(ROWS), 400))
+    ids = np.array(tok.encode(text))[:2000]
+    for name in ("train", "val"):
+        write_token_file(root / f"{name}.bin", ids, 256, tokenizer_fingerprint=tok.fingerprint, n_bytes=len(ids))
     run = root / "run"
-    tok.save(run / "tokenizer")
-    ids = np.array(tok.encode(text), dtype=np.int64)
-    write_token_file(root / "val.bin", ids, tok.vocab_size, tokenizer_fingerprint=tok.fingerprint,
-                     n_bytes=len(text))
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.preset("llama", vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16,
-                                           max_seq_len=16))
-    save_model(model, run / "checkpoints" / "step-00000001")
-    (run / "checkpoints" / "index.json").write_text(json.dumps({"latest": "step-00000001"}))
-    return run, tok, root / "val.bin"
+    rc = main(["train", f"run_dir={run}", "model.preset=llama", "model.n_layers=1", "model.d_model=32",
+               "model.n_heads=2", "model.max_seq_len=16", f"data.train={root / 'train.bin'}",
+               f"data.val={root / 'val.bin'}", f"data.tokenizer={root / 'tok'}", "data.eval_tokens=64",
+               "train.max_steps=150", "train.batch_size=16", "train.seq_len=16", "train.lr=1e-2", "train.warmup=10",
+               "train.precision=fp32", "train.threads=1", "train.progress=false", "train.sample_tokens=0",
+               "train.eval_every=150"])
+    assert rc == 0
+    return run
 
 
 def one_line_error(proc, *needles: str) -> str:
@@ -107,3 +110,42 @@ def test_attention_takes_the_prompt_syntax_of_sample(main_cli, ur_run, tmp_path)
     proc = main_cli("attention", "--ckpt", ur_run, "--text", "0 3 9 ? 3", "--out", tmp_path / "bad")
     one_line_error(proc, "9 is not a symbol of task UR")
     assert not (tmp_path / "bad").exists()
+
+
+# --- point 7: INPUT = ANSWER files on a language-model run ------------------------------------------
+
+
+def naive_greedy_line(run: Path, prompt: str) -> str:
+    """The reference: argmax of the full forward, token by token, up to the first newline (no cache)."""
+    import torch
+
+    from tinyformer.rundir import Run
+
+    r = Run(run)
+    model, tok = r.load_model(), r.tokenizer()
+    ids = tok.encode(prompt)
+    out = []
+    with torch.no_grad():
+        while len(out) < 12:
+            logits, _ = model(torch.tensor([ids + out]))
+            out.append(int(logits[0, -1].argmax()))
+            if out[-1] == 10:
+                break
+    return tok.decode(out).split("\n")[0]
+
+
+def test_a_prompts_file_on_a_language_model_run_scores_each_line(main_cli, lm_run, tmp_path):
+    prompts = tmp_path / "sums.txt"
+    prompts.write_text("# a + b, digits reversed\n+12+34+ = 46+\n+5+5+ = 01+\n+9+1+ = 99+\n+21+2+\n")
+    out = main_cli("sample", "--ckpt", lm_run, "--prompts-file", prompts, check=True).stdout.splitlines()
+    got = {p: naive_greedy_line(lm_run, p) for p in ("+12+34+", "+5+5+", "+9+1+", "+21+2+")}
+    assert got["+12+34+"] == "46+" and got["+5+5+"] == "01+"  # the rows it learned by heart
+    assert out == ["+12+34+ -> 46+   correct", "+5+5+ -> 01+   correct",
+                   f"+9+1+ -> {got['+9+1+']}   wrong, expected 99+", f"+21+2+ -> {got['+21+2+']}",
+                   "exact match: 2/3 (66.7%)"]
+
+
+def test_a_language_model_run_refuses_bin_and_a_missing_prompts_file(main_cli, lm_run, tmp_path):
+    one_line_error(main_cli("sample", "--ckpt", lm_run, "--bin", "1-4"), "--bin", "language-model run")
+    one_line_error(main_cli("sample", "--ckpt", lm_run, "--prompts-file", tmp_path / "nope.txt"),
+                   "--prompts-file", "does not exist")
