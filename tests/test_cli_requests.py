@@ -149,3 +149,18 @@ def test_a_language_model_run_refuses_bin_and_a_missing_prompts_file(main_cli, l
     one_line_error(main_cli("sample", "--ckpt", lm_run, "--bin", "1-4"), "--bin", "language-model run")
     one_line_error(main_cli("sample", "--ckpt", lm_run, "--prompts-file", tmp_path / "nope.txt"),
                    "--prompts-file", "does not exist")
+
+
+# --- point 11: the whole validation file on request -------------------------------------------------
+
+
+def test_eval_max_tokens_0_or_all_is_the_whole_file_and_a_larger_subset_says_so(main_cli, lm_run):
+    default = main_cli("eval", "--ckpt", lm_run, check=True).stdout
+    assert "seeded subset of" in default and "of its 1,999 tokens" in default  # data.eval_tokens=64, as trained
+    outs = [json.loads(main_cli("eval", "--ckpt", lm_run, "--json", "--max-tokens", n, check=True).stdout)
+            for n in ("0", "all", "100000000")]
+    assert all(o["tokens"] == 1999 and o["subset"] == "" for o in outs)  # every token after the first
+    assert outs[0]["loss"] == outs[1]["loss"] == outs[2]["loss"]
+    text = main_cli("eval", "--ckpt", lm_run, "--max-tokens", "100000000", check=True).stdout
+    assert text.rstrip().endswith("over 1,999 tokens of " + str(lm_run.parent / "val.bin") + " (the whole file)")
+    one_line_error(main_cli("eval", "--ckpt", lm_run, "--max-tokens", "-5"), "--max-tokens")
