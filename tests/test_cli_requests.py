@@ -164,3 +164,22 @@ def test_eval_max_tokens_0_or_all_is_the_whole_file_and_a_larger_subset_says_so(
     text = main_cli("eval", "--ckpt", lm_run, "--max-tokens", "100000000", check=True).stdout
     assert text.rstrip().endswith("over 1,999 tokens of " + str(lm_run.parent / "val.bin") + " (the whole file)")
     one_line_error(main_cli("eval", "--ckpt", lm_run, "--max-tokens", "-5"), "--max-tokens")
+
+
+# --- point 19: requests that cannot fit are refused in one line, before anything is allocated --------
+
+
+def test_requests_too_large_for_memory_are_refused_quickly(main_cli, ur_run, lm_run, tmp_path):
+    import time
+
+    big = tmp_path / "big.bin"  # long enough for one window of a million tokens
+    ids = np.tile(np.frombuffer(b"+12+34+46+\n", dtype=np.uint8), 100_001)
+    write_token_file(big, ids, 256, tokenizer_fingerprint=Tokenizer([], []).fingerprint, n_bytes=len(ids))
+    for args, needle in [(["eval", "--ckpt", ur_run, "--bins", "1-99999"], "bin 1-99999"),
+                         (["sample", "--ckpt", lm_run, "--prompt", "+1", "--max-new-tokens", "10000000000"],
+                          "KV cache"),
+                         (["eval", "--ckpt", lm_run, "--seq-len", "1000000", "--data", big], "1,000,000 tokens")]:
+        start = time.perf_counter()
+        proc = main_cli(*args)
+        assert time.perf_counter() - start < 5, args
+        one_line_error(proc, needle, "GiB free")

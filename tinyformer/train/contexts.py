@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tinyformer.errors import TinyformerError
+from tinyformer.model.memory import forward_bytes, require_fits
 from tinyformer.train.evaluation import loss_metrics, loss_over
 from tinyformer.train.rows import line_end_ids, row_eval_batches, row_spans
 from tinyformer.train.sampler import eval_batches
@@ -55,6 +56,12 @@ def loss_at_lengths(model: torch.nn.Module, data: str, seq_lens: list[int], *, b
             continue
         if n_tokens < seq_len + 1:
             out.append({**record, **_blank(), "stopped": f"{data} has {n_tokens} tokens, fewer than one window"})
+            continue
+        try:
+            require_fits(forward_bytes(model.config, batch_size, seq_len), device,
+                         f"a forward of {batch_size} x {seq_len:,} tokens", "lower --seq-len or --batch-size")
+        except TinyformerError as exc:
+            out.append({**record, **_blank(), "stopped": str(exc)})
             continue
         batches = eval_batches(data, batch_size, seq_len, max_tokens=max_tokens, seed=seed)
         if positions is not None:

@@ -91,11 +91,27 @@ def _eval_task(run, model, args, device) -> dict:
         changes["examples"] = args.examples
     if changes:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes), model_keys=cfg.model_keys)
+    _check_bins_fit(cfg, model, args.batch_size or cfg.eval.batch_size, device)
     setup = TaskSetup(cfg)  # bins beyond a learned position table are refused here
     result = evaluate_bins(model, setup.eval_sets, batch_size=args.batch_size or cfg.eval.batch_size,
                            positions=setup.eval_positions,
                            device=device, greedy=args.greedy, precision=args.precision)
     return {"task": setup.task.name, "examples": cfg.eval.examples, "checkpoint": str(run.checkpoint), **result}
+
+
+def _check_bins_fit(cfg, model, batch_size: int, device) -> None:
+    """Refuse, before any example is built, bins whose examples and forward cannot fit in memory."""
+    from tinyformer.model.memory import forward_bytes, require_fits
+    from tinyformer.tasks import get_task, parse_range
+
+    task = get_task(cfg.task.name)
+    for name in cfg.eval.bins:
+        lo, hi = parse_range(name)
+        seq_len = task.sequence_length(task.check_range(lo, hi)[1])
+        rows = min(batch_size, cfg.eval.examples)
+        need = forward_bytes(model.config, rows, seq_len) + cfg.eval.examples * seq_len * 17  # + the examples
+        require_fits(need, device, f"bin {name} ({cfg.eval.examples} examples of up to {seq_len:,} tokens)",
+                     "evaluate shorter bins, or fewer --examples and a smaller --batch-size")
 
 
 def _eval_lm(run, model, args, device) -> dict:
