@@ -203,11 +203,11 @@ def test_a_damaged_index_is_one_line_for_train_and_eval(cli, tmp_path, corpus, i
     assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("flag", ["--batch-size", "--seq-len", "--max-tokens"])
-def test_eval_refuses_non_positive_sizes(cli, tmp_path, corpus, flag):
+@pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--seq-len", "0"), ("--max-tokens", "-1")])
+def test_eval_refuses_non_positive_sizes(cli, tmp_path, corpus, flag, value):
     run = tmp_path / "run"
     train(cli, run, corpus, "train.max_steps=2", "train.eval_every=0")
-    assert flag in one_line_error(cli("eval", "--ckpt", run, flag, "0", check=False))
+    assert flag in one_line_error(cli("eval", "--ckpt", run, flag, value, check=False))  # --max-tokens 0: all
 
 
 # ---------------------------------------------------------------- nothing half-written, survived

@@ -139,3 +139,18 @@ def test_real_hub_api_fails_in_one_line_offline(main_cli, lm_run, monkeypatch):
     proc = main_cli("push", "--ckpt", lm_run, "--repo", "someone/x", "--token", "hf_x")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "could not push to the Hugging Face Hub repo someone/x" in proc.stderr
+
+
+def test_the_model_cards_loading_example_runs_within_the_models_context(main_cli, lm_run, tmp_path, capsys):
+    import re
+
+    out = tmp_path / "hf"
+    main_cli("export", "--ckpt", lm_run, "--format", "hf", "--out", out, check=True)
+    card = (out / "README.md").read_text()
+    code = re.search(r"## How to load\n\n```python\n(.*?)```", card, re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)  # the card's own example, as a reader pastes it (48-token learned context)
+    printed = capsys.readouterr().out
+    assert printed.startswith("Once upon a time")
+    prompt_tokens = namespace["ids"].shape[1]
+    assert prompt_tokens < namespace["out"].shape[1] <= 48

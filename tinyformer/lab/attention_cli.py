@@ -3,7 +3,8 @@
 Writes `layer_00.png`, `layer_01.png`, ... (one grid of heads per layer, token labels on both axes: rows are
 queries, columns keys) and `attention.npz` with the raw probabilities `layer_0` ... as [heads, T, T] plus
 `ids`, `tokens` and `position_ids`. Works on language-model runs (text through the run's tokenizer/) and
-on task runs (text in the task's symbol vocabulary, the task named by the run's config.yaml).
+on task runs (text as `sample --prompt` reads it, `Task.prompt_ids`: `0 3 1 4 ? 3`, `1342+879`, or the task's own
+form from `<bos>` on; the task named by the run's config.yaml).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="run directory (language-model or task run) or checkpoint")
     parser.add_argument("--which", choices=("latest", "best"), help="checkpoint of a run (default: best, else latest)")
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--text", help='input text, e.g. "+101+2001+3011+" for an addition run')
+    what.add_argument("--text", help='input text: for a language-model run through its tokenizer (e.g. '
+                      '"+101+2001+3011+"); for a task run as `sample --prompt` takes it ("0 3 1 4 ? 3", '
+                      '"1342+879") or in the task\'s own form ("<bos> 0 3 1 4 <sep> 3")')
     what.add_argument("--ids", help="comma-separated token ids instead of text, e.g. 14,1,0,1,14")
     parser.add_argument("--out", required=True, type=Path, help="output directory for the PNGs and attention.npz")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -51,7 +54,9 @@ def open_run(path: Path, which: str | None) -> RunInput:
             def positions(ids):
                 return setup.eval_positions(np.asarray([ids]))[0]
 
-        return RunInput(model, task.encode, lambda i: task.vocab[i], positions, task.vocab_size, f"task {task.name}")
+        # the prompt syntax of `sample --prompt` (`0 3 1 4 ? 3`, `1342+879`), or the task's own form
+        return RunInput(model, task.prompt_ids, lambda i: task.vocab[i], positions, task.vocab_size,
+                        f"task {task.name}")
     tok = run.tokenizer()
     if tok is None:
         def encode(text: str) -> list[int]:

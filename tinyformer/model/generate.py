@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from tinyformer.errors import TinyformerError
+from tinyformer.model.memory import kv_cache_bytes, require_fits
 
 NextPositions = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -105,6 +106,9 @@ def generate(
                 f"generating {max_new_tokens} tokens reaches position {last}, beyond the {cfg.position} "
                 f"position table (0..{cfg.position_table_size - 1}); ask for fewer tokens or a shorter prompt"
             )
+    if use_cache:  # refused before the cache is allocated
+        require_fits(kv_cache_bytes(cfg, b, t + max_new_tokens), device, f"a KV cache for {b} x "
+                     f"{t + max_new_tokens:,} tokens", "ask for fewer new tokens (--max-new-tokens)")
     stop = torch.tensor(sorted(set(stop_tokens or ())), dtype=torch.long, device=device)
     generator = None
     if seed is not None:

@@ -138,9 +138,11 @@ class Task:
     single_answer: bool = False  # the answer is one symbol (`answer_layout`); else one per input symbol
 
     def answer_length(self, prompt) -> int:
-        """The most tokens the answer to `prompt` (the task's ids) takes, its closing token included."""
+        """The most tokens the answer to `prompt` (the task's ids) takes: what the task supervises after the
+        prompt, so the closing token when it is supervised (one per input symbol + `<eos>`), and the single
+        symbol alone for answer-only tasks, whose `<eos>` is never a target (a model never learns to write it)."""
         if self.single_answer:
-            return 2
+            return 1
         return sum(1 for i in prompt if int(i) < self.n_symbols) + 1
 
     def answer_end(self) -> int:

@@ -46,7 +46,8 @@ def get_task(name: str):
             raise TinyformerError(f"task {name!r} takes no options; drop ':{options}'")
         return TASKS[name].from_options(options)
     if name not in TASKS:
-        near = difflib.get_close_matches(name, TASKS, n=1)
+        # a name in the wrong case (`ur` for `UR`) is the likeliest slip: match case-insensitively first
+        near = [t for t in TASKS if t.lower() == name.lower()] or difflib.get_close_matches(name, TASKS, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
         raise TinyformerError(f"unknown task {name!r}; {hint}valid tasks: {', '.join(task_names())}")
     return TASKS[name]()

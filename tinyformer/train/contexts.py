@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from tinyformer.errors import TinyformerError
+from tinyformer.model.memory import forward_bytes, require_fits
 from tinyformer.train.evaluation import loss_metrics, loss_over
+from tinyformer.train.rows import line_end_ids, row_eval_batches, row_spans
 from tinyformer.train.sampler import eval_batches
 
 FACTORS = (1, 2, 4, 8)
@@ -55,6 +57,12 @@ def loss_at_lengths(model: torch.nn.Module, data: str, seq_lens: list[int], *, b
         if n_tokens < seq_len + 1:
             out.append({**record, **_blank(), "stopped": f"{data} has {n_tokens} tokens, fewer than one window"})
             continue
+        try:
+            require_fits(forward_bytes(model.config, batch_size, seq_len), device,
+                         f"a forward of {batch_size} x {seq_len:,} tokens", "lower --seq-len or --batch-size")
+        except TinyformerError as exc:
+            out.append({**record, **_blank(), "stopped": str(exc)})
+            continue
         batches = eval_batches(data, batch_size, seq_len, max_tokens=max_tokens, seed=seed)
         if positions is not None:
             batches = positions.add_to(batches)
@@ -93,10 +101,13 @@ def evaluate_run(run, model, lengths: list[int] | None, device: torch.device, *,
     # the run's own validation file: the subset and batches training evaluated on, unless told otherwise
     if max_tokens is None and own_val is not None and str(data) == str(own_val):
         max_tokens = cfg.data.eval_tokens
+    if max_tokens == 0:  # `eval --max-tokens 0` (or all): the whole file
+        max_tokens = None
+    rows = cfg is not None and cfg.data is not None and cfg.data.sampling == "rows"
     seed = seed if seed is not None else (cfg.train.seed if cfg is not None else 0)
     batch_size = batch_size or (max(1, cfg.train.batch_size // cfg.train.grad_accum) if cfg is not None else 16)
     positions = run_positions_of(run, model)
-    if cfg is not None and cfg.data is not None and cfg.data.sampling == "rows":
+    if rows:
         if lengths and lengths != [trained]:
             raise TinyformerError(f"{run.given} trained on one row per sequence (data.sampling=rows): it is "
                                   "evaluated row by row, so --seq-len does not apply")
@@ -106,13 +117,18 @@ def evaluate_run(run, model, lengths: list[int] | None, device: torch.device, *,
         records = loss_at_lengths(model, data, lengths or [trained], batch_size=batch_size, max_tokens=max_tokens,
                                   seed=seed, device=device, precision=precision, positions=positions,
                                   bytes_per_token=meta.get("bytes_per_token"))
+    # what the whole file holds, so a "subset" that took every target is reported as the whole file
+    if rows:
+        spans = row_spans(data, line_end_ids(tok, meta.get("eot_id")), trained)
+        file_targets = int((spans[:, 1] - spans[:, 0] - 1).sum())
+    else:
+        file_targets = int(meta["n_tokens"]) - 1
     return records, {"data": str(data), "trained_seq_len": trained, "max_tokens": max_tokens, "seed": seed,
+                     "file_targets": file_targets,
                      "batch_size": batch_size, "checkpoint": str(run.checkpoint)}
 
 
 def _rows_loss(model, data, seq_len, tok, meta, batch_size, max_tokens, seed, device, precision, positions):
-    from tinyformer.train.rows import line_end_ids, row_eval_batches
-
     batches = row_eval_batches(data, batch_size, seq_len, line_end_ids(tok, meta.get("eot_id")),
                                max_tokens=max_tokens, seed=seed)
     if positions is not None:

@@ -14,8 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "grad_accum), so its logged validation loss is reproduced exactly; task runs: eval.batch_size")
     parser.add_argument("--seq-len", help="language model: window length, or several (256,512,1024: perplexity "
                         "against context length); default: the run's")
-    parser.add_argument("--max-tokens", type=int, help="language model: a fixed seeded subset of about this many "
-                        "tokens (default on the run's validation file: its data.eval_tokens, as in training)")
+    parser.add_argument("--max-tokens", type=_max_tokens, help="language model: a fixed seeded subset of about "
+                        "this many tokens, or 0 / all: the whole file (default on the run's validation file: its "
+                        "data.eval_tokens, as in training; the whole file when that is unset or the file is smaller)")
     parser.add_argument("--seed", type=int, help="language model: seed of the --max-tokens subset (default: the "
                         "run's train.seed, the subset training evaluated on)")
     parser.add_argument("--bins", help="task run: comma-separated length bins (default: the run's eval.bins)")
@@ -26,6 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _max_tokens(text: str) -> int:
+    """`--max-tokens N`, with 0 or `all` for the whole file (0 stands for it from here on)."""
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens (or 0 / all: the whole file)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -33,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from tinyformer.rundir import Run
     from tinyformer.train.runtime import resolve_device
 
-    for flag in ("batch_size", "max_tokens", "examples"):
+    for flag in ("batch_size", "examples"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise TinyformerError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.max_tokens is not None and args.max_tokens < 0:
+        raise TinyformerError(f"--max-tokens must be at least 1, or 0 / all for the whole file; got {args.max_tokens}")
     if args.seed is not None and not 0 <= args.seed < 2**62:
         raise TinyformerError(f"--seed must be an integer from 0 to 2**62 - 1, got {args.seed}")
     device = resolve_device(args.device)
@@ -60,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         bpb = f", bits/byte {out['bits_per_byte']:.4f}" if out["bits_per_byte"] is not None else ""
         print(f"loss {out['loss']:.4f}, perplexity {out['perplexity']:.3f}{bpb} over {out['tokens']:,} tokens "
-              f"of {out['data']}" + (f" ({out['subset']})" if out.get("subset") else ""))
+              f"of {out['data']} ({out['subset'] or 'the whole file'})")
     return 0
 
 
@@ -78,11 +91,27 @@ def _eval_task(run, model, args, device) -> dict:
         changes["examples"] = args.examples
     if changes:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes), model_keys=cfg.model_keys)
+    _check_bins_fit(cfg, model, args.batch_size or cfg.eval.batch_size, device)
     setup = TaskSetup(cfg)  # bins beyond a learned position table are refused here
     result = evaluate_bins(model, setup.eval_sets, batch_size=args.batch_size or cfg.eval.batch_size,
                            positions=setup.eval_positions,
                            device=device, greedy=args.greedy, precision=args.precision)
     return {"task": setup.task.name, "examples": cfg.eval.examples, "checkpoint": str(run.checkpoint), **result}
+
+
+def _check_bins_fit(cfg, model, batch_size: int, device) -> None:
+    """Refuse, before any example is built, bins whose examples and forward cannot fit in memory."""
+    from tinyformer.model.memory import forward_bytes, require_fits
+    from tinyformer.tasks import get_task, parse_range
+
+    task = get_task(cfg.task.name)
+    for name in cfg.eval.bins:
+        lo, hi = parse_range(name)
+        seq_len = task.sequence_length(task.check_range(lo, hi)[1])
+        rows = min(batch_size, cfg.eval.examples)
+        need = forward_bytes(model.config, rows, seq_len) + cfg.eval.examples * seq_len * 17  # + the examples
+        require_fits(need, device, f"bin {name} ({cfg.eval.examples} examples of up to {seq_len:,} tokens)",
+                     "evaluate shorter bins, or fewer --examples and a smaller --batch-size")
 
 
 def _eval_lm(run, model, args, device) -> dict:
@@ -98,6 +127,8 @@ def _eval_lm(run, model, args, device) -> dict:
     r = results[0]
     if r["loss"] is None:
         raise TinyformerError(f"--seq-len {r['seq_len']} cannot be evaluated: {r['stopped']}")
-    subset = f"seeded subset of {used['max_tokens']:,} tokens, seed {used['seed']}" if used["max_tokens"] else ""
+    whole = used["max_tokens"] is None or r["tokens"] >= used["file_targets"]
+    subset = "" if whole else (f"seeded subset of {r['tokens']:,} of its {used['file_targets']:,} tokens "
+                               f"(--max-tokens {used['max_tokens']:,}), seed {used['seed']}")
     return {"loss": r["loss"], "perplexity": r["perplexity"], "bits_per_byte": r["bits_per_byte"],
             "tokens": r["tokens"], "seq_len": r["seq_len"], "subset": subset, **where}

@@ -118,7 +118,7 @@ def model_card(run, model, max_length: int, repo: str | None = None) -> str:
     lines += ["", "## Metrics", ""]
     lines += _metric_lines(metrics, summary, task, step)
     lines += ["", "## How to load", ""]
-    lines += _usage(name, run, task)
+    lines += _usage(name, run, task, max_length)
     lines += ["", f"Made with `tinyformer export --ckpt {run.given} --format hf`.", ""]
     return "\n".join(lines)
 
@@ -163,19 +163,33 @@ def _metric_lines(metrics: dict[str, Any], summary: dict[str, Any], task: bool, 
     return out
 
 
-def _usage(name: str, run, task: bool) -> list[str]:
+def _usage(name: str, run, task: bool, max_length: int) -> list[str]:
     if task:
         vocab = " ".join(run.task_setup().task.vocab)
         return ["```python", "from transformers import AutoModelForCausalLM",
                 f'model = AutoModelForCausalLM.from_pretrained("{name}")', "```", "",
                 f"A task model has no text tokenizer: id i is the i-th symbol of `{vocab}`. "
                 "`tinyformer sample --ckpt RUN --prompt ...` turns natural inputs into these ids."]
+    prompt, n_new = _example_prompt(run.tokenizer(), max_length)
     return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
             f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
             f'model = AutoModelForCausalLM.from_pretrained("{name}")',
-            'ids = tokenizer("Once upon a time", return_tensors="pt").input_ids',
-            "out = model.generate(ids, max_new_tokens=50, do_sample=True, top_k=50)",
+            f'ids = tokenizer("{prompt}", return_tensors="pt").input_ids',
+            f"out = model.generate(ids, max_new_tokens={n_new}, do_sample=True, top_k=50)"
+            f"  # prompt + new tokens <= the {max_length}-token context",
             "print(tokenizer.decode(out[0]))", "```"]
+
+
+def _example_prompt(tokenizer, max_length: int, words: str = "Once upon a time") -> tuple[str, int]:
+    """The loading example's prompt (the longest start of `words` that leaves room for a new token) and its
+    number of new tokens (at most 50), so prompt and continuation stay inside the model's context: beyond
+    a learned position table the exported model fails with an IndexError."""
+    parts = words.split()
+    while len(parts) > 1 and tokenizer is not None and len(tokenizer.encode(" ".join(parts))) >= max_length:
+        parts.pop()
+    text = " ".join(parts)
+    n_prompt = len(tokenizer.encode(text)) if tokenizer is not None else len(parts)
+    return text, max(1, min(50, max_length - n_prompt))
 
 
 # ------------------------------------------------------------------------------------------------ push
