@@ -319,7 +319,7 @@ class Trainer(TrainerState):
         self.log = log = self._open_log()
         self.peak, self.peak_source = self._peak_flops()
         flops_per_token = self.raw.flops_per_token(self.seq_len) if hasattr(self.raw, "flops_per_token") else None
-        self.progress = progress = Progress(cfg.max_steps, self.step, cfg.progress and main, cfg.log_every)
+        self.progress = progress = Progress(cfg.max_steps, cfg.progress and main, cfg.log_every)
         if self.resume_note:
             self._warn(self.resume_note)
         if self.resumed_from is not None:
