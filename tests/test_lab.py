@@ -215,6 +215,24 @@ def test_cli_report_from_a_results_tree(tmp_path: Path, cli):
     assert (tmp_path / "report.csv").exists() and (tmp_path / "heatmap.png").exists()
 
 
+def test_report_says_which_bins_the_published_table_covers_when_it_shows_none(tmp_path: Path, cli):
+    def short_bins(cfg, run_dir: Path) -> dict:  # a CPU-sized sweep: bins the published table does not have
+        return {"steps": 10, "stopped_early": False, "train_seconds": 0.1,
+                "accuracy": {"1-10": 1.0, "11-20": 0.5}}
+
+    sweep({"task.name": "UR", "model.position": "alibi"}, {"model.n_layers": [2]}, tmp_path, train=short_bins,
+          log=lambda s: None)
+    sweep({"task.name": "UR", "model.position": "rope"}, {"model.n_layers": [2]}, tmp_path, train=short_bins,
+          log=lambda s: None)
+    proc = cli("lengen", "report", "--results", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "published" not in proc.stdout.splitlines()[0]  # no published column: and the reason is given
+    for text in (proc.stdout, (tmp_path / "report.md").read_text()):
+        assert "cover only the bins 51-100, 101-150" in text
+        assert "none of this report's bins (1-10, 11-20) is among them" in text
+        assert "none for UR/alibi: the reference study published no such row" in text
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
