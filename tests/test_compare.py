@@ -81,7 +81,9 @@ def test_compare_trains_resumes_and_equals_separate_train_and_eval(main_cli, con
     alone = tmp_path / "alone"
     main_cli("train", "--config", config, "model.position=rope", f"run_dir={alone}", check=True)
     resumed = out / "runs" / "rope" / "seed-1337"
-    assert (resumed / "metrics.jsonl").read_text().splitlines()[-1] == (alone / "metrics.jsonl").read_text().splitlines()[-1]
+    last = [{k: v for k, v in json.loads(p.read_text().splitlines()[-1]).items() if k != "elapsed_s"}
+            for p in (resumed / "metrics.jsonl", alone / "metrics.jsonl")]
+    assert last[0] == last[1]  # the training time differs between processes, nothing else
     ev = json.loads(main_cli("eval", "--ckpt", alone, "--seq-len", "64,128,256,512", "--json", check=True).stdout)
     assert [(r["seq_len"], r["loss"]) for r in ev["by_seq_len"]] == [(r["seq_len"], r["loss"]) for r in rope]
     val_log = [json.loads(line) for line in (alone / "metrics.jsonl").read_text().splitlines()]

@@ -141,3 +141,31 @@ def test_prepare_real_tinystories_head(cli, tmp_path, shared_data):
     val, meta = read_token_file(out / "val.bin")
     assert meta["vocab_size"] == 512 and 2.0 < meta["bytes_per_token"] < 5.0
     assert "2085 train, 232 validation" in (out / "prepare.json").read_text()
+
+
+def test_a_failed_download_leaves_no_directory_behind(cli, tmp_path):
+    import http.server
+    import threading
+
+    out = tmp_path / "data" / "tinystories"  # neither directory exists yet, as in a fresh clone
+    rc, _, err = cli("data", "download", "tinystories", "--url-base", f"file://{tmp_path}/nowhere", "--out", out)
+    assert rc == 2 and "does not exist" in err and not (tmp_path / "data").exists()
+
+    class PromisesBytesSendsNone(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 -- the name http.server calls
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()  # and the connection closes with no body
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), PromisesBytesSendsNone)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rc, _, err = cli("data", "download", "tinystories", "--url-base", f"http://127.0.0.1:{server.server_port}",
+                         "--out", out)
+    finally:
+        server.shutdown()
+    assert rc == 2 and "stopped at 0 of 1000 bytes" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()  # no empty .part, no empty directory

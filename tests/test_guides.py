@@ -69,3 +69,13 @@ def test_guide_runs_as_written(guide, tmp_path):
         assert (tmp_path / "shakespeare-hf" / "README.md").is_file()
     else:
         assert (tmp_path / "runs" / "seq-hex" / "summary.json").is_file()
+
+
+def test_readme_tokenizer_section_points_to_prepare_for_a_split_with_flags_that_exist(main_cli):
+    # a newcomer with one text file needs the train/validation split; every flag named there must be real
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Tokenizer"):readme.index("\n## ", readme.index("## Tokenizer") + 1)]
+    assert "data prepare tinystories --source" in section and "data prepare shakespeare --source" in section
+    help_text = main_cli("data", "prepare", "--help").stdout
+    for flag in set(re.findall(r"(--[a-z][a-z-]+)", section[section.index("data prepare"):])):
+        assert flag in help_text, flag

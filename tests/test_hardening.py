@@ -63,7 +63,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def records(run: Path, kind: str | None = None) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "mfu"}
+    return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k not in ("mfu", "elapsed_s")}
             for r in rows if kind is None or r["kind"] == kind]
 
 

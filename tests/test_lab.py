@@ -215,6 +215,24 @@ def test_cli_report_from_a_results_tree(tmp_path: Path, cli):
     assert (tmp_path / "report.csv").exists() and (tmp_path / "heatmap.png").exists()
 
 
+def test_report_says_which_bins_the_published_table_covers_when_it_shows_none(tmp_path: Path, cli):
+    def short_bins(cfg, run_dir: Path) -> dict:  # a CPU-sized sweep: bins the published table does not have
+        return {"steps": 10, "stopped_early": False, "train_seconds": 0.1,
+                "accuracy": {"1-10": 1.0, "11-20": 0.5}}
+
+    sweep({"task.name": "UR", "model.position": "alibi"}, {"model.n_layers": [2]}, tmp_path, train=short_bins,
+          log=lambda s: None)
+    sweep({"task.name": "UR", "model.position": "rope"}, {"model.n_layers": [2]}, tmp_path, train=short_bins,
+          log=lambda s: None)
+    proc = cli("lengen", "report", "--results", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "published" not in proc.stdout.splitlines()[0]  # no published column: and the reason is given
+    for text in (proc.stdout, (tmp_path / "report.md").read_text()):
+        assert "cover only the bins 51-100, 101-150" in text
+        assert "none of this report's bins (1-10, 11-20) is among them" in text
+        assert "none for UR/alibi: the reference study published no such row" in text
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -297,7 +315,7 @@ def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tmp_p
     assert resumed["status"] == "finished" and resumed["accuracy"] == straight["accuracy"]
 
     def strip(rs):
-        return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "mfu"} for r in rs]
+        return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k not in ("mfu", "elapsed_s")} for r in rs]
 
     assert strip(records(tmp_path / "resumed")) == strip(records(tmp_path / "straight"))
     final = "checkpoints/step-00000008/model.safetensors"

@@ -173,3 +173,34 @@ def test_every_export_builds_the_id_to_bytes_table_once(tok: Tokenizer, tmp_path
     assert len(builds) == 1  # 256 + 200 ids, read by seven exports
     with pytest.raises(TypeError):
         fresh.vocab[0] = b"x"  # shared, so read-only
+
+
+def test_documented_dotall_pattern_exports_and_hf_gives_our_ids(tmp_path: Path, main_cli):
+    # docs/number-sequences.md trains with --pattern '(?s).'; Oniguruma spells that flag (?m)
+    corpus = tmp_path / "rows.txt"
+    corpus.write_text("+12+34+46+\n+9a+1+ab+\n<|endoftext|>\n" * 20, encoding="utf-8")
+    (tmp_path / "specials.txt").write_text("<|endoftext|>\n", encoding="utf-8")
+    main_cli("tokenizer", "train", corpus, "--vocab-size", 257, "--pattern", "(?s).", "--special-tokens-file",
+             tmp_path / "specials.txt", "--out", tmp_path / "tok", check=True)
+    tok = Tokenizer.load(tmp_path / "tok")
+    assert tok.pattern == "(?s)."
+    main_cli("tokenizer", "export", "--tokenizer", tmp_path / "tok", "--format", "hf", "--out", tmp_path / "hf",
+             check=True)
+    hf = hf_tokenizers.Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
+    fast = transformers.PreTrainedTokenizerFast.from_pretrained(str(tmp_path / "hf"))
+    for text in ["+12+34+46+\n+9a+1+ab+\n", "a\r\n\nb\n", "\n", TEXT]:
+        ids = tok.encode(text)
+        assert len(ids) == len(text.encode("utf-8"))  # one token per byte: line ends are pieces of their own
+        assert hf.encode(text, add_special_tokens=False).ids == ids
+        assert fast.encode(text, add_special_tokens=False) == ids and fast.decode(ids) == text
+
+
+def test_inline_flags_without_an_oniguruma_equivalent_are_refused_saying_what_exports(tmp_path: Path):
+    from tinyformer.tokenizer.export import hf_pattern
+
+    assert hf_pattern(r"(?i)(?s)[(?s)]|(?s:.)") == r"(?i)(?m)[(?s)]|(?m:.)"  # in a class it is text; scoped flags map
+    with pytest.raises(TinyformerError, match=r"no equivalent of the inline flag 'm'.*\(\?:\^\|\(\?<=\\n\)\)"):
+        to_hf(Tokenizer([], pattern=r"(?m)^\s+|\S+|\s+"), tmp_path)
+    with pytest.raises(TinyformerError, match=r"mid-pattern.*\(\?s:\.\.\.\)"):
+        to_hf(Tokenizer([], pattern=r"\S+|(?s)."), tmp_path)
+    assert list(tmp_path.iterdir()) == []

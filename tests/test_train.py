@@ -254,6 +254,31 @@ def test_run_directory_metrics_and_eval(cli, tmp_path, corpus):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_records_carry_training_time_that_a_resume_continues(cli, tmp_path, corpus):
+    from tinyformer.train.plot import draw_runs
+
+    run, common = tmp_path / "run", ["train.max_steps=6", "train.eval_every=3"]
+    train(cli, run, corpus, *common, "train.stop_at_step=3")
+    first = metrics(run)
+    train(cli, run, corpus, *common, "--resume")
+    records, evals = metrics(run), metrics(run, "eval")
+    times = [r["elapsed_s"] for r in records]
+    assert [r["step"] for r in records] == list(range(1, 7)) and records[:3] == first
+    assert times[0] > 0 and all(a < b for a, b in zip(times, times[1:]))
+    # the resumed process started its clock at the saved time, not at 0: step 4 comes after step 3's total
+    assert times[3] > times[2] > times[3] - times[2]
+    # evaluation time is excluded: an evaluation reads the clock of its step's training record
+    assert [e["elapsed_s"] for e in evals] == [times[2], times[5]]
+    assert json.loads((run / "summary.json").read_text())["elapsed_s"] == round(times[-1], 3)
+
+    out = tmp_path / "time.png"
+    cli("plot", run, "--x", "time", "--out", out, check=True)
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    train_axes = draw_runs([run], x="time").axes[0]
+    assert train_axes.get_xlabel() == "training time (s, evaluation excluded)"
+    assert train_axes.get_lines()[0].get_xdata().tolist() == times
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, corpus):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "tinyformer", "train", f"run_dir={run}", *data_args(corpus), *TINY_MODEL, *FAST,

@@ -53,3 +53,20 @@ def test_prepare_names_the_output_not_its_temporary_directory(main_cli, tmp_path
     proc = main_cli("data", "prepare", "shakespeare", "--source", source, "--out", out, check=True)
     assert f"to {out}/train.bin" in proc.stdout + proc.stderr
     assert ".tmp" not in proc.stdout + proc.stderr
+
+
+def test_the_eta_leaves_out_the_slow_first_steps(capsys):
+    # a first step that compiles (here 0.6 s) then steps of 0.01 s: 500 steps left take about 5 s, not minutes
+    import time
+
+    from tinyformer.train.metrics import Progress
+
+    progress = Progress(total=510, enabled=True, log_every=1)
+    time.sleep(0.6)
+    for step in range(1, 11):
+        progress.update(step, 2.0, 1e-3, 1000.0)
+        time.sleep(0.01)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("step 1/510 ") and lines[0].endswith(" eta ?")  # nothing measured yet
+    minutes, seconds = lines[-1].rsplit(" eta ", 1)[1].rstrip("s").split("m")
+    assert 3 <= 60 * int(minutes) + int(seconds) <= 20, lines[-1]  # the old ETA counted the 0.6 s: ~30 s

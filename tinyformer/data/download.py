@@ -4,6 +4,7 @@ whole file is there and its SHA-256 matches."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -62,6 +63,16 @@ def _open(url: str, offset: int):
     return response, total, server_sha, resumed or offset == 0
 
 
+def _read(stream, url: str, done: int) -> bytes:
+    """The next block of a download; a connection that breaks off is a one-line error (the bytes so far stay)."""
+    try:
+        return stream.read(CHUNK)
+    except OSError as exc:
+        raise TinyformerError(
+            f"download of {url} broke off after {done:,} bytes ({exc}); run the command again to resume"
+        ) from None
+
+
 def download(
     url: str,
     dest: str | os.PathLike,
@@ -72,9 +83,8 @@ def download(
     already present before this call). A checksum mismatch deletes the partial file and is an error."""
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     offset = part.stat().st_size if part.exists() else 0
-    stream, total, server_sha, continues = _open(url, offset)
+    stream, total, server_sha, continues = _open(url, offset)  # first: a source that fails creates nothing
     if not continues:  # the server ignored the Range request: start over
         offset = 0
     expected = (sha256 or server_sha or "").lower() or None
@@ -83,28 +93,45 @@ def download(
         with open(part, "rb") as f:
             while block := f.read(CHUNK):
                 digest.update(block)
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
+    dest.parent.mkdir(parents=True, exist_ok=True)
     done = offset
-    if stream is not None:
-        with stream, open(part, "ab" if offset else "wb") as out:
-            while block := stream.read(CHUNK):
-                out.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress is not None:
-                    progress(done, total)
-            out.flush()
-            os.fsync(out.fileno())
-    if total is not None and done != total:
-        raise TinyformerError(f"download of {url} stopped at {done} of {total} bytes; run the command again to resume")
+    try:
+        if stream is not None:
+            with stream, open(part, "ab" if offset else "wb") as out:
+                while block := _read(stream, url, done):
+                    out.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(done, total)
+                out.flush()
+                os.fsync(out.fileno())
+        if total is not None and done != total:
+            raise TinyformerError(
+                f"download of {url} stopped at {done} of {total} bytes; run the command again to resume"
+            )
+    except TinyformerError:
+        if done == 0:  # nothing came: leave nothing behind (no empty .part, no directory made for it)
+            _discard(part, created)
+        raise
     got = digest.hexdigest()
     if expected and got != expected:
-        part.unlink(missing_ok=True)
+        _discard(part, created)
         raise TinyformerError(
             f"checksum mismatch for {dest.name}: expected {expected[:16]}..., got {got[:16]}...; the partial "
             "file was removed, run the command again"
         )
     os.replace(part, dest)
     return got, offset
+
+
+def _discard(part: Path, created: list[Path]) -> None:
+    """Remove a partial file and the directories made for it (innermost first; only those left empty)."""
+    part.unlink(missing_ok=True)
+    for d in created:
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def read_sums(path: Path) -> dict[str, str]:

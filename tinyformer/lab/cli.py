@@ -180,12 +180,19 @@ def run(args: argparse.Namespace) -> int:
         return _reproduce(args)
 
     if args.action == "report":
-        from tinyformer.lab.report import collect, load_published, render_markdown, write_report
+        from tinyformer.lab.report import (
+            collect,
+            load_published,
+            published_note,
+            render_markdown,
+            write_report,
+        )
 
         entries = collect(args.results)
         published = load_published(args.published)
         paths = write_report(entries, args.out or args.results, published, "length-generalization results")
         print(render_markdown(entries, published))
+        print(published_note(entries, published) + "\n")
         for what, path in paths.items():
             print(f"{what}: {path}")
         return 0

@@ -119,6 +119,28 @@ def render_markdown(entries: list[Entry], published: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def published_note(entries: list[Entry], published: dict) -> str:
+    """What the published columns cover, and why a bin or a row of ours has none: they hold only the bins the
+    reference study measured (other lengths are not comparable) for the tasks and schemes it ran."""
+    if not published:
+        return "Published: no reference numbers were found (docs/published-results.yaml or --published)."
+    covered = sorted({str(b) for by_pe in published.values() for bins in by_pe.values() for b in bins}, key=bin_key)
+    schemes = sorted({pe for by_pe in published.values() for pe in by_pe})
+    parts = [f"Published: the reference numbers in docs/published-results.yaml, which cover only the bins "
+             f"{', '.join(covered)} of {', '.join(published)} under {', '.join(schemes)}"]
+    uncovered = [b for b in all_bins(entries) if b not in covered]
+    if len(uncovered) == len(all_bins(entries)):
+        parts.append(f"none of this report's bins ({', '.join(uncovered)}) is among them, so no published column "
+                     "is shown (other lengths are not comparable; `tinyformer lengen reproduce` trains the published "
+                     "protocol and sets its bins beside the published ones)")
+    elif uncovered:
+        parts.append(f"{', '.join(uncovered)} {'has' if len(uncovered) == 1 else 'have'} no published column")
+    unpublished = [f"{e.task}/{e.pe}" for e in entries if not published_for(published, e.task, e.pe)]
+    if unpublished:
+        parts.append(f"none for {', '.join(unpublished)}: the reference study published no such row")
+    return "; ".join(parts) + "."
+
+
 def render_csv(entries: list[Entry], published: dict) -> str:
     """Long format: one line per (task, scheme, bin) with ours (mean, std, runs) and the published value."""
     out = io.StringIO()
@@ -175,7 +197,7 @@ def write_report(entries: list[Entry], out_dir: str | Path, published: dict, tit
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv", "heatmap": out_dir / "heatmap.png"}
     note = ("\nOurs: exact-match accuracy (teacher forcing); ± is the sample standard deviation over seeds. "
-            "Published: the reference numbers in docs/published-results.yaml.\n")
+            f"{published_note(entries, published)}\n")
     with atomic_write(paths["markdown"]) as f:
         f.write((f"# {title}\n\n" if title else "") + render_markdown(entries, published) + note)
     with atomic_write(paths["csv"]) as f:

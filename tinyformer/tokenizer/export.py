@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ TIKTOKEN_SETTINGS = "tiktoken.json"
 
 
 def hf_tokenizer_json(tok) -> dict[str, Any]:
-    """The `tokenizer.json` dict: a byte-level BPE whose pre-tokenizer is our exact regex (a Split), then
-    the byte-to-unicode step with its own regex off, so any pattern, not only GPT-2's, carries over."""
+    """The `tokenizer.json` dict: a byte-level BPE whose pre-tokenizer is our regex (a Split, its inline flags in
+    Oniguruma's spelling: `hf_pattern`), then the byte-to-unicode step with its own regex off, so any pattern, not only GPT-2's, carries over."""
     check_representable(tok)
     vocab, merges = tok.vocab, tok.merges
     n_ordinary = 256 + len(merges)
@@ -48,7 +49,7 @@ def hf_tokenizer_json(tok) -> dict[str, Any]:
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
+                {"type": "Split", "pattern": {"Regex": hf_pattern(tok.pattern)}, "behavior": "Isolated", "invert": False},
                 {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
             ],
         },
@@ -98,8 +99,66 @@ PATTERN_PROBE = (
 )
 
 
+# Inline flags as Oniguruma (Ruby syntax) spells them: its `m` is Python's `s` (dot matches a line end); its
+# `^`/`$` always match at line ends and it has no ASCII/Unicode/locale flags, so the others have no equivalent.
+ONIGURUMA_FLAGS = {"i": "i", "x": "x", "s": "m"}
+_FLAG_GROUP = re.compile(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?([:)])")
+
+
+def hf_pattern(pattern: str) -> str:
+    """`pattern` as HF tokenizers' Oniguruma reads it: inline flags `(?s)`, `(?is:...)` ... rewritten
+    (`(?s).` -> `(?m).`); the rest is the same syntax. A flag with no equivalent is a one-line error."""
+    out, i, flags_end = [], 0, 0  # flags_end: where the leading global flag groups end
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+        elif c == "[":  # a class is copied whole: "(?s)" inside one is four characters
+            end = _class_end(pattern, i)
+            out.append(pattern[i:end])
+            i = end
+        elif (m := _FLAG_GROUP.match(pattern, i)) and (m.group(1) or m.group(2)):
+            on, off, end = m.group(1), m.group(2) or "", m.group(3)
+            if end == ")" and i > flags_end:
+                raise TinyformerError(
+                    f"HF export: the inline flags {m.group(0)!r} stand mid-pattern, where Oniguruma applies them "
+                    "only to the rest of their group; put them at the start of the pattern or scope them: "
+                    f"(?{on}{'-' + off if off else ''}:...)"
+                )
+            out.append(f"(?{_oniguruma_flags(on, pattern)}{'-' + _oniguruma_flags(off, pattern) if off else ''}{end}")
+            i = m.end()
+            flags_end = i if end == ")" and i - len(m.group(0)) == flags_end else flags_end
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """The index after the `]` that closes the class opened at `start` (a `]` first in it is a literal)."""
+    i = start + 1 + (pattern[start + 1 : start + 2] == "^")
+    i += pattern[i : i + 1] == "]"
+    while i < len(pattern) and pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return i + 1
+
+
+def _oniguruma_flags(flags: str, pattern: str) -> str:
+    missing = [f for f in flags if f not in ONIGURUMA_FLAGS]
+    if missing:
+        hint = {"m": "Oniguruma's ^ and $ always match at line ends: write (?:^|(?<=\\n)) for ^ and (?=\\n|\\Z) for $",
+                "a": "write the ASCII classes out, e.g. [0-9] for \\d and [A-Za-z0-9_] for \\w"}.get(missing[0], "")
+        raise TinyformerError(
+            f"HF export: Oniguruma has no equivalent of the inline flag {missing[0]!r} (pattern {pattern!r}; the "
+            f"export translates i, x and s only); rewrite the pattern without it{'; ' + hint if hint else ''}"
+        )
+    return "".join(ONIGURUMA_FLAGS[f] for f in flags)
+
+
 def check_pattern_in_hf(pattern: str) -> None:
-    """One-line error when HF `tokenizers` (if installed) splits the probe text differently with `pattern`."""
+    """One-line error when HF `tokenizers` (if installed) splits the probe text with `hf_pattern(pattern)`
+    differently from our regex with `pattern`."""
     try:
         from tokenizers import Regex, pre_tokenizers
     except ImportError:
@@ -107,10 +166,14 @@ def check_pattern_in_hf(pattern: str) -> None:
     import regex
 
     ours = regex.findall(pattern, PATTERN_PROBE)
+    translated = hf_pattern(pattern)
     try:
-        theirs = [piece for piece, _ in pre_tokenizers.Split(Regex(pattern), "isolated").pre_tokenize_str(PATTERN_PROBE)]
+        theirs = [piece for piece, _ in pre_tokenizers.Split(Regex(translated), "isolated").pre_tokenize_str(PATTERN_PROBE)]
     except Exception as exc:  # any failure of the other engine means the export cannot work
-        raise TinyformerError(f"HF tokenizers cannot use the pre-tokenizer pattern: {exc}") from None
+        raise TinyformerError(
+            f"HF tokenizers cannot use the pre-tokenizer pattern {translated!r}: {exc}; rewrite it in syntax "
+            "both engines read alike"
+        ) from None
     if ours != theirs:
         i = next(i for i, (a, b) in enumerate(zip(ours + [""], theirs + [""])) if a != b)
         raise TinyformerError(

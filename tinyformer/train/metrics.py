@@ -139,28 +139,38 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class Progress:
-    """A tqdm bar (loss, lr, tokens/s, ETA) on a terminal; plain log lines when output is not a terminal."""
+    """A tqdm bar (loss, lr, tokens/s, ETA) on a terminal; plain log lines when output is not a terminal.
 
-    def __init__(self, total: int, initial: int, enabled: bool, log_every: int) -> None:
+    The ETA counts only the steps after the first update of this process: the steps before it pay for
+    compiling, kernel selection and warm-up (minutes on a run of seconds per step), so the first line says
+    `eta ?` and the bar appears then."""
+
+    def __init__(self, total: int, enabled: bool, log_every: int) -> None:
         self.enabled, self.log_every, self.total = enabled, max(1, log_every), total
-        self.start_step, self.start_time = initial, time.perf_counter()
+        self.tty = enabled and sys.stderr.isatty()
+        self.origin: tuple[int, float] | None = None  # (step, time) of the first update: where the ETA starts
         self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
         if not self.enabled:
             return
-        if self.bar is not None:
+        now = time.perf_counter()
+        first = self.origin is None
+        if first:
+            self.origin = (step, now)
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total, initial=step, unit="step", dynamic_ncols=True)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
             self.bar.update(step - self.bar.n)
         elif step % self.log_every == 0 or step == self.total:
-            rate = (step - self.start_step) / max(time.perf_counter() - self.start_time, 1e-9)
-            eta = (self.total - step) / rate if rate > 0 else 0.0
-            print(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} tok/s {tokens_per_s:,.0f} "
-                  f"eta {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+            origin_step, origin_time = self.origin
+            left = (self.total - step) * (now - origin_time) / max(step - origin_step, 1)
+            eta = "?" if first else f"{int(left // 60)}m{int(left % 60):02d}s"
+            print(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} tok/s {tokens_per_s:,.0f} eta {eta}",
+                  flush=True)
 
     def note(self, text: str) -> None:
         if not self.enabled:

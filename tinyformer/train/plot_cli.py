@@ -1,4 +1,4 @@
-"""`tinyformer plot RUN... [--out FILE] [--x steps|tokens] [--lr]`: the curves of runs on one figure."""
+"""`tinyformer plot RUN... [--out FILE] [--x steps|tokens|time] [--lr]`: the curves of runs on one figure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (with metrics.jsonl)")
     parser.add_argument("--out", help="PNG to write (default: RUN/plots/curves.png for one run, else curves.png)")
-    parser.add_argument("--x", choices=("steps", "tokens"), default="steps", help="horizontal axis (default: steps)")
+    parser.add_argument("--x", choices=("steps", "tokens", "time"), default="steps",
+                        help="horizontal axis: steps, tokens seen, or training time (the records' elapsed_s: "
+                             "the training steps' wall-clock time, evaluation and checkpoints excluded; "
+                             "default: steps)")
     parser.add_argument("--lr", action="store_true", help="add a panel with the learning rate")
 
 

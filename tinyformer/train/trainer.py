@@ -231,7 +231,8 @@ class Trainer(TrainerState):
             # measurement seen is the truest, so measure again at each evaluation and keep the max.
             self.peak = max(self.peak, self._peak_flops()[0])
         if self.rt.info.is_main:
-            self.log.write({"kind": "eval", "step": self.step, "tokens": self.tokens, **metrics})
+            self.log.write({"kind": "eval", "step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed,
+                            **metrics})
         self.progress.note(f"step {self.step}: {self.evaluation.describe(metrics)}")
         if self.best_score is None or score < self.best_score:
             self.best_score, self.evals_without_improvement = score, 0
@@ -322,7 +323,7 @@ class Trainer(TrainerState):
         self.log = log = self._open_log()
         self.peak, self.peak_source = self._peak_flops()
         flops_per_token = self.raw.flops_per_token(self.seq_len) if hasattr(self.raw, "flops_per_token") else None
-        self.progress = progress = Progress(cfg.max_steps, self.step, cfg.progress and main, cfg.log_every)
+        self.progress = progress = Progress(cfg.max_steps, cfg.progress and main, cfg.log_every)
         if self.resume_note:
             self._warn(self.resume_note)
         if self.resumed_from is not None:
@@ -366,7 +367,7 @@ class Trainer(TrainerState):
                     loss = all_reduce_sum([loss], info, self.rt.device)[0] / info.world_size
                     train_loss = loss
                     tok_s = window_tokens / window_time if window_time > 0 else 0.0  # training time only
-                    record = {"kind": "train", "step": self.step, "tokens": self.tokens, "lr": lr,
+                    record = {"kind": "train", "step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed, "lr": lr,
                               "train_loss": loss, "grad_norm": grad_norm, "tokens_per_s": tok_s,
                               "examples_per_s": window_examples / window_time if window_time > 0 else 0.0}
                     window_time, window_tokens, window_examples = 0.0, 0, 0
