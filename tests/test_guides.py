@@ -56,10 +56,12 @@ def test_guide_runs_as_written(guide, tmp_path):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     stand_in_shakespeare(tmp_path / "input.txt")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    outputs = {}
     for cmd in commands(guide):
         proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=1800)
         assert proc.returncode == 0, f"{guide}: `{cmd}` failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        outputs[cmd] = proc.stdout
     if guide == "compare-positions.md":
         out = tmp_path / "runs" / "positions"
         for name in ("results.md", "training-loss.png", "validation.png", "context-length.png"):
@@ -69,6 +71,10 @@ def test_guide_runs_as_written(guide, tmp_path):
         assert (tmp_path / "shakespeare-hf" / "README.md").is_file()
     else:
         assert (tmp_path / "runs" / "seq-hex" / "summary.json").is_file()
+        # the accuracy the guide promises, with the shipped defaults (train.precision=auto included)
+        scored = next(out for cmd, out in outputs.items() if "--prompts-file sums.txt" in cmd)
+        right, total = map(int, re.search(r"exact match: (\d+)/(\d+)", scored).groups())
+        assert total == 200 and right >= 0.8 * total, scored[-500:]
 
 
 def test_readme_tokenizer_section_points_to_prepare_for_a_split_with_flags_that_exist(main_cli):
