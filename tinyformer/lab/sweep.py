@@ -19,6 +19,7 @@ from typing import Any
 
 from tinyformer.config import deep_merge, nest_dotted, read_yaml
 from tinyformer.errors import TinyformerError
+from tinyformer.lab.executor import one_thread, stop_if_interrupted, train_summary
 from tinyformer.train.config import RunConfig, preset_path, run_config_from_dict, saved_dict
 
 DEFAULT_GRID = {
@@ -188,15 +189,17 @@ def default_train(cfg: RunConfig, run_dir: Path) -> dict:
 
 def _run_all(jobs: list[tuple[Settings, RunConfig, Path]], train: TrainFn | None, executor, log):
     """Yield (settings, cfg, run_dir, result) as runs finish: through `train` one after another (tests), or
-    through the executor (worker processes, or Ray)."""
+    through the executor (worker processes, or Ray). A run stopped by a signal ends it: `Interrupted` is
+    raised once that run is yielded (the executor waits for the runs under way to save)."""
     import dataclasses
 
     if train is not None or executor is None:
         for settings, cfg, run_dir in jobs:
             log(f"  {run_name(cfg)}")
-            yield settings, cfg, run_dir, (train or default_train)(cfg, run_dir)
+            result = (train or default_train)(cfg, run_dir)
+            yield settings, cfg, run_dir, result
+            stop_if_interrupted(result)  # a signal stops the sweep, not only its run
         return
-    from tinyformer.lab.executor import one_thread, train_summary
     from tinyformer.lab.run import result_row
 
     cfgs = [one_thread(dataclasses.replace(c, run_dir=str(d), model_keys=c.model_keys)) for _, c, d in jobs]
