@@ -168,6 +168,15 @@ def test_sweep_resumes_where_it_stopped_and_best_reruns_seeds(tmp_path: Path):
     assert saved["settings"]["model.n_layers"] == 4 and saved["by"] == "51-100"
 
 
+def test_best_json_keeps_the_types_of_settings_given_as_command_line_text(tmp_path: Path):
+    # `lengen sweep --steps 600 --lr 1e-3` hands its aliases over as text
+    base = {"task.name": "UR", "model.position": "rope", "train.max_steps": "10", "train.lr": "1e-3"}
+    sweep(base, {"model.n_layers": [2]}, tmp_path, train=fake_train([]), log=lambda s: None)
+    best("UR", "rope", tmp_path, seeds=(0,), train=fake_train([]), log=lambda s: None)
+    saved = json.loads((tmp_path / "UR" / "best-rope.json").read_text())["settings"]
+    assert saved["train.max_steps"] == 10 and saved["train.lr"] == 1e-3 and saved["model.n_layers"] == 2
+
+
 def test_config_key_ignores_logging_but_not_settings():
     same = {"train.device": "cuda", "train.log_every": 50, "train.threads": 1, "run_dir": "elsewhere"}
     assert config_key(tiny_config()) == config_key(tiny_config(**same))

@@ -66,6 +66,12 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def typed_settings(settings: Mapping[str, Any], cfg: RunConfig) -> Settings:
+    """`settings` with each value as the config holds it (600, not the "600" a command line gave)."""
+    resolved = _flatten(saved_dict(cfg))
+    return {k: resolved.get(k, v) for k, v in settings.items()}
+
+
 def run_name(cfg: RunConfig) -> str:
     m, t = cfg.model, cfg.train
     return f"L{m.n_layers}-H{m.n_heads}-D{m.d_model}-lr{t.lr:g}-s{t.seed}-{config_key(cfg)[:8]}"
@@ -323,7 +329,7 @@ def best(task: str, pe: str, results: str | Path, *, by: str | None = None, seed
         "pe": pe,
         "by": by,
         "seeds": list(seeds),
-        "settings": {k: v for k, v in top["settings"].items() if k != "train.seed"},
+        "settings": {k: v for k, v in typed_settings(top["settings"], top_cfg).items() if k != "train.seed"},
         "accuracy": spread(seed_rows),
         "per_seed": {str(r["seed"]): r["accuracy"] for r in seed_rows},
     }
