@@ -5,14 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tinyformer.errors import TinyformerError
+from tinyformer.errors import Interrupted, TinyformerError
 from tinyformer.lab.evaluate import exact_match, free_running, token_matches
 from tinyformer.lab.report import Entry, load_published, render_csv, render_markdown, write_report
 from tinyformer.lab.sweep import best, config_key, lab_config, load_grid, read_rows, sweep
@@ -160,6 +166,15 @@ def test_sweep_resumes_where_it_stopped_and_best_reruns_seeds(tmp_path: Path):
     assert (acc["min"], acc["max"]) == (pytest.approx(0.45), pytest.approx(0.47))
     saved = json.loads((tmp_path / "UR" / "best-rope.json").read_text())
     assert saved["settings"]["model.n_layers"] == 4 and saved["by"] == "51-100"
+
+
+def test_best_json_keeps_the_types_of_settings_given_as_command_line_text(tmp_path: Path):
+    # `lengen sweep --steps 600 --lr 1e-3` hands its aliases over as text
+    base = {"task.name": "UR", "model.position": "rope", "train.max_steps": "10", "train.lr": "1e-3"}
+    sweep(base, {"model.n_layers": [2]}, tmp_path, train=fake_train([]), log=lambda s: None)
+    best("UR", "rope", tmp_path, seeds=(0,), train=fake_train([]), log=lambda s: None)
+    saved = json.loads((tmp_path / "UR" / "best-rope.json").read_text())["settings"]
+    assert saved["train.max_steps"] == 10 and saved["train.lr"] == 1e-3 and saved["model.n_layers"] == 2
 
 
 def test_config_key_ignores_logging_but_not_settings():
@@ -347,8 +362,9 @@ def test_a_sweep_records_no_row_for_a_run_that_did_not_end(tmp_path: Path):
         calls.append(cfg.model.n_layers)
         return {"status": "interrupted", "steps": 3, "stopped_early": False, "accuracy": {"1-50": 0.1}}
 
-    rows = sweep(base, {"model.n_layers": [2]}, tmp_path, train=interrupted, log=lambda s: None)
-    assert rows == [] and not (tmp_path / "UR" / "summary-rope.jsonl").exists()
+    with pytest.raises(Interrupted):  # a run stopped by a signal stops the sweep too
+        sweep(base, {"model.n_layers": [2]}, tmp_path, train=interrupted, log=lambda s: None)
+    assert not (tmp_path / "UR" / "summary-rope.jsonl").exists()
     sweep(base, {"model.n_layers": [2]}, tmp_path, train=fake_train(calls), log=lambda s: None)
     assert calls == [2, (2, 1e-3, 0)] and len(read_rows(tmp_path / "UR" / "summary-rope.jsonl")) == 1
 
@@ -381,3 +397,66 @@ def test_a_task_run_on_two_processes_matches_one(tmp_path: Path):
 
 def summary_of(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------- a signal stops a multi-run command
+
+SIGNAL_RUNS = ["--task", "UR", "--pe", "rope", "model.n_heads=2", "model.d_model=16", "train.max_steps=300",
+               "train.eval_every=0", "eval.examples=24", "task.train_lengths=1-8", "eval.bins=[1-8,9-16]",
+               "train.batch_size=8", "train.log_every=1", "train.precision=fp32", "train.device=cpu",
+               "eval.greedy=false", "train.progress=true"]
+
+
+def training_runs(results: Path) -> list[Path]:
+    """Run directories under RESULTS/UR/runs/rope that have logged a training step."""
+    return [p.parent for p in sorted(results.glob("UR/runs/rope/*/metrics.jsonl")) if '"kind": "train"' in p.read_text()]
+
+
+def signal_when_training(results: Path, signum: int, skip: int = 0) -> threading.Thread:
+    """Send `signum` to this process once more than `skip` runs are training (a real signal: the trainer's
+    handler catches it in the main thread, as from a terminal)."""
+    def wait_and_signal():
+        deadline = time.time() + 60
+        while time.time() < deadline and len(training_runs(results)) <= skip:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signum)
+
+    thread = threading.Thread(target=wait_and_signal, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_ctrl_c_stops_a_sweep_once_its_run_saved_and_the_same_command_resumes(tmp_path: Path, main_cli):
+    results, grid = tmp_path / "res", tmp_path / "grid.yaml"
+    grid.write_text("model.n_layers: [1, 2]\n")
+    args = ["lengen", "sweep", "--grid", str(grid), "--results", str(results), *SIGNAL_RUNS]
+    # worker processes (the default executor): Ctrl-C reaches the whole process group of the terminal
+    proc = subprocess.Popen([sys.executable, "-m", "tinyformer", *args, "--workers", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not training_runs(results):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    runs = list((results / "UR" / "runs" / "rope").iterdir())
+    assert len(runs) == 1, "the next combination must not start after Ctrl-C"
+    stopped = json.loads((runs[0] / "summary.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["signal"] == "SIGINT" and 0 < stopped["step"] < 300
+    assert f"stopped by SIGINT at step {stopped['step']}; checkpoint saved" in out
+    assert not (results / "UR" / "summary-rope.jsonl").exists()
+    # the same command again (here, in this process): the interrupted run resumes from its checkpoint
+    again = main_cli(*args, "--workers", "0", check=True)
+    assert f"resumed from {runs[0] / 'checkpoints'}" in again.stdout and f"at step {stopped['step']}" in again.stdout
+    steps = [r["step"] for r in records(runs[0]) if r["kind"] == "train"]
+    assert steps == list(range(1, 301))
+    assert len(read_rows(results / "UR" / "summary-rope.jsonl")) == 2
+
+    # `best` over two more seeds: SIGTERM during the first stops it (143), the second seed never starts
+    signal_when_training(results, signal.SIGTERM, skip=2)
+    proc = main_cli("lengen", "best", "--task", "UR", "--pe", "rope", "--seeds", "1,2", "--results", results,
+                    "--workers", "0")
+    assert proc.returncode == 143, proc.stderr
+    assert len(list((results / "UR" / "runs" / "rope").iterdir())) == 3
+    assert not (results / "UR" / "best-rope.json").exists()

@@ -489,3 +489,38 @@ def test_cpu_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
 
     kept, default = faults(True), faults(False)  # page faults per training step (0-3k and 20-45k here)
     assert kept * 5 < default, (kept, default)
+
+
+def test_an_evaluation_error_on_one_process_fails_on_all_and_training_goes_on(tmp_path, corpus):
+    """Under torchrun, a token out of range in the validation windows only process 1 reads (the file changed
+    after the run started): both processes treat that evaluation as failed and go on, within 60 s, instead
+    of process 0 waiting in the evaluation's all-reduce for one process 1 never joins."""
+    import shutil
+
+    from tinyformer.data.tokenfile import read_sidecar, sidecar_path
+
+    val = tmp_path / "val.bin"
+    shutil.copy(corpus["val"], val)
+    shutil.copy(sidecar_path(corpus["val"]), sidecar_path(val))
+    run = tmp_path / "two"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tinyformer",
+            "train", f"run_dir={run}", f"data.train={corpus['train']}", f"data.val={val}", f"data.tokenizer={corpus['tok']}",
+            *TINY_MODEL, *FAST, "train.max_steps=300", "train.eval_every=20", "train.parallel=ddp",
+            "data.eval_tokens=null", "train.sample_tokens=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and metrics(run)):
+        time.sleep(0.02)
+    # micro-batch 2 of 16-token windows: batch 1 (windows 2-3) is process 1's
+    itemsize = np.dtype(read_sidecar(val)["dtype"]).itemsize
+    with open(val, "r+b") as f:
+        f.seek(40 * itemsize)
+        f.write(np.array([60000], dtype=read_sidecar(val)["dtype"]).tobytes())
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "evaluation at step" in err and "on process 1 of 2: IndexError" in err, err[-3000:]
+    assert metrics(run)[-1]["step"] == 300

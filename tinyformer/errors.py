@@ -8,8 +8,10 @@ class TinyformerError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A second SIGINT/SIGTERM while a run was already stopping: give up at once. The CLI exits with
-    128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a process killed by it would."""
+    """A SIGINT/SIGTERM that ends the command: a second one while a run was already stopping (give up at
+    once), or one that stopped a run of a multi-run command (sweep, best, reproduce, demo: no run starts
+    after it). The CLI exits with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a
+    process killed by it would."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)

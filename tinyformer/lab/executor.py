@@ -11,14 +11,16 @@ optional extra (`pip install 'tinyformer[ray]'`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from tinyformer.errors import TinyformerError
+from tinyformer.errors import Interrupted, TinyformerError
 
 Job = Any  # a picklable argument of the run function (a RunConfig)
 
@@ -54,20 +56,114 @@ class LocalExecutor:
             raise TinyformerError(f"workers must be 0 (run here) or more, got {workers}")
 
     def map(self, fn: Callable[[Job], Any], jobs: Iterable[Job]) -> Iterator[tuple[int, Any]]:
-        """Yield (index of the job, fn(job)) as runs finish."""
+        """Yield (index of the job, fn(job)) as runs finish. The first SIGINT/SIGTERM (or a run that comes back
+        interrupted) stops the map: the runs under way save their checkpoints, none starts, and once the
+        running ones are back `Interrupted` is raised (the CLI exits 130 / 143); a second signal gives up."""
         jobs = list(jobs)
         if self.workers == 0 or len(jobs) <= 1 and self.workers <= 1:
-            for i, job in enumerate(jobs):
-                yield i, fn(job)
+            for i, job in enumerate(jobs):  # here: the run's own trainer catches the signal and saves
+                result = fn(job)
+                yield i, result
+                stop_if_interrupted(result)
             return
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        yield from self._pool_map(fn, jobs)
+
+    def _pool_map(self, fn: Callable[[Job], Any], jobs: list[Job]) -> Iterator[tuple[int, Any]]:
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         ctx = multiprocessing.get_context("spawn")
         fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)) or 1, mp_context=ctx, **fresh) as pool:
-            futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                yield futures[future], future.result()
+        workers = min(self.workers, len(jobs)) or 1
+        todo = list(enumerate(jobs))[::-1]
+        running: dict[Any, int] = {}
+        # jobs are submitted one per free worker (none waits in the pool's queue), so after a signal no
+        # run can start; the workers have their own process group, so a Ctrl-C reaches them only once,
+        # forwarded from here
+        with _Signals() as stop, ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                                     initializer=_own_process_group, **fresh) as pool:
+            try:
+                while todo or running:
+                    while todo and len(running) < workers and not stop.signum:
+                        i, job = todo.pop()
+                        running[pool.submit(fn, job)] = i
+                    if not running:
+                        break
+                    done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                    stop.forward()
+                    for future in done:
+                        i = running.pop(future)
+                        try:
+                            result = future.result()
+                        except (KeyboardInterrupt, BrokenProcessPool):
+                            if stop.signum:  # a worker stopped by the signal before its run caught it
+                                continue
+                            raise
+                        yield i, result
+                        stop.signum = stop.signum or interrupted_by(result)
+            except BaseException:  # a second signal, an error, or the caller stopped reading: end the runs
+                stop.forward(again=True)
+                raise
+        if stop.signum:
+            raise Interrupted(stop.signum)
+
+
+def interrupted_by(result: Any) -> int | None:
+    """The signal that stopped a run, for a run summary (or summary row) with status interrupted."""
+    if not isinstance(result, dict) or result.get("status") != "interrupted":
+        return None
+    try:
+        return int(signal.Signals[result.get("signal") or "SIGINT"])
+    except KeyError:
+        return int(signal.SIGINT)
+
+
+def stop_if_interrupted(result: Any) -> None:
+    """A multi-run command stops at the first interrupted run: raise `Interrupted` (exit 128 + signal)."""
+    signum = interrupted_by(result)
+    if signum:
+        raise Interrupted(signum)
+
+
+def _own_process_group() -> None:
+    """Worker start: leave the terminal's process group, so Ctrl-C reaches the parent only (which forwards
+    it once; a second copy would make the run give up without saving)."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
+
+
+class _Signals:
+    """The parent's SIGINT/SIGTERM during a pool map: the first is recorded and forwarded to the workers,
+    a second raises `Interrupted`."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._sent = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and self._sent:
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def forward(self, again: bool = False) -> None:
+        """Send the signal to every live worker: once after the first, once more with `again`."""
+        if (self.signum is None and not again) or self._sent >= (2 if again else 1):
+            return
+        self._sent += 1
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, self.signum or signal.SIGINT)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class RayExecutor:

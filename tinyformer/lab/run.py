@@ -87,6 +87,7 @@ def result_row(summary: dict[str, Any]) -> dict[str, Any]:
         "accuracy_greedy": summary.get("accuracy_greedy"),
         "train_seconds": summary.get("elapsed_s"),
         "params": summary.get("params"),
+        **({"signal": summary["signal"]} if summary.get("signal") else {}),  # what stopped an interrupted run
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from tinyformer.config import deep_merge, nest_dotted, read_yaml
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import directory_lock
+from tinyformer.lab.executor import one_thread, stop_if_interrupted, train_summary
 from tinyformer.train.config import RunConfig, preset_path, run_config_from_dict, saved_dict
 from tinyformer.train.trainer_state import DONE
 
@@ -33,7 +34,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 # settings that change how a run is carried out or logged, not what it computes
 NOT_IN_KEY = ("run_dir", "resume", "train.device", "train.threads", "train.log_every", "train.progress",
               "train.tensorboard", "train.ckpt_every", "train.keep_last", "train.stop_at_step", "eval.batch_size",
-              "train.dist_backend", "train.peak_flops", "train.reuse_memory")
+              "train.dist_backend", "train.dist_timeout", "train.peak_flops", "train.reuse_memory")
 
 Settings = dict[str, Any]  # dotted RunConfig key -> value
 
@@ -65,6 +66,12 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def typed_settings(settings: Mapping[str, Any], cfg: RunConfig) -> Settings:
+    """`settings` with each value as the config holds it (600, not the "600" a command line gave)."""
+    resolved = _flatten(saved_dict(cfg))
+    return {k: resolved.get(k, v) for k, v in settings.items()}
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -190,15 +197,17 @@ def default_train(cfg: RunConfig, run_dir: Path) -> dict:
 
 def _run_all(jobs: list[tuple[Settings, RunConfig, Path]], train: TrainFn | None, executor, log):
     """Yield (settings, cfg, run_dir, result) as runs finish: through `train` one after another (tests), or
-    through the executor (worker processes, or Ray)."""
+    through the executor (worker processes, or Ray). A run stopped by a signal ends it: `Interrupted` is
+    raised once that run is yielded (the executor waits for the runs under way to save)."""
     import dataclasses
 
     if train is not None or executor is None:
         for settings, cfg, run_dir in jobs:
             log(f"  {run_name(cfg)}")
-            yield settings, cfg, run_dir, (train or default_train)(cfg, run_dir)
+            result = (train or default_train)(cfg, run_dir)
+            yield settings, cfg, run_dir, result
+            stop_if_interrupted(result)  # a signal stops the sweep, not only its run
         return
-    from tinyformer.lab.executor import one_thread, train_summary
     from tinyformer.lab.run import result_row
 
     cfgs = [one_thread(dataclasses.replace(c, run_dir=str(d), model_keys=c.model_keys)) for _, c, d in jobs]
@@ -328,7 +337,7 @@ def best(task: str, pe: str, results: str | Path, *, by: str | None = None, seed
         "pe": pe,
         "by": by,
         "seeds": list(seeds),
-        "settings": {k: v for k, v in top["settings"].items() if k != "train.seed"},
+        "settings": {k: v for k, v in typed_settings(top["settings"], top_cfg).items() if k != "train.seed"},
         "accuracy": spread(seed_rows),
         "per_seed": {str(r["seed"]): r["accuracy"] for r in seed_rows},
     }

@@ -142,6 +142,9 @@ class TrainConfig:
     progress: bool = True
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     dist_backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    # seconds a process waits for the others in one collective before the job ends with an error (a process
+    # that failed or hangs), instead of the backend's 30 minutes
+    dist_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         _at_least("train", self, 1, "max_steps", "batch_size", "grad_accum")
@@ -161,6 +164,8 @@ class TrainConfig:
             raise TinyformerError(f"train.device={self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
         if self.dist_backend not in ("auto", "gloo", "nccl", "mpi", "ucc"):
             raise TinyformerError(f"train.dist_backend={self.dist_backend!r}; use auto, gloo, nccl, mpi or ucc")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            raise TinyformerError(f"train.dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.init_from is not None and not self.init_from.strip():
             raise TinyformerError("train.init_from is empty; pass a model or run directory, or leave it unset")
 

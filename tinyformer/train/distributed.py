@@ -7,6 +7,7 @@ Multi-node: `torchrun --nnodes=2 --node_rank=K --nproc_per_node=G --rdzv_backend
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -30,8 +31,9 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(parallel: str, device_type: str, backend: str = "auto") -> DistInfo:
-    """Join the torchrun process group when launched by torchrun; check `parallel` agrees with the launch."""
+def init_distributed(parallel: str, device_type: str, backend: str = "auto", timeout_s: float = 300.0) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun; check `parallel` agrees with the launch.
+    `timeout_s`: how long a collective waits for the other processes before it fails (`train.dist_timeout`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -47,7 +49,7 @@ def init_distributed(parallel: str, device_type: str, backend: str = "auto") -> 
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return info
 
 
@@ -110,6 +112,27 @@ def all_gather_objects(obj, info: DistInfo) -> list:
     out = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+class ProcessFailed(RuntimeError):
+    """What the other processes raise when one process failed a step they all take (an evaluation)."""
+
+
+def agree_on_failure(error: Exception | None, info: DistInfo) -> Exception | None:
+    """Every process's outcome of a step they all take, so that all treat it as failed or none does (one
+    process going on alone would leave the others in a collective it never joins): this process's own
+    error, else `ProcessFailed` naming the first process that failed and its error, else None."""
+    if not info.enabled:
+        return error
+    mine = None if error is None else f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+    outcomes = all_gather_objects(mine, info)
+    if error is not None:
+        return error
+    failed = [(rank, text) for rank, text in enumerate(outcomes) if text is not None]
+    if not failed:
+        return None
+    rank, text = failed[0]
+    return ProcessFailed(f"on process {rank} of {info.world_size}: {text}")
 
 
 def barrier(info: DistInfo) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyformer.batch import IGNORE_INDEX
-from tinyformer.train.distributed import all_reduce_sum
+from tinyformer.train.distributed import agree_on_failure, all_reduce_sum
 from tinyformer.train.runtime import Runtime, autocast, sdpa_backend
 
 LN2 = math.log(2.0)
@@ -73,8 +73,15 @@ class LossEvaluation:
         self.val_batches, self.bytes_per_token = val_batches, bytes_per_token
 
     def run(self, module: torch.nn.Module, runtime: Runtime) -> dict[str, Any]:
-        with sdpa_backend(runtime.sdpa):
-            loss_sum, count = loss_over(module, self.val_batches(), runtime.device, runtime.precision)
+        error = None
+        try:
+            with sdpa_backend(runtime.sdpa):
+                loss_sum, count = loss_over(module, self.val_batches(), runtime.device, runtime.precision)
+        except Exception as exc:
+            error = exc
+        # every process learns whether any failed before the sums are combined: all raise, or none does
+        if (error := agree_on_failure(error, runtime.info)) is not None:
+            raise error
         loss_sum, count = all_reduce_sum([loss_sum, count], runtime.info, runtime.device)
         return loss_metrics(loss_sum, count, self.bytes_per_token)
 

@@ -153,7 +153,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         torch.set_num_threads(cfg.threads)
     if cfg.reuse_memory and device.type == "cpu":
         reuse_freed_memory()
-    info = init_distributed(cfg.parallel, device.type, cfg.dist_backend)
+    info = init_distributed(cfg.parallel, device.type, cfg.dist_backend, cfg.dist_timeout)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32

@@ -26,6 +26,7 @@ from tinyformer.errors import Interrupted, TinyformerError
 from tinyformer.train import checkpoint as ckpt
 from tinyformer.train.config import TrainConfig
 from tinyformer.train.distributed import (
+    agree_on_failure,
     all_reduce_max,
     all_reduce_sum,
     parallelize,
@@ -215,13 +216,16 @@ class Trainer(TrainerState):
 
     def _evaluate_step(self) -> tuple[float | None, bool]:
         """Evaluate the current (already saved) step, log it, track the best score, write samples.
-        A failure is logged and training goes on: (None, False)."""
+        A failure is logged and training goes on: (None, False), on every process when one failed."""
+        error = None
         try:
             metrics = self.evaluate()
             score = self.evaluation.score(metrics)
             solved = self.evaluation.solved(metrics)
         except Exception as exc:
-            self._failed("evaluation", exc)
+            error = exc
+        if (error := agree_on_failure(error, self.rt.info)) is not None:
+            self._failed("evaluation", error)
             return None, False
         if not math.isfinite(score):  # never a best score nothing can beat
             raise self.diverged(f"its evaluation gave {self.evaluation.score_name} {score}")
