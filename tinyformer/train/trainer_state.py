@@ -155,7 +155,7 @@ class TrainerState:
         )
         rngs = all_gather_objects(rng_state(), self.rt.info)
         model = self._full_model_for_save()
-        broken = model is not None and not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        broken = model is not None and not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
         if self.rt.info.enabled:
             broken = all_reduce_max([float(broken)], self.rt.info, self.rt.device)[0] > 0
         if broken:  # never a checkpoint nothing can continue from
