@@ -25,9 +25,9 @@ from tinyformer.lab.evaluate import evaluate_bins
 from tinyformer.lab.run import train_task
 from tinyformer.lab.setup import TaskSetup, model_position
 from tinyformer.lab.sweep import lab_config
-from tinyformer.rundir import Run
 from tinyformer.tasks import make_eval_set
 from tinyformer.train.config import RunConfig
+from tinyformer.train.rundir import Run
 
 HELD_OUT = 10_000
 HELD_OUT_SEED = 12345  # not the eval_seed (0) that decided when training stops

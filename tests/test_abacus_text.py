@@ -12,9 +12,9 @@ import torch
 
 from tinyformer.batch import run_positions
 from tinyformer.data.tokenfile import write_token_file
+from tinyformer.lm.abacus import AbacusBatches, TextPositions, digit_table, text_positions
+from tinyformer.lm.sampler import TokenFileBatches
 from tinyformer.tokenizer import Tokenizer, train_bpe
-from tinyformer.train.abacus import AbacusBatches, TextPositions, digit_table, text_positions
-from tinyformer.train.sampler import TokenFileBatches
 
 TINY = ["model.position=abacus", "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32",
         "train.precision=fp32", "train.threads=1", "train.progress=false", "train.batch_size=4", "train.warmup=1",

@@ -100,7 +100,7 @@ def test_a_task_name_in_the_wrong_case_suggests_the_right_one(main_cli, tmp_path
 
 
 def test_attention_takes_the_prompt_syntax_of_sample(main_cli, ur_run, tmp_path):
-    from tinyformer.rundir import Run
+    from tinyformer.train.rundir import Run
 
     main_cli("attention", "--ckpt", ur_run, "--text", "0 3 1 4 ? 3", "--out", tmp_path / "maps", check=True)
     saved = np.load(tmp_path / "maps" / "attention.npz")
@@ -119,7 +119,7 @@ def naive_greedy_line(run: Path, prompt: str) -> str:
     """The reference: argmax of the full forward, token by token, up to the first newline (no cache)."""
     import torch
 
-    from tinyformer.rundir import Run
+    from tinyformer.train.rundir import Run
 
     r = Run(run)
     model, tok = r.load_model(), r.tokenizer()

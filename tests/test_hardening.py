@@ -378,7 +378,7 @@ def test_a_model_with_a_padded_vocabulary_samples(cli, tmp_path, corpus):
 
 
 def test_a_failing_sampler_or_evaluation_is_logged_and_costs_no_progress(cli, tmp_path, corpus, monkeypatch):
-    import tinyformer.train.lm as lm
+    import tinyformer.lm.run as lm
     from tinyformer.train.evaluation import LossEvaluation
 
     def broken_sampler(*args):
@@ -406,7 +406,7 @@ def test_a_failing_sampler_or_evaluation_is_logged_and_costs_no_progress(cli, tm
 
 
 def test_an_internal_error_is_one_line_naming_its_report(cli, tmp_path, corpus, monkeypatch):
-    import tinyformer.train.eval_cli as eval_cli
+    import tinyformer.verbs.eval as eval_cli
 
     run = tmp_path / "run"
     train(cli, run, corpus, "train.max_steps=2", "train.eval_every=0")

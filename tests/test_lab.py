@@ -295,7 +295,7 @@ def test_cli_errors_from_the_executable(cli, tmp_path: Path):
 
 
 def test_demo_prints_the_table_and_says_where_the_heatmap_went(cli, tmp_path: Path):
-    from tinyformer.demo import DEMO_SCHEMES, DEMO_TASKS
+    from tinyformer.verbs.demo import DEMO_SCHEMES, DEMO_TASKS
 
     proc = cli("demo", "--out", tmp_path / "demo", "--steps-scale", "0.005", "--eval-examples", "16", "--workers", "0")
     assert proc.returncode == 0, proc.stderr

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from tinyformer.errors import TinyformerError
 from tinyformer.model import ModelConfig, Transformer
 from tinyformer.model.io import load_model, save_model
-from tinyformer.rundir import load_model as load_run_model
-from tinyformer.rundir import resolve_checkpoint
+from tinyformer.train.rundir import load_model as load_run_model
+from tinyformer.train.rundir import resolve_checkpoint
 
 
 def tiny(**kw) -> Transformer:

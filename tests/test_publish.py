@@ -93,7 +93,7 @@ class FakeApi:
 
 
 def test_push_exports_and_uploads_with_a_model_card(main_cli, lm_run, monkeypatch):
-    from tinyformer.train import publish
+    from tinyformer.lm import publish
 
     api = FakeApi()
     tokens = []
@@ -112,7 +112,7 @@ def test_push_exports_and_uploads_with_a_model_card(main_cli, lm_run, monkeypatc
 
 
 def test_push_without_token_or_network_is_one_line(main_cli, lm_run, monkeypatch, tmp_path):
-    from tinyformer.train import publish
+    from tinyformer.lm import publish
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login

@@ -11,8 +11,8 @@ import torch
 from tinyformer.batch import IGNORE_INDEX
 from tinyformer.data.tokenfile import write_token_file
 from tinyformer.errors import TinyformerError
+from tinyformer.lm.rows import RowBatches, line_end_ids, row_eval_batches, row_spans
 from tinyformer.tokenizer import Tokenizer
-from tinyformer.train.rows import RowBatches, line_end_ids, row_eval_batches, row_spans
 
 TEXT = "+1+2+3+\n+10+5+15+\n+7+7+41+\n"
 

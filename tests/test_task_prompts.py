@@ -96,7 +96,7 @@ def test_an_addition_run_answers_1342_plus_879_after_training(main_cli, tmp_path
 
 def test_a_hex_run_answers_in_hex(main_cli, tmp_path):
     from tinyformer.lab.evaluate import greedy_continuation
-    from tinyformer.rundir import Run
+    from tinyformer.train.rundir import Run
 
     run = tmp_path / "hex"
     main_cli("lengen", "train", "--task", "add-hex", "--pe", "abacus", "task.train_lengths=1-2", "eval.bins=[1-2]",

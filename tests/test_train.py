@@ -109,7 +109,7 @@ def test_weight_decay_only_on_matrices_and_embeddings():
 
 
 def test_sampler_ranks_split_the_global_batch(corpus):
-    from tinyformer.train.sampler import TokenFileBatches
+    from tinyformer.lm.sampler import TokenFileBatches
 
     for sampling in ("random", "sequential"):
         whole = TokenFileBatches(corpus["train"], 4, 16, sampling=sampling, seed=3)
@@ -123,7 +123,7 @@ def test_sampler_ranks_split_the_global_batch(corpus):
 
 
 def test_sampler_state_resumes_exactly(corpus):
-    from tinyformer.train.sampler import TokenFileBatches
+    from tinyformer.lm.sampler import TokenFileBatches
 
     for sampling in ("random", "sequential"):
         a = TokenFileBatches(corpus["train"], 8, 16, sampling=sampling, seed=1)
@@ -137,7 +137,7 @@ def test_sampler_state_resumes_exactly(corpus):
 
 def test_sequential_pass_covers_every_window_once(corpus):
     from tinyformer.data.tokenfile import read_token_file
-    from tinyformer.train.sampler import TokenFileBatches
+    from tinyformer.lm.sampler import TokenFileBatches
 
     tokens = np.asarray(read_token_file(corpus["train"])[0], dtype=np.int64)
     s = TokenFileBatches(corpus["train"], 1, 16, sampling="sequential", seed=0)
@@ -148,8 +148,8 @@ def test_sequential_pass_covers_every_window_once(corpus):
 
 def test_checkpoints_keep_last_k_and_best(tmp_path):
     from tinyformer.model import ModelConfig, Transformer
-    from tinyformer.rundir import read_index
     from tinyformer.train.checkpoint import save_checkpoint
+    from tinyformer.train.rundir import read_index
 
     model = Transformer(ModelConfig(vocab_size=32, n_layers=1, d_model=8, n_heads=2, max_seq_len=4))
     for step, loss in zip(range(1, 6), [3.0, 1.0, 2.0, 4.0, 5.0]):
@@ -164,8 +164,8 @@ def test_checkpoints_keep_last_k_and_best(tmp_path):
 def test_failed_checkpoint_write_leaves_latest_intact(tmp_path, monkeypatch):
     import tinyformer.model.io as model_io
     from tinyformer.model import ModelConfig, Transformer
-    from tinyformer.rundir import latest_checkpoint
     from tinyformer.train.checkpoint import save_checkpoint
+    from tinyformer.train.rundir import latest_checkpoint
 
     model = Transformer(ModelConfig(vocab_size=32, n_layers=1, d_model=8, n_heads=2, max_seq_len=4))
     save_checkpoint(tmp_path, 1, model, {"step": 1})
@@ -204,7 +204,7 @@ def test_resume_is_bit_identical(cli, tmp_path, corpus, sampling):
 def test_run_directory_metrics_and_eval(cli, tmp_path, corpus):
     from tinyformer.data.tokenfile import read_token_file
     from tinyformer.model import ModelConfig, Transformer
-    from tinyformer.rundir import load_model
+    from tinyformer.train.rundir import load_model
     from tinyformer.train.schedule import lr_at
 
     flops_per_token = Transformer(ModelConfig(n_layers=2, d_model=32, n_heads=2, max_seq_len=16)).flops_per_token(16)
@@ -402,7 +402,7 @@ def test_two_processes_match_one(cli, tmp_path, corpus, parallel):
 
     names = load_file(str(tmp_path / "two" / "checkpoints" / "step-00000006" / "model.safetensors")).keys()
     assert not any("_orig_mod" in n or "module." in n or "_fsdp" in n for n in names)
-    from tinyformer.rundir import load_model
+    from tinyformer.train.rundir import load_model
 
     a, b = load_model(tmp_path / "one"), load_model(tmp_path / "two")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
@@ -433,7 +433,7 @@ def test_gradient_accumulation_matches_the_full_batch(cli, tmp_path, corpus):
 
 def test_fine_tuning_starts_from_an_hf_checkpoint(cli, tmp_path, corpus):
     transformers = pytest.importorskip("transformers")
-    from tinyformer.rundir import load_model
+    from tinyformer.train.rundir import load_model
 
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=256, n_positions=16, n_embd=32,

@@ -18,18 +18,18 @@ from tinyformer.fileio import DISK_FULL, disk_full_error
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "tokenizer": ("tinyformer.tokenizer_cli", "train, encode with, inspect and export byte-level BPE tokenizers"),
-    "data": ("tinyformer.data.cli", "download and prepare corpora (TinyStories, Tiny Shakespeare)"),
-    "train": ("tinyformer.train.cli", "train any run (a language model or a lab task) from a YAML config + key=value overrides"),
-    "eval": ("tinyformer.train.eval_cli", "a run's loss, perplexity, bits per byte; a task run's accuracy per length bin"),
-    "sample": ("tinyformer.train.sample_cli", "generate text from a run, or a task run's answers"),
-    "plot": ("tinyformer.train.plot_cli", "draw loss, perplexity or accuracy curves of one or more runs"),
-    "compare": ("tinyformer.train.compare_cli", "train variants of a config over seeds, then compare them"),
-    "export": ("tinyformer.train.export_cli", "export a run to the HF format (GPT-2, Llama, MPT)"),
-    "push": ("tinyformer.train.push_cli", "publish a run on the Hugging Face Hub (export + model card + upload)"),
-    "lengen": ("tinyformer.lab.cli", "length-generalization lab: train, sweep, best, reproduce, report"),
-    "attention": ("tinyformer.lab.attention_cli", "attention heatmaps of a run on a text"),
-    "demo": ("tinyformer.demo", "the embedded default: a short study that needs no downloads"),
+    "tokenizer": ("tinyformer.verbs.tokenizer", "train, encode with, inspect and export byte-level BPE tokenizers"),
+    "data": ("tinyformer.verbs.data", "download and prepare corpora (TinyStories, Tiny Shakespeare)"),
+    "train": ("tinyformer.verbs.train", "train any run (a language model or a lab task) from a YAML config + key=value overrides"),
+    "eval": ("tinyformer.verbs.eval", "a run's loss, perplexity, bits per byte; a task run's accuracy per length bin"),
+    "sample": ("tinyformer.verbs.sample", "generate text from a run, or a task run's answers"),
+    "plot": ("tinyformer.verbs.plot", "draw loss, perplexity or accuracy curves of one or more runs"),
+    "compare": ("tinyformer.verbs.compare", "train variants of a config over seeds, then compare them"),
+    "export": ("tinyformer.verbs.export", "export a run to the HF format (GPT-2, Llama, MPT)"),
+    "push": ("tinyformer.verbs.push", "publish a run on the Hugging Face Hub (export + model card + upload)"),
+    "lengen": ("tinyformer.verbs.lengen", "length-generalization lab: train, sweep, best, reproduce, report"),
+    "attention": ("tinyformer.verbs.attention", "attention heatmaps of a run on a text"),
+    "demo": ("tinyformer.verbs.demo", "the embedded default: a short study that needs no downloads"),
 }
 
 

@@ -234,7 +234,7 @@ def _progress_bar(total: int, enabled: bool | None):
 
 
 def add_encode_arguments(parser) -> None:
-    """`tinyformer tokenizer encode`: arguments (hooked in by tinyformer.tokenizer_cli)."""
+    """`tinyformer tokenizer encode`: arguments (hooked in by tinyformer.verbs.tokenizer)."""
     import argparse
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files; each file is one document")

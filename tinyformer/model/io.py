@@ -1,5 +1,5 @@
 """Checkpoint I/O for models: a directory of `model.safetensors` (clean parameter names) + `model.json`
-(the ModelConfig). Which checkpoint of a run to use is `tinyformer.rundir`'s business, not the model's.
+(the ModelConfig). Which checkpoint of a run to use is `tinyformer.train.rundir`'s business, not the model's.
 Every load error is a one-line TinyformerError.
 """
 
@@ -105,7 +105,7 @@ def load_model(ckpt_dir: str | os.PathLike, map_location: str = "cpu"):
     ckpt = Path(ckpt_dir)
     if not (ckpt / CONFIG_FILE).is_file() and not (ckpt / WEIGHTS_FILE).is_file():
         raise TinyformerError(f"{ckpt} is not a checkpoint directory (no {CONFIG_FILE}); for a run directory "
-                              "use tinyformer.rundir.load_model")
+                              "use tinyformer.train.rundir.load_model")
     cfg = load_config_file(ckpt)
     with torch.device(map_location):
         model = Transformer(cfg)

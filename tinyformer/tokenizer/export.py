@@ -285,7 +285,7 @@ def _import_tiktoken():
 
 
 def add_export_arguments(parser) -> None:
-    """`tinyformer tokenizer export`: arguments (hooked in by tinyformer.tokenizer_cli)."""
+    """`tinyformer tokenizer export`: arguments (hooked in by tinyformer.verbs.tokenizer)."""
     parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory to export")
     parser.add_argument(
         "--format",

@@ -1,2 +1,3 @@
-"""Training engine: `tinyformer.train.trainer` (Trainer, train_lm), optim (build_optimizer), schedule (lr_at),
-sampler (token-file batch sources), checkpoint, metrics, plot, distributed. Kept import-free so the CLI starts fast."""
+"""The engine both kinds of run share: config schema (`config`), runtime (`runtime`), start (`start`),
+the loop (`trainer`), checkpoints (`checkpoint`), the run directory (`rundir`), metrics, optimizer and
+schedule, evaluation protocol, distributed. Kept import-free so the CLI starts fast."""

@@ -1,5 +1,5 @@
 """Writing and reading checkpoints of a run: RUN/checkpoints/step-NNNNNNNN/ (weights + trainer state) and
-index.json (layout: `tinyformer.rundir`).
+index.json (layout: `tinyformer.train.rundir`).
 
 A checkpoint directory is built under a temporary name and renamed into place, then index.json is
 replaced atomically, and only then are old checkpoints pruned: at any instant `latest` names a complete
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinyformer import rundir
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_dir, atomic_write
+from tinyformer.train import rundir
 
 STATE_FORMAT = "tinyformer-trainer-state"
 STATE_VERSION = 1

@@ -50,7 +50,7 @@ class DataConfig:
     train: str = ""  # path to the training token file (.bin)
     val: str | None = None  # path to the validation token file (.bin); None = no evaluation
     tokenizer: str | None = None  # tokenizer directory; its fingerprint must match the token files
-    # random windows, in-order passes, or rows: one line per sequence (number sequences; tinyformer.train.rows)
+    # random windows, in-order passes, or rows: one line per sequence (number sequences; tinyformer.lm.rows)
     sampling: Literal["random", "sequential", "rows"] = "random"
     shuffle: bool = True  # sequential sampling: shuffle window order each epoch (seeded)
     eval_tokens: int | None = None  # None = the whole validation file; else a fixed seeded subset of windows

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from tinyformer import rundir
 from tinyformer.config import to_dict
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import directory_lock
+from tinyformer.train import rundir
 from tinyformer.train.checkpoint import read_settings
 from tinyformer.train.config import RunConfig, result_settings, save_run_config
 from tinyformer.train.distributed import all_gather_objects, barrier

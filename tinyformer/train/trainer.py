@@ -4,7 +4,7 @@
 `load_state_dict`) and an optional `Evaluation` (loss on a validation file for a language model, length-bin
 accuracy for a lab task run). It owns the optimizer, schedule, clipping, accumulation, precision, compile,
 DDP/FSDP, checkpoints with exact resume, signals, metrics, progress and the summary.
-`tinyformer.train.lm` wires token files into it, `tinyformer.lab.run` a synthetic task.
+`tinyformer.lm.run` wires token files into it, `tinyformer.lab.run` a synthetic task.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from tinyformer import rundir
 from tinyformer.errors import Interrupted, TinyformerError
 from tinyformer.train import checkpoint as ckpt
+from tinyformer.train import rundir
 from tinyformer.train.config import TrainConfig
 from tinyformer.train.distributed import (
     agree_on_failure,

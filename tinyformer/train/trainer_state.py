@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from tinyformer import rundir
 from tinyformer.errors import TinyformerError
 from tinyformer.train import checkpoint as ckpt
+from tinyformer.train import rundir
 from tinyformer.train.distributed import all_gather_objects, all_reduce_max, barrier
 from tinyformer.train.runtime import rng_state, set_rng_state
 

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tinyformer.errors import TinyformerError
-    from tinyformer.rundir import Run
+    from tinyformer.train.rundir import Run
     from tinyformer.train.runtime import resolve_device
 
     if not 0 <= args.temperature < float("inf") or (args.top_p is not None and not 0 < args.top_p <= 1):
@@ -53,7 +53,7 @@ def _sample_text(run, model, args, device) -> int:
     import torch
 
     from tinyformer.errors import TinyformerError
-    from tinyformer.train.abacus import generate_kwargs, run_positions_of
+    from tinyformer.lm.abacus import generate_kwargs, run_positions_of
 
     tok = run.tokenizer()
     if tok is None:
@@ -197,8 +197,8 @@ def _answer_text_prompts(run, model, tok, args, device) -> int:
     import torch
 
     from tinyformer.errors import TinyformerError
-    from tinyformer.train.abacus import generate_kwargs, run_positions_of
-    from tinyformer.train.rows import line_end_ids
+    from tinyformer.lm.abacus import generate_kwargs, run_positions_of
+    from tinyformer.lm.rows import line_end_ids
 
     ends = line_end_ids(tok)
     text_positions = run_positions_of(run, model)

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from tinyformer.errors import TinyformerError
+from tinyformer.lm.rows import line_end_ids, row_eval_batches, row_spans
+from tinyformer.lm.sampler import eval_batches
 from tinyformer.model.memory import forward_bytes, require_fits
 from tinyformer.train.evaluation import loss_metrics, loss_over
-from tinyformer.train.rows import line_end_ids, row_eval_batches, row_spans
-from tinyformer.train.sampler import eval_batches
 
 FACTORS = (1, 2, 4, 8)
 
@@ -88,7 +88,7 @@ def evaluate_run(run, model, lengths: list[int] | None, device: torch.device, *,
     training logged: its validation file, its evaluation subset (data.eval_tokens, seeded by train.seed) and
     batch size; `lengths` None = the training context. Returns (records, the settings used)."""
     from tinyformer.data.tokenfile import check_token_file
-    from tinyformer.train.abacus import run_positions_of
+    from tinyformer.lm.abacus import run_positions_of
 
     cfg = run.config
     own_val = cfg.data.val if cfg is not None and cfg.data is not None else None

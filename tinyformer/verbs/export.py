@@ -19,14 +19,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tinyformer.fileio import check_output
-    from tinyformer.rundir import Run
+    from tinyformer.train.rundir import Run
 
     run = Run(args.ckpt, args.which)
     if Path(args.out).exists() and not args.force:
         check_output(args.out, args.force)  # before importing torch: bad input fails fast
 
+    from tinyformer.lm.publish import export_run
     from tinyformer.model.hf_config import ARCHITECTURES, hf_family
-    from tinyformer.train.publish import export_run
 
     model = run.load_model()
     family = hf_family(model.config)

@@ -3,7 +3,7 @@ runs, trained one after another through the one engine (finished runs are read b
 resume), then the numbers every comparison needs, from the same code as `tinyformer eval`.
 
 OUT/runs/VARIANT/seed-N/ are ordinary run directories; OUT/results.{md,csv,json} and the three figures
-(`tinyformer.train.compare_plots`) are written once every run has finished.
+(`tinyformer.lm.compare_plots`) are written once every run has finished.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def plan(config: str | None, overrides: Sequence[str], vary: Sequence[str], seed
 
 def finished(member: Member) -> bool:
     """The run ended earlier with this very config: nothing to train, read it back."""
-    from tinyformer import rundir
     from tinyformer.config import read_yaml
+    from tinyformer.train import rundir
     from tinyformer.train.trainer_state import DONE
 
     run_dir = member.run_dir
@@ -123,8 +123,8 @@ def _model_matches(saved: dict[str, Any], want: dict[str, Any]) -> bool:
 def train_all(members: list[Member], log=print) -> str:
     """Train (or read back) every run in order: 'done', 'paused' (train.stop_at_step) or the status of an
     interrupted run, where it stops."""
-    from tinyformer import rundir
-    from tinyformer.train.lm import train_lm
+    from tinyformer.lm.run import train_lm
+    from tinyformer.train import rundir
 
     paused = 0
     for i, m in enumerate(members, 1):
@@ -146,8 +146,8 @@ def evaluate_all(members: list[Member], factors: Sequence[int], device) -> int:
     """Each run's best checkpoint (else latest) at every context factor, as `tinyformer eval --seq-len`;
     the factors multiply the first variant's training context, so every variant is measured at the same
     lengths. Returns that context."""
-    from tinyformer.rundir import Run
-    from tinyformer.train.contexts import evaluate_run
+    from tinyformer.lm.contexts import evaluate_run
+    from tinyformer.train.rundir import Run
 
     first = members[0].cfg
     trained = int(first.train.seq_len or first.model.max_seq_len)
@@ -217,7 +217,7 @@ def write_results(members: list[Member], out: Path, trained: int) -> dict[str, P
     import json
 
     from tinyformer.fileio import atomic_write
-    from tinyformer.train import compare_plots
+    from tinyformer.lm import compare_plots
 
     variants = aggregate(members)
     table = results_table(variants, trained)

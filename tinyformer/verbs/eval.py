@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from tinyformer.errors import TinyformerError
-    from tinyformer.rundir import Run
+    from tinyformer.train.rundir import Run
     from tinyformer.train.runtime import resolve_device
 
     for flag in ("batch_size", "examples"):
@@ -116,7 +116,7 @@ def _check_bins_fit(cfg, model, batch_size: int, device) -> None:
 
 def _eval_lm(run, model, args, device) -> dict:
     from tinyformer.errors import TinyformerError
-    from tinyformer.train.contexts import evaluate_run, parse_lengths
+    from tinyformer.lm.contexts import evaluate_run, parse_lengths
 
     lengths = parse_lengths(args.seq_len) if args.seq_len else None
     results, used = evaluate_run(run, model, lengths, device, precision=args.precision, data=args.data,

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tinyformer.errors import TinyformerError
     from tinyformer.fileio import directory_lock
-    from tinyformer.train import compare
+    from tinyformer.lm import compare
     from tinyformer.train.runtime import resolve_device
     from tinyformer.train.trainer import exit_code
 

@@ -20,8 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tinyformer.errors import TinyformerError
-    from tinyformer.rundir import Run
-    from tinyformer.train import publish
+    from tinyformer.lm import publish
+    from tinyformer.train.rundir import Run
 
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*|[A-Za-z0-9][\w.-]*", args.repo):
         raise TinyformerError(f"--repo {args.repo!r} is not a Hub repository name; use USER/NAME")

@@ -11,15 +11,15 @@ from typing import Any
 
 import torch
 
-from tinyformer import rundir
 from tinyformer.data.tokenfile import check_token_file, read_token_file, token_file_identity
 from tinyformer.errors import TinyformerError
+from tinyformer.lm.abacus import AbacusBatches, TextPositions, generate_kwargs, text_positions
+from tinyformer.lm.rows import RowBatches, line_end_ids, row_eval_batches, row_spans
+from tinyformer.lm.sampler import TokenFileBatches, eval_batches
 from tinyformer.model import ModelConfig
-from tinyformer.train.abacus import AbacusBatches, TextPositions, generate_kwargs, text_positions
+from tinyformer.train import rundir
 from tinyformer.train.config import RunConfig, TrainConfig
 from tinyformer.train.evaluation import LossEvaluation
-from tinyformer.train.rows import RowBatches, line_end_ids, row_eval_batches, row_spans
-from tinyformer.train.sampler import TokenFileBatches, eval_batches
 from tinyformer.train.start import start_run
 
 DEFAULT_RUN_DIR = "runs/run"

@@ -39,7 +39,7 @@ def open_run(path: Path, which: str | None) -> RunInput:
     import numpy as np
 
     from tinyformer.errors import TinyformerError
-    from tinyformer.rundir import Run
+    from tinyformer.train.rundir import Run
 
     run = Run(path, which)
     model = run.load_model()
@@ -70,7 +70,7 @@ def open_run(path: Path, which: str | None) -> RunInput:
     def label(i: int) -> str:
         return tok.decode([i]).replace("\n", "\\n").replace("\t", "\\t") if i < tok.vocab_size else f"<{i}>"
 
-    from tinyformer.train.abacus import run_positions_of
+    from tinyformer.lm.abacus import run_positions_of
 
     text_positions = run_positions_of(run, model)
     positions = None

@@ -24,7 +24,7 @@ def train(cfg) -> dict:
         from tinyformer.lab.run import train_task
 
         return train_task(cfg)
-    from tinyformer.train.lm import train_lm
+    from tinyformer.lm.run import train_lm
 
     return train_lm(cfg)
 
