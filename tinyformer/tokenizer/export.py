@@ -280,29 +280,3 @@ def _import_tiktoken():
         raise TinyformerError("tiktoken is not installed; pip install 'tinyformer[tiktoken]'") from None
     return tiktoken
 
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def add_export_arguments(parser) -> None:
-    """`tinyformer tokenizer export`: arguments (hooked in by tinyformer.verbs.tokenizer)."""
-    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory to export")
-    parser.add_argument(
-        "--format",
-        required=True,
-        choices=FORMATS,
-        help="hf: tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast); tiktoken: "
-        f"{TIKTOKEN_RANKS} + {TIKTOKEN_SETTINGS}; gpt2: vocab.json + merges.txt",
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write")
-    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
-
-
-def run_export(args) -> int:
-    from tinyformer.tokenizer import Tokenizer
-
-    tok = Tokenizer.load(args.tokenizer)
-    out = export(tok, args.format, args.out, args.force)
-    files = ", ".join(sorted(p.name for p in out.iterdir()))
-    print(f"wrote the {args.format} export of {args.tokenizer} ({tok.vocab_size} ids) to {out}: {files}")
-    return 0

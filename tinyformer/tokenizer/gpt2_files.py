@@ -1,5 +1,6 @@
 """GPT-2-style `vocab.json` + `merges.txt`: the original GPT-2 tokenizer's files, where every byte is shown
-as a printable unicode character (the "bytes to unicode" table), read into and written from our Tokenizer."""
+as a printable unicode character (the "bytes to unicode" table): written from our Tokenizer, and read into its
+merges and special tokens (`Tokenizer.from_gpt2_files` builds it)."""
 
 from __future__ import annotations
 
@@ -144,16 +145,3 @@ def _read_merges(path: Path) -> list[tuple[bytes, bytes]]:
         known.add(a + b)
     return merges
 
-
-def from_gpt2_files(vocab_json: str | os.PathLike, merges_txt: str | os.PathLike, pattern: str | None = None):
-    """A Tokenizer from GPT-2-style files (GPT-2 pre-tokenizer pattern unless another is given)."""
-    from tinyformer.tokenizer import GPT2_PATTERN, Tokenizer
-
-    merges, specials = read_gpt2_files(vocab_json, merges_txt)
-    return Tokenizer(merges, special_tokens=specials, pattern=pattern or GPT2_PATTERN)
-
-
-def is_gpt2_dir(path: str | os.PathLike) -> bool:
-    """True when `path` is a directory holding vocab.json and merges.txt."""
-    path = Path(path)
-    return (path / "vocab.json").is_file() and (path / "merges.txt").is_file()

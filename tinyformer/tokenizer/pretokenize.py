@@ -17,11 +17,7 @@ from pathlib import Path
 import regex
 
 from tinyformer.errors import TinyformerError
-
-try:
-    from tinyformer.tokenizer import _bpe
-except ImportError:  # no C extension: the regex does all the pre-tokenization
-    _bpe = None
+from tinyformer.tokenizer._native import _bpe  # None without the C extension: the regex does it all
 
 # The pre-tokenizer regexes of GPT-2 and of GPT-4 (cl100k_base), as published by OpenAI. GPT-4's splits text
 # as tiktoken's current cl100k_base does, including `\s++$` (whitespace that ends the text stays one piece:
@@ -138,6 +134,26 @@ def cut_rules(specials: tuple[str, ...]) -> tuple[bool, bool]:
         for a in specials for b in specials
     )
     return line_ok, special_ok
+
+
+_VISIBLE_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+_VISIBLE_CHARS_AFTER = _VISIBLE_CHARS - {"/"}  # a line end before '/' is no sure split for o200k
+
+
+def stream_cut(buf: str, limit: int, splitter: regex.Pattern | None, rules: tuple[bool, bool]) -> int:
+    """The last place before `limit` where the text `buf` can be cut without changing its encoding; 0 if none."""
+    line_ok, special_ok = rules
+    if line_ok:
+        i = buf.rfind("\n", 0, limit)
+        while i > 0:
+            if buf[i - 1] in _VISIBLE_CHARS and buf[i + 1] in _VISIBLE_CHARS_AFTER:
+                return i + 1
+            i = buf.rfind("\n", 0, i)
+    if special_ok and splitter is not None:
+        ends = [m.end() for m in splitter.finditer(buf) if m.end() <= limit]
+        if ends:
+            return ends[-1]
+    return 0
 
 
 def _safe_cut(block: bytes, specials: Sequence[bytes], force: bool, rules: tuple[bool, bool] = (True, True)) -> int:

@@ -1,19 +1,22 @@
 """A tokenizer's files: `tokenizer.json` (format, version, pattern, special tokens, merges as hex pairs; version 2
 adds byte_order, special ids and merge_rule only when a tokenizer has them) and the readable `vocab.txt`;
 reading them back (also GPT-2 `vocab.json` + `merges.txt` and tiktoken export directories) with one-line
-errors for anything missing or corrupt."""
+errors for anything missing or corrupt. The module sits below the `Tokenizer` class: `load` makes the tokenizer
+with the constructor it is given, and `save` reads what it writes from the tokenizer it is handed."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 from tinyformer.errors import TinyformerError
-
-if TYPE_CHECKING:
-    from tinyformer.tokenizer.tokenizer import Tokenizer
+from tinyformer.fileio import atomic_dir
+from tinyformer.tokenizer.gpt2_files import read_gpt2_files
+from tinyformer.tokenizer.pretokenize import GPT2_PATTERN
+from tinyformer.tokenizer.tiktoken_files import export_dir_args
 
 FORMAT = "tinyformer-bpe"
 VERSION = 1  # written for tokenizers with the default ids and rule; version 2 adds byte_order, special ids, merge_rule
@@ -21,11 +24,12 @@ VERSIONS = (1, 2)
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 
+T = TypeVar("T")
 
-def save(tok: Tokenizer, directory: str | os.PathLike, force: bool = False) -> Path:
-    """Write `tokenizer.json` (for machines) and `vocab.txt` (for people) into `directory`, atomically."""
-    from tinyformer.fileio import atomic_dir
 
+def save(tok, directory: str | os.PathLike, force: bool = False) -> Path:
+    """Write `tokenizer.json` (for machines) and `vocab.txt` (for people) of the Tokenizer `tok` into
+    `directory`, atomically."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise TinyformerError(f"output {directory} exists and is not a directory; choose another path")
@@ -37,37 +41,35 @@ def save(tok: Tokenizer, directory: str | os.PathLike, force: bool = False) -> P
     return directory
 
 
-def vocab_listing(tok: Tokenizer) -> str:
-    """One line per id: id, the token's bytes escaped, and for merges the two parent ids."""
-    lines = [f"# {FORMAT} vocab: {tok.vocab_size} ids (256 bytes, {len(tok._merges)} merges, "
-             f"{len(tok._special_tokens)} special); fingerprint {tok.fingerprint}",
+def vocab_listing(tok) -> str:
+    """One line per id of the Tokenizer `tok`: id, the token's bytes escaped, and for merges the two parent ids."""
+    merges, special_ids = tok.merges, set(tok.special_tokens.values())
+    lines = [f"# {FORMAT} vocab: {tok.vocab_size} ids (256 bytes, {len(merges)} merges, "
+             f"{len(special_ids)} special); fingerprint {tok.fingerprint}",
              "# id\ttoken\tparents"]
-    id_of = {bytes([b]): i for i, b in enumerate(tok._byte_order)}
-    for i, data in enumerate(tok._token_bytes):
-        if data is None:
-            continue  # an id the tokenizer does not use (a gap before a special token's own id)
+    id_of = {bytes([b]): i for i, b in enumerate(tok.byte_order)}
+    for i, data in tok.vocab.items():  # in id order, without the ids left unused before a special token's own id
         if i < 256:
             parents = "byte"
-        elif i in tok._special_by_id:
+        elif i in special_ids:
             parents = "special"
         else:
-            a, b = tok._merges[i - 256]
+            a, b = merges[i - 256]
             parents = f"{id_of[a]} + {id_of[b]}"
             id_of.setdefault(data, i)
         lines.append(f"{i}\t{escape_bytes(data)}\t{parents}")
     return "\n".join(lines) + "\n"
 
 
-def load(cls: type[Tokenizer], directory: str | os.PathLike) -> Tokenizer:
+def load(directory: str | os.PathLike, build: Callable[..., T]) -> T:
     """Read a tokenizer saved by `save` (a directory, or its tokenizer.json), or GPT-2 / tiktoken export
-    files, as `cls`; one-line error if corrupt."""
+    files, and make it with `build` (the Tokenizer class); one-line error if corrupt."""
     path = Path(directory)
     if path.is_dir() and not (path / TOKENIZER_FILE).is_file() and (path / "merges.txt").is_file():
-        return cls.from_gpt2_files(path / "vocab.json", path / "merges.txt")  # GPT-2-style files
+        merges, specials = read_gpt2_files(path / "vocab.json", path / "merges.txt")  # GPT-2-style files
+        return build(merges, special_tokens=specials, pattern=GPT2_PATTERN)
     if path.is_dir() and not (path / TOKENIZER_FILE).is_file() and (path / "tiktoken.json").is_file():
-        from tinyformer.tokenizer.tiktoken_files import from_tiktoken_export
-
-        return from_tiktoken_export(path)  # what `tinyformer tokenizer export --format tiktoken` writes
+        return build(**export_dir_args(path))  # what `tinyformer tokenizer export --format tiktoken` writes
     if path.is_dir():
         path = path / TOKENIZER_FILE
     if not path.is_file():
@@ -79,7 +81,7 @@ def load(cls: type[Tokenizer], directory: str | os.PathLike) -> Tokenizer:
         raise TinyformerError(f"tokenizer file {path} is corrupt ({_short(exc)}); re-train or re-save it") from None
     try:
         args, kwargs = from_json(data)
-        return cls(*args, **kwargs)
+        return build(*args, **kwargs)
     except TinyformerError as exc:
         raise TinyformerError(f"tokenizer file {path}: {exc}") from None
 

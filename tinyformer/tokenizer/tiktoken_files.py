@@ -1,5 +1,6 @@
 """tiktoken rank files (`.tiktoken`: one `base64(token bytes) rank` line per token, the format cl100k_base and
-o200k_base ship in) read into a Tokenizer whose ids are tiktoken's: ranks, specials at their own ids.
+o200k_base ship in) read into the arguments of a Tokenizer whose ids are tiktoken's: ranks, specials at their
+own ids (`Tokenizer.from_tiktoken_file` builds it).
 
 A rank file holds tokens, not merges: each token's merge is recovered by running BPE on its bytes with only
 the lower ranks, which must leave exactly two parts. The tokenizer then encodes by tiktoken's rule (any two
@@ -14,16 +15,12 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tinyformer.errors import TinyformerError
+from tinyformer.tokenizer._native import _bpe  # None: the Python BPE of `merges` recovers the same merges
 from tinyformer.tokenizer.merges import all_splits, bpe_python
 from tinyformer.tokenizer.pretokenize import GPT4_PATTERN, O200K_PATTERN
-from tinyformer.tokenizer.tokenizer import Tokenizer
-
-try:
-    from tinyformer.tokenizer import _bpe
-except ImportError:
-    _bpe = None
 
 # The published settings of OpenAI's two current encodings (the rank files themselves are downloaded by tiktoken).
 # GPT4_PATTERN splits exactly as tiktoken's cl100k string does (see pretokenize.py).
@@ -90,27 +87,28 @@ def recover_merges(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
     return merges
 
 
-def from_tiktoken_file(
+def rank_file_args(
     path: str | os.PathLike, pattern: str, special_tokens: Mapping[str, int] | None = None
-) -> Tokenizer:
-    """A Tokenizer with tiktoken's ids from a rank file, its pre-tokenizer `pattern` and special tokens."""
+) -> dict[str, Any]:
+    """The keyword arguments of a Tokenizer with tiktoken's ids from a rank file, its pre-tokenizer `pattern`
+    and special tokens."""
     tokens = read_tiktoken_file(path)
-    return Tokenizer(
-        recover_merges(tokens),
-        dict(special_tokens or {}),
-        pattern,
-        byte_order=[token[0] for token in tokens[:256]],
-        merge_rule="tiktoken",
-    )
+    return {
+        "merges": recover_merges(tokens),
+        "special_tokens": dict(special_tokens or {}),
+        "pattern": pattern,
+        "byte_order": [token[0] for token in tokens[:256]],
+        "merge_rule": "tiktoken",
+    }
 
 
-def from_tiktoken_export(directory: str | os.PathLike) -> Tokenizer:
-    """The Tokenizer of a directory that `tinyformer tokenizer export --format tiktoken` wrote (rank file +
-    `tiktoken.json` with the pattern and special tokens)."""
+def export_dir_args(directory: str | os.PathLike) -> dict[str, Any]:
+    """The keyword arguments of the Tokenizer of a directory that `tinyformer tokenizer export --format tiktoken`
+    wrote (rank file + `tiktoken.json` with the pattern and special tokens)."""
     directory = Path(directory)
     try:
         settings = json.loads((directory / "tiktoken.json").read_text(encoding="utf-8"))
         ranks_file, pattern, specials = settings["ranks_file"], settings["pat_str"], settings["special_tokens"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise TinyformerError(f"{directory / 'tiktoken.json'} is not a tiktoken settings file ({exc})") from None
-    return from_tiktoken_file(directory / ranks_file, pattern, specials)
+    return rank_file_args(directory / ranks_file, pattern, specials)

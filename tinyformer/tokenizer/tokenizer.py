@@ -1,4 +1,5 @@
-"""The byte-level BPE `Tokenizer`: encode/decode, special tokens, fingerprint (files: `storage`).
+"""The byte-level BPE `Tokenizer`: encode/decode, special tokens, fingerprint; its files through `storage`,
+`gpt2_files` and `tiktoken_files` (below it: they read and write its arguments), exports through `export`.
 
 Ids 0..255 are raw bytes, id 256+i is merge i, special tokens take the last ids in the order given. A tokenizer
 read from a tiktoken rank file keeps tiktoken's ids instead: its 256 byte ids may be in another order
@@ -21,7 +22,9 @@ from types import MappingProxyType
 import regex
 
 from tinyformer.errors import TinyformerError
-from tinyformer.tokenizer import storage
+from tinyformer.tokenizer import export, parallel, storage
+from tinyformer.tokenizer._native import _bpe  # None without the C extension: `merges` stands in
+from tinyformer.tokenizer.gpt2_files import read_gpt2_files
 from tinyformer.tokenizer.merges import (
     IDENTITY_BYTES,
     all_splits,
@@ -36,21 +39,15 @@ from tinyformer.tokenizer.pretokenize import (
     fast_pattern_kind,
     resolve_pattern,
     special_splitter,
+    stream_cut,
     unicode_classes,
 )
 from tinyformer.tokenizer.storage import FORMAT, VERSION
-
-try:
-    from tinyformer.tokenizer import _bpe
-except ImportError:
-    _bpe = None
+from tinyformer.tokenizer.tiktoken_files import rank_file_args
 
 MERGE_RULES = ("pairs", "tiktoken")
 EOT = "<|endoftext|>"
 CACHE_SIZE = 1 << 17  # pre-token -> ids entries kept before the cache is cleared
-
-_VISIBLE_ASCII = frozenset(chr(c) for c in range(0x21, 0x7F))
-_VISIBLE_AFTER = _VISIBLE_ASCII - {"/"}  # a line end before '/' is no sure split for o200k
 
 
 class Tokenizer:
@@ -263,9 +260,7 @@ class Tokenizer:
         self, texts: Sequence[str], allowed_special: str | Iterable[str] = (), num_workers: int | None = None
     ) -> list[list[int]]:
         """Ids of each text; big batches are spread over `num_workers` threads (default: all cores)."""
-        from tinyformer.tokenizer.parallel import encode_batch
-
-        return encode_batch(self, texts, allowed_special, num_workers)
+        return parallel.encode_batch(self, texts, allowed_special, num_workers)
 
     def _encode_many(self, texts: list[str], allowed_special: str | Iterable[str] = ()) -> list[list[int]]:
         """`encode` of each text; with the C pre-tokenizer all ordinary text goes to it in one call."""
@@ -304,7 +299,7 @@ class Tokenizer:
             buf += chunk
             if len(buf) < 1 << 16:
                 continue
-            cut = _stream_cut(buf, len(buf) - hold, splitter, rules)
+            cut = stream_cut(buf, len(buf) - hold, splitter, rules)
             if cut:
                 yield from self.encode(buf[:cut], allowed_special)
                 buf = buf[cut:]
@@ -365,14 +360,13 @@ class Tokenizer:
     def load(cls, directory: str | os.PathLike) -> Tokenizer:
         """Read a tokenizer saved by `save` (a directory, or its tokenizer.json), or GPT-2 / tiktoken export
         files; one-line error if corrupt."""
-        return storage.load(cls, directory)
+        return storage.load(directory, cls)
 
     @classmethod
     def from_gpt2_files(cls, vocab_json: str | os.PathLike, merges_txt: str | os.PathLike) -> Tokenizer:
-        """A tokenizer from GPT-2-style `vocab.json` + `merges.txt` files."""
-        from tinyformer.tokenizer.gpt2_files import from_gpt2_files
-
-        return from_gpt2_files(vocab_json, merges_txt)
+        """A tokenizer from GPT-2-style `vocab.json` + `merges.txt` files (with GPT-2's pre-tokenizer pattern)."""
+        merges, specials = read_gpt2_files(vocab_json, merges_txt)
+        return cls(merges, special_tokens=specials, pattern=GPT2_PATTERN)
 
     @classmethod
     def from_tiktoken_file(
@@ -380,15 +374,11 @@ class Tokenizer:
     ) -> Tokenizer:
         """A tokenizer from a tiktoken rank file (`base64(token) rank` lines, as cl100k_base.tiktoken) whose ids
         are tiktoken's own: ranks, with `special_tokens` at their given ids. The file holds no pattern."""
-        from tinyformer.tokenizer.tiktoken_files import from_tiktoken_file
-
-        return from_tiktoken_file(path, pattern, special_tokens)
+        return cls(**rank_file_args(path, pattern, special_tokens))
 
     def to_tiktoken(self, name: str | None = None):
         """A `tiktoken.Encoding` with these ranks, pattern and special tokens (same ids)."""
-        from tinyformer.tokenizer.export import to_tiktoken
-
-        return to_tiktoken(self, name)
+        return export.to_tiktoken(self, name)
 
 
 def _valid_id(token_id, table: list[bytes | None]) -> bool:
@@ -397,18 +387,3 @@ def _valid_id(token_id, table: list[bytes | None]) -> bool:
     except TypeError:
         return False
 
-
-def _stream_cut(buf: str, limit: int, splitter: regex.Pattern | None, rules: tuple[bool, bool]) -> int:
-    """The last place before `limit` where `buf` can be cut without changing its encoding; 0 if none."""
-    line_ok, special_ok = rules
-    if line_ok:
-        i = buf.rfind("\n", 0, limit)
-        while i > 0:
-            if buf[i - 1] in _VISIBLE_ASCII and buf[i + 1] in _VISIBLE_AFTER:
-                return i + 1
-            i = buf.rfind("\n", 0, i)
-    if special_ok and splitter is not None:
-        ends = [m.end() for m in splitter.finditer(buf) if m.end() <= limit]
-        if ends:
-            return ends[-1]
-    return 0

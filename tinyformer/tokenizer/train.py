@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import heapq
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import regex
 
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import require_file
+from tinyformer.tokenizer._native import _bpe  # None: the pure-Python merge loop gives the same merges
 from tinyformer.tokenizer.pretokenize import GPT2_PATTERN, count_pretokens, resolve_pattern
 from tinyformer.tokenizer.tokenizer import Tokenizer
-
-try:
-    from tinyformer.tokenizer import _bpe
-except ImportError:  # no C compiler at install time: the pure-Python path gives the same merges
-    _bpe = None
 
 _INVERT = bytes(range(255, -1, -1))
 
@@ -174,8 +172,6 @@ def run_merges(
 
 
 def _merge_bar(num_merges: int, progress: bool | None):
-    import sys
-
     if progress is None:
         progress = sys.stderr.isatty() and num_merges >= 2000
     if not progress:
@@ -196,8 +192,6 @@ def _check_specials(special_tokens: Sequence[str]) -> None:
 
 def _classify_inputs(paths_or_texts) -> tuple[list, bool]:
     """(inputs, is_text): a list of files, or a list of in-memory texts; files are checked for readability."""
-    from tinyformer.fileio import require_file
-
     items = [paths_or_texts] if isinstance(paths_or_texts, (str, os.PathLike)) else list(paths_or_texts)
     if not items:
         raise TinyformerError("no training input given; pass at least one file or text")

@@ -7,17 +7,8 @@ with a tokenizer), so no module imports a layer above its own.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
-
-# Sub-commands that live beside their implementation: name -> (module, add-arguments fn, run fn, help).
-EXTERNAL_COMMANDS = {
-    "encode": ("tinyformer.data.encode", "add_encode_arguments", "run_encode",
-               "encode text files into a token file (NAME.bin + NAME.json) on all cores"),
-    "export": ("tinyformer.tokenizer.export", "add_export_arguments", "run_export",
-               "export a tokenizer to HF tokenizer.json or tiktoken"),
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,17 +37,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--tokenizer", required=True, metavar="DIR", help="a tokenizer directory")
     info.add_argument("--top", type=int, default=10, help="how many of the longest tokens to show")
 
-    for name, (module, add_fn, _, help_text) in EXTERNAL_COMMANDS.items():
-        getattr(importlib.import_module(module), add_fn)(sub.add_parser(name, help=help_text, description=help_text))
+    help_text = "encode text files into a token file (NAME.bin + NAME.json) on all cores"
+    add_encode_arguments(sub.add_parser("encode", help=help_text, description=help_text))
+    help_text = "export a tokenizer to HF tokenizer.json or tiktoken"
+    add_export_arguments(sub.add_parser("export", help=help_text, description=help_text))
+
+
+def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files; each file is one document")
+    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory (from `tokenizer train`)")
+    parser.add_argument("--out", required=True, metavar="NAME.bin", help="token file to write (sidecar: NAME.json)")
+    parser.add_argument("--append-eot", action="store_true", help="append the <|endoftext|> id after each input file")
+    parser.add_argument(
+        "--allowed-special",
+        default="none",
+        metavar="all|none|TOKEN[,TOKEN]",
+        help="special-token text to encode as its special id (default none: encoded as ordinary text). For "
+        "files that already separate documents with <|endoftext|> lines (TinyStories) pass 'all', "
+        "not --append-eot",
+    )
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: all cores)")
+    parser.add_argument("--errors", choices=("strict", "replace"), default="strict",
+                        help="bytes that are not UTF-8: stop with an error naming the file and offset "
+                        "(strict, default) or encode U+FFFD in their place (replace)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing token file")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on stderr (default: when stderr is a terminal)")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from tinyformer.tokenizer.export import FORMATS, TIKTOKEN_RANKS, TIKTOKEN_SETTINGS
+
+    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory to export")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="hf: tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast); tiktoken: "
+        f"{TIKTOKEN_RANKS} + {TIKTOKEN_SETTINGS}; gpt2: vocab.json + merges.txt",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tokenizer_command == "train":
-        return run_train(args)
-    if args.tokenizer_command == "info":
-        return run_info(args)
-    module, _, run_fn, _ = EXTERNAL_COMMANDS[args.tokenizer_command]
-    return int(getattr(importlib.import_module(module), run_fn)(args) or 0)
+    run_command = {"train": run_train, "info": run_info, "encode": run_encode, "export": run_export}
+    return run_command[args.tokenizer_command](args)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -137,4 +163,28 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"longest {len(merged)} tokens:")
     for i in merged:
         print(f"  {i:>7}  {len(vocab[i]):>3} bytes  {escape_bytes(vocab[i])}")
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from tinyformer.data.encode import encode_files
+    from tinyformer.errors import TinyformerError
+    from tinyformer.tokenizer.tokenizer import Tokenizer
+
+    if args.workers is not None and args.workers < 1:
+        raise TinyformerError(f"--workers must be at least 1, not {args.workers}")
+    tok = Tokenizer.load(args.tokenizer)
+    encode_files(tok, args.inputs, args.out, append_eot=args.append_eot, allowed_special=args.allowed_special,
+                 workers=args.workers, force=args.force, errors=args.errors, progress=args.progress, log=print)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tinyformer.tokenizer.export import export
+    from tinyformer.tokenizer.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
+    out = export(tok, args.format, args.out, args.force)
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"wrote the {args.format} export of {args.tokenizer} ({tok.vocab_size} ids) to {out}: {files}")
     return 0
