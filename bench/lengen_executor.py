@@ -24,7 +24,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
     from tinyformer.lab import reproduce
-    from tinyformer.lab.executor import LocalExecutor, one_thread, train_summary
+    from tinyformer.lab.executor import LocalExecutor, one_thread
+    from tinyformer.lab.run import train_task
 
     overrides = {"train.max_steps": args.steps, "eval.stop_accuracy": 2.0, "train.progress": False,
                  "train.eval_every": args.steps}
@@ -37,7 +38,7 @@ def main() -> int:
             jobs = reproduce.plan("cpu", Path(tmp) / name.replace(" ", "-"), rows=["UR"], seeds=seeds,
                                   overrides=overrides)
             start = time.perf_counter()
-            out = dict(LocalExecutor(workers).map(train_summary, [one_thread(j.cfg) for j in jobs]))
+            out = dict(LocalExecutor(workers).map(train_task, [one_thread(j.cfg) for j in jobs]))
             seconds = time.perf_counter() - start
             results[name] = {"seconds": round(seconds, 1), "runs_per_hour": round(len(jobs) * 3600 / seconds, 1),
                              "accuracy": [out[i]["accuracy"] for i in range(len(jobs))]}

@@ -100,11 +100,12 @@ def test_a_task_name_in_the_wrong_case_suggests_the_right_one(main_cli, tmp_path
 
 
 def test_attention_takes_the_prompt_syntax_of_sample(main_cli, ur_run, tmp_path):
+    from tinyformer.lab.setup import TaskSetup
     from tinyformer.train.rundir import Run
 
     main_cli("attention", "--ckpt", ur_run, "--text", "0 3 1 4 ? 3", "--out", tmp_path / "maps", check=True)
     saved = np.load(tmp_path / "maps" / "attention.npz")
-    task = Run(ur_run).task_setup().task
+    task = TaskSetup(Run(ur_run).config).task
     assert saved["ids"].tolist() == task.prompt_ids("0 3 1 4 ? 3")  # what sample --prompt feeds the model
     assert saved["tokens"].tolist() == ["<bos>", "0", "3", "1", "4", "<sep>", "3"]
     proc = main_cli("attention", "--ckpt", ur_run, "--text", "0 3 9 ? 3", "--out", tmp_path / "bad")

@@ -13,7 +13,8 @@ import torch
 
 from tinyformer.errors import TinyformerError
 from tinyformer.lab import reproduce
-from tinyformer.lab.executor import LocalExecutor, train_summary
+from tinyformer.lab.executor import LocalExecutor
+from tinyformer.lab.run import train_task
 from tinyformer.lab.setup import TaskSetup
 from tinyformer.tasks import get_task
 
@@ -111,10 +112,10 @@ def test_the_seed_changes_the_initialisation_only():
 def test_the_executor_gives_what_one_run_after_another_gives(tmp_path):
     jobs = reproduce.plan("cpu", tmp_path, rows=["UR"], seeds=[0, 1], overrides=TINY)
     cfgs = [j.cfg for j in jobs]
-    one_by_one = dict(LocalExecutor(0).map(train_summary, cfgs))
+    one_by_one = dict(LocalExecutor(0).map(train_task, cfgs))
     for cfg in cfgs:  # fresh directories for the parallel pass
         Path(cfg.run_dir).rename(Path(cfg.run_dir).with_name(Path(cfg.run_dir).name + "-serial"))
-    parallel = dict(LocalExecutor(2).map(train_summary, cfgs))
+    parallel = dict(LocalExecutor(2).map(train_task, cfgs))
     assert len(parallel) == 4
     for i in range(4):
         assert parallel[i]["accuracy"] == one_by_one[i]["accuracy"]
@@ -168,7 +169,7 @@ def test_ray_runs_the_same_runs_with_the_same_results(tmp_path):
     from tinyformer.lab.executor import RayExecutor
 
     jobs = reproduce.plan("cpu", tmp_path / "local", rows=["UL"], schemes=["ape"], seeds=[0, 1], overrides=TINY)
-    local = dict(LocalExecutor(0).map(train_summary, [j.cfg for j in jobs]))
+    local = dict(LocalExecutor(0).map(train_task, [j.cfg for j in jobs]))
     jobs = reproduce.plan("cpu", tmp_path / "ray", rows=["UL"], schemes=["ape"], seeds=[0, 1], overrides=TINY)
     import signal
 
@@ -176,7 +177,7 @@ def test_ray_runs_the_same_runs_with_the_same_results(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
-        remote = dict(RayExecutor().map(train_summary, [j.cfg for j in jobs]))
+        remote = dict(RayExecutor().map(train_task, [j.cfg for j in jobs]))
     finally:
         ray.shutdown()
         for sig, handler in handlers.items():  # Ray installs its own; later tests must not inherit them

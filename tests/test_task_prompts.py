@@ -96,6 +96,7 @@ def test_an_addition_run_answers_1342_plus_879_after_training(main_cli, tmp_path
 
 def test_a_hex_run_answers_in_hex(main_cli, tmp_path):
     from tinyformer.lab.evaluate import greedy_continuation
+    from tinyformer.lab.setup import TaskSetup
     from tinyformer.train.rundir import Run
 
     run = tmp_path / "hex"
@@ -105,7 +106,7 @@ def test_a_hex_run_answers_in_hex(main_cli, tmp_path):
     prompt, answer = line.split(" -> ")
     assert prompt == "1a+f" and answer and set(answer) <= set("0123456789abcdef")
     # the answer is the model's own greedy continuation of +a1+f+, read back most significant digit first
-    setup = Run(run).task_setup()
+    setup = TaskSetup(Run(run).config)
     raw = greedy_continuation(Run(run).load_model(), np.asarray([setup.task.encode("+a1+f+")]), 6,
                               setup.eval_positions, "cpu")[0].tolist()
     digits = "".join(setup.task.vocab[i] for i in raw[: raw.index(setup.task.plus)] if i < 16) if setup.task.plus in raw \

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write
 
 T = TypeVar("T")
 
@@ -215,7 +216,5 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
 
 def save_config(obj: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    from tinyformer.fileio import atomic_write
-
     with atomic_write(path) as f:
         yaml.safe_dump(to_dict(obj), f, sort_keys=False)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write
 
 CHUNK = 1 << 20
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -147,7 +148,5 @@ def read_sums(path: Path) -> dict[str, str]:
 
 
 def write_sums(path: Path, sums: dict[str, str]) -> None:
-    from tinyformer.fileio import atomic_write
-
     with atomic_write(path) as f:
         f.writelines(f"{digest}  {name}\n" for name, digest in sorted(sums.items()))

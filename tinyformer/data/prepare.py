@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tinyformer.data.corpora import CORPORA, EOT
+from tinyformer.data.encode import encode_files
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_dir, require_file, sha256_file
+from tinyformer.tokenizer import Tokenizer, train_bpe
 
 
 def split_stories(text: str, val_fraction: float) -> tuple[str, str, int, int]:
@@ -65,9 +67,6 @@ def prepare(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Build OUT from `source` (a text file, or for TinyStories a directory of downloaded files)."""
-    from tinyformer.data.encode import encode_files
-    from tinyformer.tokenizer import Tokenizer, train_bpe
-
     if corpus not in ("tinystories", "shakespeare"):
         raise TinyformerError(f"unknown corpus {corpus!r}; choose tinystories or shakespeare")
     if not 0.0 < val_fraction < 1.0:

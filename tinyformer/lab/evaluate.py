@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tinyformer.batch import IGNORE_INDEX
+from tinyformer.train.runtime import autocast
 
 
 def exact_match(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -92,8 +93,6 @@ def evaluate_bins(model, eval_sets, *, batch_size: int = 256, positions: Positio
                   device="cpu", greedy: bool = False, greedy_examples: int | None = None,
                   precision: str = "fp32") -> dict:
     """Accuracy per bin: {"accuracy": {bin: float}, "token_accuracy": {...}[, "accuracy_greedy": {...}]}."""
-    from tinyformer.train.runtime import autocast
-
     was_training = model.training
     model.eval()
     try:

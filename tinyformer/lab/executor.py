@@ -1,4 +1,5 @@
-"""Many small runs at once: the executor behind `lengen sweep`, `best`, `reproduce` and the demo.
+"""Many small runs at once: the executor behind `lengen sweep`, `best`, `reproduce` and the demo (their job
+function is `tinyformer.lab.run.train_task`: one task run's summary).
 
 A tiny model cannot keep a machine busy, so the machine runs several at a time. `LocalExecutor` starts
 worker processes: on a CPU N one-thread workers (tiny models gain nothing from intra-op threads), on a GPU
@@ -200,9 +201,3 @@ def make_executor(kind: str = "local", workers: int | None = None, device: str =
         return RayExecutor(address, num_cpus=1.0, num_gpus=gpus)
     raise TinyformerError(f"unknown executor {kind!r}; use local or ray")
 
-
-def train_summary(cfg) -> dict:
-    """The worker's job: train (or resume, or read back) one task run; its summary."""
-    from tinyformer.lab.run import train_task
-
-    return train_task(cfg)

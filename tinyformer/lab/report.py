@@ -16,7 +16,9 @@ from pathlib import Path
 import yaml
 
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write
 from tinyformer.lab.setup import SCHEMES, model_position
+from tinyformer.lab.sweep import best_row, read_rows
 
 PUBLISHED_FILE = Path(__file__).resolve().parents[2] / "docs" / "published-results.yaml"
 
@@ -64,8 +66,6 @@ def _same_family(a: str, b: str) -> bool:
 
 def collect(results: str | Path) -> list[Entry]:
     """One entry per (task, scheme) found under `results`."""
-    from tinyformer.lab.sweep import best_row, read_rows
-
     results = Path(results)
     if not results.is_dir():
         raise TinyformerError(f"results directory {results} does not exist; run `tinyformer lengen sweep` first")
@@ -181,8 +181,6 @@ def render_heatmap(entries: list[Entry], published: dict, path: str | Path, titl
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
     fig.tight_layout()
     path = Path(path)
-    from tinyformer.fileio import atomic_write
-
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120, metadata={"Software": None})
     plt.close(fig)
@@ -191,8 +189,6 @@ def render_heatmap(entries: list[Entry], published: dict, path: str | Path, titl
 
 def write_report(entries: list[Entry], out_dir: str | Path, published: dict, title: str = "") -> dict[str, Path]:
     """report.md, report.csv and heatmap.png under `out_dir`, each written atomically."""
-    from tinyformer.fileio import atomic_write
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv", "heatmap": out_dir / "heatmap.png"}

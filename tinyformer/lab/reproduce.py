@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,13 @@ from typing import Any
 
 from tinyformer.config import read_yaml
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write
+from tinyformer.lab.executor import one_thread
+from tinyformer.lab.report import Entry, render_heatmap
+from tinyformer.lab.run import train_task
+from tinyformer.lab.sweep import NOT_IN_KEY, lab_config
 from tinyformer.train.config import RunConfig, preset_path
+from tinyformer.train.stats import spread
 
 SCALES = ("cpu", "full")
 SCHEMES = ("ape", "rope")
@@ -64,8 +69,6 @@ def run_settings(protocol: Mapping[str, Any], scale: str, row: str, scheme: str,
 def plan(scale: str, results: str | Path, *, rows: list[str] | None = None, schemes: list[str] | None = None,
          seeds: list[int] | None = None, overrides: Mapping[str, Any] | None = None) -> list[Job]:
     """Every run of the reproduction, each a lab RunConfig with its run directory under RESULTS/runs."""
-    from tinyformer.lab.sweep import lab_config
-
     protocol = load_protocol(scale)
     rows = rows or list(protocol["rows"])
     schemes = schemes or list(SCHEMES)
@@ -83,8 +86,6 @@ def plan(scale: str, results: str | Path, *, rows: list[str] | None = None, sche
 def check_results_dir(results: Path, scale: str, overrides: Mapping[str, Any] | None) -> None:
     """RESULTS/protocol.json: written on the first call, and must match on every later one (overrides that
     only change how runs are carried out, such as train.threads or train.stop_at_step, may differ)."""
-    from tinyformer.lab.sweep import NOT_IN_KEY
-
     protocol = load_protocol(scale)
     kept = {k: v for k, v in (overrides or {}).items() if k not in NOT_IN_KEY}
     stamp = {"protocol": "published", "scale": scale, "overrides": kept,
@@ -104,8 +105,6 @@ def check_results_dir(results: Path, scale: str, overrides: Mapping[str, Any] | 
             )
         return
     results.mkdir(parents=True, exist_ok=True)
-    from tinyformer.fileio import atomic_write
-
     with atomic_write(path) as f:
         json.dump(stamp, f, indent=1)
 
@@ -113,8 +112,6 @@ def check_results_dir(results: Path, scale: str, overrides: Mapping[str, Any] | 
 def reproduce(scale: str, results: str | Path, executor, *, rows=None, schemes=None, seeds=None,
               overrides: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Run (or resume, or read back) every run of the table; returns one record per run."""
-    from tinyformer.lab.executor import one_thread, train_summary
-
     results = Path(results)
     jobs = plan(scale, results, rows=rows, schemes=schemes, seeds=seeds, overrides=overrides)
     check_results_dir(results, scale, overrides)
@@ -122,7 +119,7 @@ def reproduce(scale: str, results: str | Path, executor, *, rows=None, schemes=N
     log(f"reproduce ({scale} scale): {len(jobs)} runs -> {results}")
     quiet = [dataclasses.replace(c, train=dataclasses.replace(c.train, progress=False), model_keys=c.model_keys)
              for c in (one_thread(j.cfg) for j in jobs)]  # one line per finished run, not N progress bars
-    for n, (i, summary) in enumerate(executor.map(train_summary, quiet), 1):
+    for n, (i, summary) in enumerate(executor.map(train_task, quiet), 1):
         job = jobs[i]
         acc = "  ".join(f"{b}: {v:.3f}" for b, v in summary["accuracy"].items())
         log(f"[{n}/{len(jobs)}] {job.row} / {job.scheme} / seed {job.seed}: {summary['status']} at step "
@@ -146,13 +143,14 @@ def aggregate(records: list[dict], scale: str) -> list[dict]:
             k = int(protocol["rows"][row]["published_seeds"])
             bins = list(runs[0]["accuracy"])
             as_published = runs[:k]
+            published = {b: spread([r["accuracy"][b] for r in as_published]) for b in bins}
+            every_seed = {b: spread([r["accuracy"][b] for r in runs]) for b in bins}
             out.append({
                 "row": row, "scheme": scheme, "bins": bins, "published_seeds": k,
-                "mean_as_published": {b: statistics.fmean(r["accuracy"][b] for r in as_published) for b in bins},
+                "mean_as_published": {b: published[b]["mean"] for b in bins},
                 "n_as_published": len(as_published),
-                "mean_all": {b: statistics.fmean(r["accuracy"][b] for r in runs) for b in bins},
-                "std_all": {b: statistics.stdev([r["accuracy"][b] for r in runs]) if len(runs) > 1 else 0.0
-                            for b in bins},
+                "mean_all": {b: every_seed[b]["mean"] for b in bins},
+                "std_all": {b: every_seed[b]["std"] for b in bins},
                 "per_seed": {r["seed"]: r["accuracy"] for r in runs},
                 "steps": {r["seed"]: r["steps"] for r in runs},
             })
@@ -199,9 +197,6 @@ def render(aggregated: list[dict], scale: str, published: dict) -> tuple[str, st
 
 def write(results: Path, aggregated: list[dict], scale: str, published: dict) -> dict[str, Path]:
     """report.md, report.csv and heatmap.png (ours as published, [published] beneath) under RESULTS."""
-    from tinyformer.fileio import atomic_write
-    from tinyformer.lab.report import Entry, render_heatmap
-
     md, csv = render(aggregated, scale, published)
     paths = {"markdown": results / "report.md", "csv": results / "report.csv", "heatmap": results / "heatmap.png"}
     with atomic_write(paths["markdown"]) as f:

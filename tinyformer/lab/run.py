@@ -6,15 +6,16 @@ and several processes come from the engine."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from tinyformer.errors import TinyformerError
 from tinyformer.lab.evaluate import evaluate_bins
+from tinyformer.lab.multitoken import heads_accuracy
 from tinyformer.lab.setup import TaskSetup, scheme_label
 from tinyformer.train.config import EvalConfig, RunConfig
+from tinyformer.train.rundir import SOLVED
 from tinyformer.train.runtime import Runtime
 from tinyformer.train.start import start_run
 
@@ -49,8 +50,6 @@ class TaskEvaluation:
     def final(self, module: torch.nn.Module, runtime: Runtime) -> dict[str, Any]:
         out = self._bins(module, runtime, greedy=self.cfg.greedy)
         if getattr(module.config, "n_predict", 1) > 1:  # multi-token prediction: decoding 1 and k per pass
-            from tinyformer.lab.multitoken import heads_accuracy
-
             out["accuracy_heads"] = heads_accuracy(module, self.setup.eval_sets, positions=self.setup.eval_positions,
                                                    device=runtime.device, batch_size=self.cfg.batch_size,
                                                    max_examples=self.cfg.greedy_examples)
@@ -65,7 +64,8 @@ def resolve_task_run(cfg: RunConfig) -> tuple[RunConfig, TaskSetup]:
 
 
 def train_task(cfg: RunConfig) -> dict[str, Any]:
-    """Train one task run to the end (or until solved); returns its summary (RUN/summary.json)."""
+    """Train one task run to the end (or until solved); returns its summary (RUN/summary.json). Also the job
+    an executor runs in its worker processes (a module-level function: picklable)."""
     if not cfg.run_dir:
         raise TinyformerError("run_dir is not set; pass run_dir=DIR (tinyformer lengen train chooses one for you)")
     cfg, setup = resolve_task_run(cfg)
@@ -82,7 +82,7 @@ def result_row(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "status": summary["status"],
         "steps": summary["step"],
-        "stopped_early": summary["status"] == "solved",
+        "stopped_early": summary["status"] == SOLVED,
         "accuracy": summary.get("accuracy", {}),
         "accuracy_greedy": summary.get("accuracy_greedy"),
         "train_seconds": summary.get("elapsed_s"),
@@ -90,9 +90,3 @@ def result_row(summary: dict[str, Any]) -> dict[str, Any]:
         **({"signal": summary["signal"]} if summary.get("signal") else {}),  # what stopped an interrupted run
     }
 
-
-def run_path(results: str | Path, cfg: RunConfig) -> Path:
-    """Where `lengen` puts a run: RESULTS/TASK/runs/SCHEME/NAME (NAME from the settings and a config hash)."""
-    from tinyformer.lab.sweep import run_name
-
-    return Path(results) / cfg.task.name / "runs" / scheme_label(cfg.model.position) / run_name(cfg)

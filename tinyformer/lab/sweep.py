@@ -9,9 +9,11 @@ interrupted midway resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import statistics
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,10 +21,13 @@ from typing import Any
 
 from tinyformer.config import deep_merge, nest_dotted, read_yaml
 from tinyformer.errors import TinyformerError
-from tinyformer.fileio import directory_lock
-from tinyformer.lab.executor import one_thread, stop_if_interrupted, train_summary
+from tinyformer.fileio import atomic_write, directory_lock
+from tinyformer.lab.executor import one_thread, stop_if_interrupted
+from tinyformer.lab.run import result_row, train_task
+from tinyformer.lab.setup import scheme_label
 from tinyformer.train.config import RunConfig, preset_path, run_config_from_dict, saved_dict
-from tinyformer.train.trainer_state import DONE
+from tinyformer.train.rundir import DONE, FINISHED
+from tinyformer.train.stats import spread
 
 DEFAULT_GRID = {
     "model.n_layers": [2, 4],
@@ -77,6 +82,11 @@ def typed_settings(settings: Mapping[str, Any], cfg: RunConfig) -> Settings:
 def run_name(cfg: RunConfig) -> str:
     m, t = cfg.model, cfg.train
     return f"L{m.n_layers}-H{m.n_heads}-D{m.d_model}-lr{t.lr:g}-s{t.seed}-{config_key(cfg)[:8]}"
+
+
+def run_path(results: str | Path, cfg: RunConfig) -> Path:
+    """Where `lengen` puts a run: RESULTS/TASK/runs/SCHEME/NAME (NAME from the settings and a config hash)."""
+    return Path(results) / cfg.task.name / "runs" / scheme_label(cfg.model.position) / run_name(cfg)
 
 
 def load_grid(path: str | Path | None, base: Settings | None = None) -> dict[str, list]:
@@ -148,8 +158,6 @@ def read_rows(path: Path) -> list[dict]:
 
 def append_row(path: Path, row: dict) -> None:
     """Append one JSON line and fsync, so a finished run is never lost to a later interruption."""
-    import os
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         data = path.read_bytes()
@@ -166,8 +174,6 @@ def summary_path(results: Path, task: str, scheme: str) -> Path:
 
 
 def make_row(cfg: RunConfig, settings: Settings, result: dict, run_dir: Path | None) -> dict:
-    from tinyformer.lab.setup import scheme_label
-
     return {
         "key": config_key(cfg),
         "task": cfg.task.name,
@@ -188,10 +194,6 @@ TrainFn = Callable[[RunConfig, Path], dict]
 
 def default_train(cfg: RunConfig, run_dir: Path) -> dict:
     """Train (or resume, or read back a finished) run in `run_dir`: the result fields of its summary."""
-    import dataclasses
-
-    from tinyformer.lab.run import result_row, train_task
-
     return result_row(train_task(dataclasses.replace(cfg, run_dir=str(run_dir), model_keys=cfg.model_keys)))
 
 
@@ -199,8 +201,6 @@ def _run_all(jobs: list[tuple[Settings, RunConfig, Path]], train: TrainFn | None
     """Yield (settings, cfg, run_dir, result) as runs finish: through `train` one after another (tests), or
     through the executor (worker processes, or Ray). A run stopped by a signal ends it: `Interrupted` is
     raised once that run is yielded (the executor waits for the runs under way to save)."""
-    import dataclasses
-
     if train is not None or executor is None:
         for settings, cfg, run_dir in jobs:
             log(f"  {run_name(cfg)}")
@@ -208,10 +208,8 @@ def _run_all(jobs: list[tuple[Settings, RunConfig, Path]], train: TrainFn | None
             yield settings, cfg, run_dir, result
             stop_if_interrupted(result)  # a signal stops the sweep, not only its run
         return
-    from tinyformer.lab.run import result_row
-
     cfgs = [one_thread(dataclasses.replace(c, run_dir=str(d), model_keys=c.model_keys)) for _, c, d in jobs]
-    for i, summary in executor.map(train_summary, cfgs):
+    for i, summary in executor.map(train_task, cfgs):
         settings, cfg, run_dir = jobs[i]
         log(f"  done: {run_name(cfg)}")
         yield settings, cfg, run_dir, result_row(summary)
@@ -227,9 +225,6 @@ def sweep(base: Settings, grid: Mapping[str, list], results: str | Path, *, trai
 
 def _sweep(base: Settings, grid: Mapping[str, list], results: Path, train: TrainFn | None, executor,
            log: Callable[[str], None]) -> list[dict]:
-    from tinyformer.lab.run import run_path
-    from tinyformer.lab.setup import scheme_label
-
     todo_all = [({**base, **combo}) for combo in combinations(grid)]
     configs = [(s, lab_config(s)) for s in todo_all]
     first = configs[0][1]
@@ -251,7 +246,7 @@ def _sweep(base: Settings, grid: Mapping[str, list], results: Path, train: Train
 
 def _unfinished(result: dict, run_dir: Path, log: Callable[[str], None]) -> bool:
     """A run that did not end (interrupted, paused) gets no summary row: the next sweep resumes it."""
-    if result.get("status", "finished") in DONE:
+    if result.get("status", FINISHED) in DONE:
         return False
     log(f"  {run_dir}: {result['status']}; not recorded, run the command again to continue it")
     return True
@@ -279,25 +274,14 @@ def best_row(rows: list[dict], by: str | None) -> dict:
     return max(rows, key=lambda r: (r["accuracy"][by], statistics.fmean(r["accuracy"].values()), -r["steps"]))
 
 
-def spread(rows: list[dict], field: str = "accuracy") -> dict:
+def spread_per_bin(rows: list[dict], field: str = "accuracy") -> dict:
     """Per bin: mean, sample standard deviation, min and max over the rows (seeds)."""
-    out = {}
-    for b in rows[0][field]:
-        values = [r[field][b] for r in rows]
-        out[b] = {
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values),
-            "max": max(values),
-        }
-    return out
+    return {b: spread([r[field][b] for r in rows]) for b in rows[0][field]}
 
 
 def best(task: str, pe: str, results: str | Path, *, by: str | None = None, seeds=DEFAULT_SEEDS,
          train: TrainFn | None = None, executor=None, log: Callable[[str], None] = print) -> dict:
     """Re-run the best summary row with each seed; write best-<pe>.jsonl (rows) and best-<pe>.json (spread)."""
-    from tinyformer.lab.run import run_path
-
     results = Path(results)
     path = summary_path(results, task, pe)
     rows = read_rows(path)
@@ -338,13 +322,11 @@ def best(task: str, pe: str, results: str | Path, *, by: str | None = None, seed
         "by": by,
         "seeds": list(seeds),
         "settings": {k: v for k, v in typed_settings(top["settings"], top_cfg).items() if k != "train.seed"},
-        "accuracy": spread(seed_rows),
+        "accuracy": spread_per_bin(seed_rows),
         "per_seed": {str(r["seed"]): r["accuracy"] for r in seed_rows},
     }
     if all(r.get("accuracy_greedy") for r in seed_rows):
-        summary["accuracy_greedy"] = spread(seed_rows, "accuracy_greedy")
-    from tinyformer.fileio import atomic_write
-
+        summary["accuracy_greedy"] = spread_per_bin(seed_rows, "accuracy_greedy")
     with atomic_write(results / task / f"best-{pe}.json") as f:
         f.write(json.dumps(summary, indent=2) + "\n")
     return summary

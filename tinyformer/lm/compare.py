@@ -8,16 +8,25 @@ OUT/runs/VARIANT/seed-N/ are ordinary run directories; OUT/results.{md,csv,json}
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
+import json
 import re
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyformer.config import read_yaml
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write
+from tinyformer.lm import compare_plots
+from tinyformer.lm.contexts import evaluate_run
+from tinyformer.lm.run import train_lm
+from tinyformer.train import rundir
 from tinyformer.train.config import RunConfig, load_run_config, saved_dict
+from tinyformer.train.stats import spread
 
 FACTORS = (1, 2, 4, 8)  # evaluation contexts, as multiples of the training context
 
@@ -98,13 +107,9 @@ def plan(config: str | None, overrides: Sequence[str], vary: Sequence[str], seed
 
 def finished(member: Member) -> bool:
     """The run ended earlier with this very config: nothing to train, read it back."""
-    from tinyformer.config import read_yaml
-    from tinyformer.train import rundir
-    from tinyformer.train.trainer_state import DONE
-
     run_dir = member.run_dir
     summary = rundir.read_summary(run_dir) if run_dir.is_dir() else {}
-    if summary.get("status") not in DONE or not (run_dir / rundir.CONFIG_FILE).is_file():
+    if summary.get("status") not in rundir.DONE or not (run_dir / rundir.CONFIG_FILE).is_file():
         return False
     saved = read_yaml(run_dir / rundir.CONFIG_FILE)
     want = saved_dict(member.cfg)
@@ -123,9 +128,6 @@ def _model_matches(saved: dict[str, Any], want: dict[str, Any]) -> bool:
 def train_all(members: list[Member], log=print) -> str:
     """Train (or read back) every run in order: 'done', 'paused' (train.stop_at_step) or the status of an
     interrupted run, where it stops."""
-    from tinyformer.lm.run import train_lm
-    from tinyformer.train import rundir
-
     paused = 0
     for i, m in enumerate(members, 1):
         where = f"[{i}/{len(members)}] {m.variant.label}, seed {m.seed}"
@@ -136,36 +138,29 @@ def train_all(members: list[Member], log=print) -> str:
         log(f"{where}: training -> {m.run_dir}")
         m.summary = train_lm(m.cfg)
         status = m.summary.get("status")
-        if status == "interrupted":
+        if status == rundir.INTERRUPTED:
             return status
-        paused += status == "paused"
-    return "paused" if paused else "done"
+        paused += status == rundir.PAUSED
+    return rundir.PAUSED if paused else "done"
 
 
 def evaluate_all(members: list[Member], factors: Sequence[int], device) -> int:
     """Each run's best checkpoint (else latest) at every context factor, as `tinyformer eval --seq-len`;
     the factors multiply the first variant's training context, so every variant is measured at the same
     lengths. Returns that context."""
-    from tinyformer.lm.contexts import evaluate_run
-    from tinyformer.train.rundir import Run
-
     first = members[0].cfg
     trained = int(first.train.seq_len or first.model.max_seq_len)
     for m in members:
-        run = Run(m.run_dir)
+        run = rundir.Run(m.run_dir)
         model = run.load_model(device)
         m.contexts, _ = evaluate_run(run, model, [f * trained for f in factors], device)
         m.summary["checkpoint"] = str(run.checkpoint)
     return trained
 
 
-def spread(values: Sequence[float]) -> dict[str, float | None]:
-    """mean, std (0 for one value), min, max of the values that are not None (all None when none are)."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-            "min": min(vals), "max": max(vals), "n": len(vals)}
+def spread_of(values: Sequence[float | None]) -> dict[str, float | None]:
+    """`spread` of the values that are not None, and how many there are (n)."""
+    return {**spread(values), "n": sum(v is not None for v in values)}
 
 
 def aggregate(members: list[Member]) -> list[dict[str, Any]]:
@@ -178,8 +173,8 @@ def aggregate(members: list[Member]) -> list[dict[str, Any]]:
         for j, seq_len in enumerate(lengths):
             rows = [m.contexts[j] for m in group]
             stopped = next((r["stopped"] for r in rows if r.get("stopped")), None)
-            by_length.append({"seq_len": seq_len, "loss": spread([r["loss"] for r in rows]),
-                              "perplexity": spread([r["perplexity"] for r in rows]), "stopped": stopped,
+            by_length.append({"seq_len": seq_len, "loss": spread_of([r["loss"] for r in rows]),
+                              "perplexity": spread_of([r["perplexity"] for r in rows]), "stopped": stopped,
                               "per_seed": {k: [r[k] for r in rows] for k in ("loss", "perplexity")}})
         out.append({"variant": label, "settings": group[0].variant.settings, "seeds": [m.seed for m in group],
                     "run_dirs": [str(m.run_dir) for m in group], "by_seq_len": by_length})
@@ -212,13 +207,6 @@ def results_table(variants: list[dict[str, Any]], trained: int) -> str:
 
 def write_results(members: list[Member], out: Path, trained: int) -> dict[str, Path]:
     """OUT/results.md (+ .csv one row per run and length, + .json everything) and the three figures."""
-    import csv
-    import io
-    import json
-
-    from tinyformer.fileio import atomic_write
-    from tinyformer.lm import compare_plots
-
     variants = aggregate(members)
     table = results_table(variants, trained)
     paths = {"table": out / "results.md", "csv": out / "results.csv", "json": out / "results.json"}

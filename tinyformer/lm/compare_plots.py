@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tinyformer.fileio import atomic_write
 from tinyformer.train.metrics import read_metrics
 from tinyformer.train.plot import run_style
 
@@ -25,8 +26,6 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
 
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
-
-    from tinyformer.fileio import atomic_write
 
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)

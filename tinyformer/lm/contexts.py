@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from tinyformer.data.tokenfile import check_token_file, read_token_file
 from tinyformer.errors import TinyformerError
+from tinyformer.lm.abacus import run_positions_of
 from tinyformer.lm.rows import line_end_ids, row_eval_batches, row_spans
 from tinyformer.lm.sampler import eval_batches
 from tinyformer.model.memory import forward_bytes, require_fits
@@ -44,8 +46,6 @@ def loss_at_lengths(model: torch.nn.Module, data: str, seq_lens: list[int], *, b
                     positions=None, bytes_per_token: float | None = None) -> list[dict[str, Any]]:
     """One record per length: seq_len, loss, perplexity, bits_per_byte, tokens; or, when the length
     cannot be evaluated, the same keys with None and `stopped` saying why."""
-    from tinyformer.data.tokenfile import read_token_file
-
     n_tokens = len(read_token_file(data)[0])
     limit = position_limit(model.config)
     out = []
@@ -87,9 +87,6 @@ def evaluate_run(run, model, lengths: list[int] | None, device: torch.device, *,
     """`loss_at_lengths` for a language-model run (`rundir.Run`) with the defaults that reproduce what its
     training logged: its validation file, its evaluation subset (data.eval_tokens, seeded by train.seed) and
     batch size; `lengths` None = the training context. Returns (records, the settings used)."""
-    from tinyformer.data.tokenfile import check_token_file
-    from tinyformer.lm.abacus import run_positions_of
-
     cfg = run.config
     own_val = cfg.data.val if cfg is not None and cfg.data is not None else None
     data = data or own_val

@@ -10,7 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tinyformer.data.tokenfile import read_token_file
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_dir, check_output
+from tinyformer.model.hf import write_hf
+from tinyformer.model.hf_config import ARCHITECTURES, hf_family
+from tinyformer.tasks import get_task
+from tinyformer.tokenizer.export import pad_token, to_hf
+from tinyformer.train.metrics import read_metrics
 
 
 def context_length(run, model) -> int:
@@ -25,11 +32,6 @@ def context_length(run, model) -> int:
 def export_run(run, model, out: str | os.PathLike, force: bool = False, repo: str | None = None) -> Path:
     """Write `run` (a `rundir.Run`, its `model` loaded) as an HF folder with a model card, atomically;
     `repo`: the Hub name the card's loading example uses (default: the run's name)."""
-    from tinyformer.fileio import atomic_dir, check_output
-    from tinyformer.model.hf import write_hf
-    from tinyformer.model.hf_config import hf_family
-    from tinyformer.tokenizer.export import pad_token, to_hf
-
     hf_family(model.config)  # refuse before touching the output
     check_output(out, force)
     tokenizer = run.tokenizer()
@@ -51,8 +53,6 @@ def export_run(run, model, out: str | os.PathLike, force: bool = False, repo: st
 
 def _metrics_at(run, step: int) -> dict[str, Any]:
     """The evaluation logged at the exported checkpoint's step (else the run's last one)."""
-    from tinyformer.train.metrics import read_metrics
-
     evals = [r for r in read_metrics(run.path) if r.get("kind") == "eval"] if run.path is not None else []
     at = [r for r in evals if r.get("step") == step]
     return (at or evals or [{}])[-1]
@@ -68,8 +68,6 @@ def _count(n: int) -> str:
 def model_card(run, model, max_length: int, repo: str | None = None) -> str:
     """README.md of the export: YAML front matter for the Hub, then what a reader needs to judge and use it.
     `repo`: what `from_pretrained` loads it as (a Hub name or the export's path)."""
-    from tinyformer.model.hf_config import ARCHITECTURES, hf_family
-
     cfg = model.config
     family = hf_family(cfg)
     arch = ARCHITECTURES[family]
@@ -124,8 +122,6 @@ def model_card(run, model, max_length: int, repo: str | None = None) -> str:
 
 
 def _data_lines(data) -> list[str]:
-    from tinyformer.data.tokenfile import read_token_file
-
     out = []
     for what, path in (("training", data.train), ("validation", data.val)):
         if not path:
@@ -165,7 +161,7 @@ def _metric_lines(metrics: dict[str, Any], summary: dict[str, Any], task: bool, 
 
 def _usage(name: str, run, task: bool, max_length: int) -> list[str]:
     if task:
-        vocab = " ".join(run.task_setup().task.vocab)
+        vocab = " ".join(get_task(run.config.task.name).vocab)
         return ["```python", "from transformers import AutoModelForCausalLM",
                 f'model = AutoModelForCausalLM.from_pretrained("{name}")', "```", "",
                 f"A task model has no text tokenizer: id i is the i-th symbol of `{vocab}`. "

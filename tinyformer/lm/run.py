@@ -17,6 +17,7 @@ from tinyformer.lm.abacus import AbacusBatches, TextPositions, generate_kwargs, 
 from tinyformer.lm.rows import RowBatches, line_end_ids, row_eval_batches, row_spans
 from tinyformer.lm.sampler import TokenFileBatches, eval_batches
 from tinyformer.model import ModelConfig
+from tinyformer.model.hf import import_hf
 from tinyformer.train import rundir
 from tinyformer.train.config import RunConfig, TrainConfig
 from tinyformer.train.evaluation import LossEvaluation
@@ -39,8 +40,6 @@ def initial_weights(source: str, cfg: RunConfig) -> tuple[ModelConfig, dict[str,
     if not path.exists():
         raise TinyformerError(f"train.init_from {source} does not exist; pass an HF model directory or a run directory")
     if (path / "config.json").is_file():
-        from tinyformer.model.hf import import_hf
-
         model = import_hf(path)
     else:
         model = rundir.load_model(path)
@@ -130,8 +129,8 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
         return source, evaluation, sample_fn
 
     def write_extra(run_path: Path) -> None:
-        if tokenizer is not None and not (run_path / rundir.TOKENIZER_DIR).exists():
-            tokenizer.save(run_path / rundir.TOKENIZER_DIR)
+        if tokenizer is not None:
+            rundir.write_tokenizer(run_path, tokenizer)
 
     identity = {"data.train": token_file_identity(data.train)}
     if data.val:

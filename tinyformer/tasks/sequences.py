@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write, check_output
 from tinyformer.tasks.addition import to_digits
 
 KINDS = ("sum", "series")
@@ -120,8 +121,6 @@ def generate_sequences(cfg: SequencesConfig) -> str:
 
 def write_sequences(cfg: SequencesConfig, force: bool = False, output: str | Path | None = None) -> Path:
     """Generate and write the dataset atomically; returns its path."""
-    from tinyformer.fileio import atomic_write, check_output
-
     path = check_output(output or cfg.output, force)
     text = generate_sequences(cfg)
     with atomic_write(path) as f:

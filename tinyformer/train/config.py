@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tinyformer.config import deep_merge, from_dict, parse_overrides, read_yaml
+import yaml
+
+from tinyformer.config import deep_merge, from_dict, parse_overrides, read_yaml, to_dict
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write
 from tinyformer.model.config import PRESETS, ModelConfig
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -249,8 +252,6 @@ def preset_path(name: str) -> Path:
 
 def saved_dict(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config as written to RUN/config.yaml (internal fields left out, empty sections dropped)."""
-    from tinyformer.config import to_dict
-
     out = to_dict(cfg)
     out.pop("model_keys", None)
     for section in ("data", "task"):
@@ -275,8 +276,6 @@ RESULT_KEYS = {
 def result_settings(cfg: RunConfig, seq_len: int) -> dict[str, Any]:
     """The settings that decide the result of `cfg` (its model resolved), as dotted keys: kept in every
     checkpoint; a resume that changes one is refused, naming it."""
-    from tinyformer.config import to_dict
-
     out: dict[str, Any] = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
     resolved = {"train.seq_len": seq_len, "train.min_lr": cfg.train.final_lr}
     sections = {"train": cfg.train, "data": cfg.data if cfg.kind == "lm" else None,
@@ -289,9 +288,5 @@ def result_settings(cfg: RunConfig, seq_len: int) -> dict[str, Any]:
 
 
 def save_run_config(cfg: RunConfig, path: str | os.PathLike) -> None:
-    import yaml
-
-    from tinyformer.fileio import atomic_write
-
     with atomic_write(path) as f:
         yaml.safe_dump(saved_dict(cfg), f, sort_keys=False)

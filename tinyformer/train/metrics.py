@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyformer.fileio import writing
+from tinyformer.train import rundir
 
 # Published dense (non-sparse) peaks in FLOP/s: (bf16/fp16 tensor core, tf32 tensor core).
 KNOWN_CUDA_PEAKS: dict[str, tuple[float, float]] = {
@@ -129,7 +130,7 @@ def parse_records(text: str) -> list[dict[str, Any]]:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """All records of RUN/metrics.jsonl (empty if the run has none yet)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / rundir.METRICS_FILE
     if not path.is_file():
         return []
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write
 from tinyformer.train.metrics import read_metrics
 
 COLORS = [f"C{i}" for i in range(10)]
@@ -156,8 +157,6 @@ def _label(run: str | Path, all_runs: Sequence[str | Path]) -> str:
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, x: str = "steps", lr: bool = False) -> Path:
     """Draw `run_dirs` (see `draw_runs`) into the PNG `out`, written atomically."""
     import matplotlib.pyplot as plt
-
-    from tinyformer.fileio import atomic_write
 
     fig = draw_runs(run_dirs, x, lr)
     out = Path(out)

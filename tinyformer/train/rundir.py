@@ -7,18 +7,28 @@
     RUN/checkpoints/step-N/    model.safetensors + model.json + trainer_state.json + trainer_state.safetensors
     RUN/checkpoints/index.json latest, best (and the score that made it best)
     RUN/tokenizer/             a language-model run's tokenizer (a task run's vocabulary is its task)
-    RUN/samples.txt, RUN/plots/, RUN/errors.log (failed evaluations or samples; training went on)
+    RUN/samples.txt, RUN/plots/curves.png, RUN/errors.log (failed evaluations or samples; training went on)
+
+The names of the files inside a checkpoint that hold the model (weights, model config) are the model's own
+(`tinyformer.model.io`, below this layer), taken from there. A run's status in summary.json is one of
+STATUSES.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write
+from tinyformer.model import io as model_io
+from tinyformer.tokenizer.tokenizer import Tokenizer
+from tinyformer.train.config import load_run_config
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -28,12 +38,20 @@ CHECKPOINTS = "checkpoints"
 INDEX_FILE = "index.json"
 TOKENIZER_DIR = "tokenizer"
 PLOTS_DIR = "plots"
+CURVES_FILE = "curves.png"  # in PLOTS_DIR: the curves the run draws when it ends
 ERRORS_FILE = "errors.log"  # tracebacks of evaluations or samples that failed while training went on
 STATE_FILE = "trainer_state.json"  # counters, RNG and sampler states, settings: plain JSON
 STATE_TENSORS_FILE = "trainer_state.safetensors"  # optimizer and RNG state tensors
 OLD_STATE_FILE = "trainer_state.pt"  # a pickle, written by versions before 0.2; never loaded
-WEIGHTS_FILE = "model.safetensors"
-MODEL_CONFIG_FILE = "model.json"
+WEIGHTS_FILE = model_io.WEIGHTS_FILE  # in a checkpoint: the model's weights and its ModelConfig
+MODEL_CONFIG_FILE = model_io.CONFIG_FILE
+
+# A run's status (summary.json "status"). After one of DONE the run does not train again; a paused one
+# (train.stop_at_step) or one stopped by a signal continues from its checkpoint when started again.
+FINISHED, SOLVED, EARLY_STOPPED = "finished", "solved", "early_stopped"
+PAUSED, INTERRUPTED = "paused", "interrupted"
+DONE = (FINISHED, SOLVED, EARLY_STOPPED)
+STATUSES = (*DONE, PAUSED, INTERRUPTED)
 
 
 STEP_NAME = re.compile(r"step-[0-9]{8,}")
@@ -109,8 +127,6 @@ def resume_point(run_dir: str | os.PathLike) -> tuple[Path | None, str | None]:
 def remove_temp_files(run_dir: str | os.PathLike) -> list[Path]:
     """Delete what an interrupted atomic write leaves (`.NAME.*.tmp` files and directories, `.NAME.old`
     directories) in the run directory, its checkpoints/ and plots/; returns what was removed."""
-    import shutil
-
     run_dir = Path(run_dir)
     removed = []
     for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / PLOTS_DIR):
@@ -180,9 +196,6 @@ def resolve_checkpoint(path: str | os.PathLike, which: str | None = None) -> Pat
         return path
     run = path.parent if path.name == CHECKPOINTS else path
     if not (run / CHECKPOINTS).is_dir():
-        if (run / "model" / WEIGHTS_FILE).is_file() and (run / "results.json").is_file():
-            raise TinyformerError(f"{run} is a lab run written by an older tinyformer (model/ + results.json); "
-                                  "re-run it with this version to get a checkpoints/ directory")
         raise TinyformerError(
             f"{path} is neither a checkpoint directory (with {WEIGHTS_FILE}) nor a run directory (with {CHECKPOINTS}/)"
         )
@@ -209,8 +222,6 @@ class Run:
     `config` is None for a bare checkpoint directory (weights without a run around them)."""
 
     def __init__(self, path: str | os.PathLike, which: str | None = None) -> None:
-        from tinyformer.train.config import load_run_config
-
         self.given = Path(path)
         self.checkpoint = resolve_checkpoint(self.given, which)
         self.path = run_dir_of(self.checkpoint) or run_dir_of(self.given)
@@ -231,21 +242,11 @@ class Run:
         return (self.path or self.checkpoint).name
 
     def load_model(self, device: Any = "cpu"):
-        from tinyformer.model.io import load_model
-
-        return load_model(self.checkpoint).to(device).eval()
+        return model_io.load_model(self.checkpoint).to(device).eval()
 
     def tokenizer(self):
         """The run's tokenizer (RUN/tokenizer), or None when it has none."""
         return read_tokenizer(self.path) if self.path is not None else None
-
-    def task_setup(self):
-        """The lab's TaskSetup of a task run (its task, bins, eval sets, position ids)."""
-        if self.kind != "task":
-            raise TinyformerError(f"{self.given} is not a task run")
-        from tinyformer.lab.setup import TaskSetup
-
-        return TaskSetup(self.config)
 
     def summary(self) -> dict[str, Any]:
         return read_summary(self.path or self.given)
@@ -256,7 +257,14 @@ def load_model(path: str | os.PathLike, which: str | None = None, device: Any = 
     return Run(path, which).load_model(device)
 
 
-def read_tokenizer(run_dir: str | os.PathLike):
+def write_tokenizer(run_dir: str | os.PathLike, tokenizer: Tokenizer) -> None:
+    """Save a language-model run's tokenizer as RUN/tokenizer, unless the run has one already."""
+    path = Path(run_dir) / TOKENIZER_DIR
+    if not path.exists():
+        tokenizer.save(path)
+
+
+def read_tokenizer(run_dir: str | os.PathLike) -> Tokenizer | None:
     """RUN/tokenizer as a Tokenizer, or None when the run has none."""
     path = Path(run_dir) / TOKENIZER_DIR
     if not path.is_dir():
@@ -264,10 +272,8 @@ def read_tokenizer(run_dir: str | os.PathLike):
     return load_tokenizer(path, f"the tokenizer of run {run_dir}")
 
 
-def load_tokenizer(path: str | os.PathLike, what: str = "tokenizer"):
+def load_tokenizer(path: str | os.PathLike, what: str = "tokenizer") -> Tokenizer:
     """A tokenizer directory as a Tokenizer; a damaged file is a one-line error, whatever it holds."""
-    from tinyformer.tokenizer import Tokenizer
-
     try:
         return Tokenizer.load(path)
     except TinyformerError:
@@ -287,10 +293,6 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
-    import math
-
-    from tinyformer.fileio import atomic_write
-
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return None

@@ -16,9 +16,8 @@ from tinyformer.errors import TinyformerError
 from tinyformer.train import checkpoint as ckpt
 from tinyformer.train import rundir
 from tinyformer.train.distributed import all_gather_objects, all_reduce_max, barrier
+from tinyformer.train.rundir import DONE
 from tinyformer.train.runtime import rng_state, set_rng_state
-
-DONE = ("finished", "solved", "early_stopped")  # statuses after which a run does not train again
 
 
 def find_resume(run_dir: Path, resume: str) -> tuple[Path | None, str | None]:

@@ -39,12 +39,13 @@ def open_run(path: Path, which: str | None) -> RunInput:
     import numpy as np
 
     from tinyformer.errors import TinyformerError
+    from tinyformer.lab.setup import TaskSetup
     from tinyformer.train.rundir import Run
 
     run = Run(path, which)
     model = run.load_model()
     if run.kind == "task":
-        setup = run.task_setup()
+        setup = TaskSetup(run.config)
         task = setup.task
         if model.config.vocab_size != task.vocab_size:
             raise TinyformerError(f"run {run.path}: the model has {model.config.vocab_size} token ids but task "

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tinyformer.lm.publish import export_run
     from tinyformer.model.hf_config import ARCHITECTURES, hf_family
+    from tinyformer.tasks import get_task
 
     model = run.load_model()
     family = hf_family(model.config)
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     notes = []
     if run.kind == "task":
         notes.append(f"task run: its vocabulary is task {run.config.task.name}'s symbols "
-                     f"({' '.join(run.task_setup().task.vocab)}), not a text tokenizer; no tokenizer files written")
+                     f"({' '.join(get_task(run.config.task.name).vocab)}), not a text tokenizer; no tokenizer files written")
     elif tokenizer is None:
         notes.append(f"no tokenizer in {run.path or run.checkpoint}: weights and config only")
     if model.config.n_predict > 1:

@@ -88,9 +88,10 @@ def _sample_text(run, model, args, device) -> int:
 def _sample_task(run, model, args, device) -> int:
     import numpy as np
 
+    from tinyformer.lab.setup import TaskSetup
     from tinyformer.tasks import make_eval_set, parse_range
 
-    setup = run.task_setup()
+    setup = TaskSetup(run.config)
     task = setup.task
     if args.prompt or args.prompts_file:
         return _answer_prompts(setup, model, args, device)
