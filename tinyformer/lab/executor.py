@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from tinyformer.errors import Interrupted, TinyformerError
+from tinyformer.train.rundir import INTERRUPTED
 
 Job = Any  # a picklable argument of the run function (a RunConfig)
 
@@ -111,7 +112,7 @@ class LocalExecutor:
 
 def interrupted_by(result: Any) -> int | None:
     """The signal that stopped a run, for a run summary (or summary row) with status interrupted."""
-    if not isinstance(result, dict) or result.get("status") != "interrupted":
+    if not isinstance(result, dict) or result.get("status") != INTERRUPTED:
         return None
     try:
         return int(signal.Signals[result.get("signal") or "SIGINT"])

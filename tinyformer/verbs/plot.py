@@ -18,8 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from tinyformer.train import rundir
     from tinyformer.train.plot import plot_runs
 
-    out = args.out or (str(Path(args.runs[0]) / "plots" / "curves.png") if len(args.runs) == 1 else "curves.png")
+    one_run = Path(args.runs[0]) / rundir.PLOTS_DIR / rundir.CURVES_FILE
+    out = args.out or (str(one_run) if len(args.runs) == 1 else rundir.CURVES_FILE)
     print(plot_runs(args.runs, out, x=args.x, lr=args.lr))
     return 0
