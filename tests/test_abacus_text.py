@@ -89,25 +89,25 @@ def test_abacus_without_a_tokenizer_or_with_no_digits_is_a_one_line_error():
         DataConfig(digits="")
 
 
-def test_position_abacus_trains_evaluates_samples_and_resumes_exactly_on_text(main_cli, corpus, tmp_path):
+def test_position_abacus_trains_evaluates_samples_and_resumes_exactly_on_text(cli, corpus, tmp_path):
     data = [f"data.train={corpus['train']}", f"data.val={corpus['val']}", f"data.tokenizer={corpus['tok']}"]
     run = tmp_path / "run"
-    main_cli("train", f"run_dir={run}", *data, *TINY, "train.max_steps=6", "train.eval_every=3", check=True)
+    cli("train", f"run_dir={run}", *data, *TINY, "train.max_steps=6", "train.eval_every=3", check=True)
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [3, 6] and all(np.isfinite(r["val_loss"]) for r in evals)
     assert "=== step 6 ===" in (run / "samples.txt").read_text()
     # eval reproduces the logged validation loss (the same Abacus ids, the same windows)
-    out = json.loads(main_cli("eval", "--ckpt", run, "--json", check=True).stdout)
+    out = json.loads(cli("eval", "--ckpt", run, "--json", check=True).stdout)
     assert out["loss"] == pytest.approx(evals[-1]["val_loss"], abs=1e-6)
-    proc = main_cli("sample", "--ckpt", run, "--prompt", "12+34=", "--max-new-tokens", "4", "--temperature", "0",
+    proc = cli("sample", "--ckpt", run, "--prompt", "12+34=", "--max-new-tokens", "4", "--temperature", "0",
                     check=True)
     assert proc.stdout.startswith("12+34=")
     # stopped at step 3 and resumed: the same run, bit for bit (the offsets' counter is in the checkpoint)
     paused = tmp_path / "paused"
-    main_cli("train", f"run_dir={paused}", *data, *TINY, "train.max_steps=6", "train.eval_every=3",
+    cli("train", f"run_dir={paused}", *data, *TINY, "train.max_steps=6", "train.eval_every=3",
              "train.stop_at_step=3", check=True)
-    main_cli("train", f"run_dir={paused}", *data, *TINY, "train.max_steps=6", "train.eval_every=3", check=True)
+    cli("train", f"run_dir={paused}", *data, *TINY, "train.max_steps=6", "train.eval_every=3", check=True)
 
     def losses(path):
         return [(r["step"], r.get("train_loss"), r.get("val_loss"))

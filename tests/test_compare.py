@@ -40,7 +40,7 @@ def config(tmp_path_factory) -> Path:
     return path
 
 
-def test_compare_trains_resumes_and_equals_separate_train_and_eval(main_cli, config, tmp_path, monkeypatch):
+def test_compare_trains_resumes_and_equals_separate_train_and_eval(cli, config, tmp_path, monkeypatch):
     from tinyformer.lm import run as lm
 
     out = tmp_path / "cmp"
@@ -55,12 +55,12 @@ def test_compare_trains_resumes_and_equals_separate_train_and_eval(main_cli, con
         raise KeyboardInterrupt
 
     monkeypatch.setattr(lm, "train_lm", interrupted_third)
-    assert main_cli(*args).returncode == 130
+    assert cli(*args).returncode == 130
     assert not (out / "results.md").exists()
     monkeypatch.setattr(lm, "train_lm", real)
     done = [out / "runs" / "learned" / f"seed-{s}" / "metrics.jsonl" for s in (1337, 1338)]
     before = [p.stat().st_mtime_ns for p in done]
-    proc = main_cli(*args, check=True)
+    proc = cli(*args, check=True)
     assert proc.stdout.count("finished earlier, read back") == 2
     assert [p.stat().st_mtime_ns for p in done] == before  # finished runs were not trained again
     for name in ("training-loss.png", "validation.png", "context-length.png"):
@@ -79,41 +79,41 @@ def test_compare_trains_resumes_and_equals_separate_train_and_eval(main_cli, con
 
     # the interrupted run, resumed inside compare, equals one trained alone; its numbers equal `eval`'s
     alone = tmp_path / "alone"
-    main_cli("train", "--config", config, "model.position=rope", f"run_dir={alone}", check=True)
+    cli("train", "--config", config, "model.position=rope", f"run_dir={alone}", check=True)
     resumed = out / "runs" / "rope" / "seed-1337"
     last = [{k: v for k, v in json.loads(p.read_text().splitlines()[-1]).items() if k != "elapsed_s"}
             for p in (resumed / "metrics.jsonl", alone / "metrics.jsonl")]
     assert last[0] == last[1]  # the training time differs between processes, nothing else
-    ev = json.loads(main_cli("eval", "--ckpt", alone, "--seq-len", "64,128,256,512", "--json", check=True).stdout)
+    ev = json.loads(cli("eval", "--ckpt", alone, "--seq-len", "64,128,256,512", "--json", check=True).stdout)
     assert [(r["seq_len"], r["loss"]) for r in ev["by_seq_len"]] == [(r["seq_len"], r["loss"]) for r in rope]
     val_log = [json.loads(line) for line in (alone / "metrics.jsonl").read_text().splitlines()]
     assert rope[0]["loss"] == [r for r in val_log if r["kind"] == "eval"][-1]["val_loss"]
     assert by_run["rope", 1337]["final_val_loss"] == rope[0]["loss"]
 
 
-def test_eval_seed_and_subset_default_to_what_training_used(main_cli, config, tmp_path):
+def test_eval_seed_and_subset_default_to_what_training_used(cli, config, tmp_path):
     run = tmp_path / "run"
-    main_cli("train", "--config", config, f"run_dir={run}", "train.seed=7", check=True)
+    cli("train", "--config", config, f"run_dir={run}", "train.seed=7", check=True)
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in logged if r["kind"] == "eval"][-1]
-    same = json.loads(main_cli("eval", "--ckpt", run, "--json", check=True).stdout)
+    same = json.loads(cli("eval", "--ckpt", run, "--json", check=True).stdout)
     assert same["loss"] == logged["val_loss"] and same["tokens"] == logged["val_tokens"]
     assert "seed 7" in same["subset"]
-    other = json.loads(main_cli("eval", "--ckpt", run, "--json", "--seed", "8", check=True).stdout)
+    other = json.loads(cli("eval", "--ckpt", run, "--json", "--seed", "8", check=True).stdout)
     assert other["loss"] != logged["val_loss"]  # another subset
-    explicit = json.loads(main_cli("eval", "--ckpt", run, "--json", "--seed", "7", "--max-tokens", "1500",
+    explicit = json.loads(cli("eval", "--ckpt", run, "--json", "--seed", "7", "--max-tokens", "1500",
                                    check=True).stdout)
     assert explicit["loss"] == logged["val_loss"]
-    proc = main_cli("eval", "--ckpt", run, "--seq-len", "64,x")
+    proc = cli("eval", "--ckpt", run, "--seq-len", "64,x")
     assert proc.returncode == 2 and "comma-separated" in proc.stderr
 
 
-def test_learned_positions_beyond_their_table_are_a_one_line_error_for_one_length(main_cli, config, tmp_path):
+def test_learned_positions_beyond_their_table_are_a_one_line_error_for_one_length(cli, config, tmp_path):
     run = tmp_path / "run"
-    main_cli("train", "--config", config, f"run_dir={run}", "model.position=learned", "train.max_steps=2", check=True)
-    proc = main_cli("eval", "--ckpt", run, "--seq-len", "128")
+    cli("train", "--config", config, f"run_dir={run}", "model.position=learned", "train.max_steps=2", check=True)
+    proc = cli("eval", "--ckpt", run, "--seq-len", "128")
     assert proc.returncode == 2 and "learned positions end at 64" in proc.stderr
-    text = main_cli("eval", "--ckpt", run, "--seq-len", "64,128", check=True).stdout
+    text = cli("eval", "--ckpt", run, "--seq-len", "64,128", check=True).stdout
     assert "not evaluated: learned positions end at 64" in text
 
 
@@ -124,8 +124,8 @@ def test_learned_positions_beyond_their_table_are_a_one_line_error_for_one_lengt
     (["model.position=rope,rope"], "names a value twice"),
     (["model.positon=rope,alibi"], "did you mean 'position'"),
 ])
-def test_bad_vary_is_a_one_line_error_before_anything_trains(main_cli, config, tmp_path, vary, message):
+def test_bad_vary_is_a_one_line_error_before_anything_trains(cli, config, tmp_path, vary, message):
     args = [x for v in vary for x in ("--vary", v)]
-    proc = main_cli("compare", "--config", config, *args, "--out", tmp_path / "cmp")
+    proc = cli("compare", "--config", config, *args, "--out", tmp_path / "cmp")
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "cmp").exists()

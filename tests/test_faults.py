@@ -31,7 +31,7 @@ from test_hardening import (
 
 from tinyformer.fileio import LOCK_FILE
 
-corpus, straight, cli = hardening.corpus, hardening.straight, hardening.cli  # the same fixtures
+corpus, straight = hardening.corpus, hardening.straight  # the same fixtures
 
 
 def ckpt_dir(run: Path, step: int) -> Path:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +27,23 @@ def load_gpu_check():
 gpu_check = load_gpu_check()
 
 
+def test_a_dry_run_of_chosen_steps_reports_each_with_its_log(tmp_path):
+    # the fast sibling of the full dry run below (slow): the same command, two quick steps (--only)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--only", "env,lab-single", "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((out / "results.json").read_text())
+    assert report["dry_run"] is True
+    assert [(s["name"], s["status"]) for s in report["steps"]] == [("env", "ok"), ("lab-single", "ok")]
+    markdown = (out / "results.md").read_text()
+    assert "| 1 | env |" in markdown and "| 2 | lab-single |" in markdown
+    assert all((out / "logs" / f"{name}.log").exists() for name in ("env", "lab-single"))
+    results = {s["name"]: s["results"] for s in report["steps"]}
+    assert set(results["env"]["ceilings"]) == {"bf16", "tf32", "fp32"}
+
+
+@pytest.mark.slow
 def test_dry_run_reports_every_step_ok(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--out", str(out)], cwd=ROOT,

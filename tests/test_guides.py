@@ -77,11 +77,11 @@ def test_guide_runs_as_written(guide, tmp_path):
         assert total == 200 and right >= 0.8 * total, scored[-500:]
 
 
-def test_readme_tokenizer_section_points_to_prepare_for_a_split_with_flags_that_exist(main_cli):
+def test_readme_tokenizer_section_points_to_prepare_for_a_split_with_flags_that_exist(cli):
     # a newcomer with one text file needs the train/validation split; every flag named there must be real
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Tokenizer"):readme.index("\n## ", readme.index("## Tokenizer") + 1)]
     assert "data prepare tinystories --source" in section and "data prepare shakespeare --source" in section
-    help_text = main_cli("data", "prepare", "--help").stdout
+    help_text = cli("data", "prepare", "--help").stdout
     for flag in set(re.findall(r"(--[a-z][a-z-]+)", section[section.index("data prepare"):])):
         assert flag in help_text, flag

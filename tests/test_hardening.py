@@ -37,11 +37,6 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
             "empty": root / "empty.bin"}
 
 
-@pytest.fixture
-def cli(main_cli):
-    return main_cli
-
-
 def data_args(corpus, val: str = "val") -> list[str]:
     return [f"data.train={corpus['train']}", f"data.val={corpus[val]}", f"data.tokenizer={corpus['tok']}"]
 

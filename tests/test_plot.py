@@ -46,17 +46,17 @@ def test_x_axis_in_tokens_and_the_learning_rate_panel(tmp_path):
     assert titles["learning rate"].get_lines()[1].get_ydata().tolist()[:4] == [2.5e-4, 5e-4, 7.5e-4, 1e-3]
 
 
-def test_cli_plot_writes_a_png_and_refuses_nothing_to_draw(main_cli, tmp_path):
+def test_cli_plot_writes_a_png_and_refuses_nothing_to_draw(cli, tmp_path):
     run = fake_run(tmp_path / "a")
-    proc = main_cli("plot", run, "--x", "tokens", "--lr", "--out", tmp_path / "c.png")
+    proc = cli("plot", run, "--x", "tokens", "--lr", "--out", tmp_path / "c.png")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "empty").mkdir()
-    proc = main_cli("plot", run, tmp_path / "empty", "--out", tmp_path / "none.png")
+    proc = cli("plot", run, tmp_path / "empty", "--out", tmp_path / "none.png")
     assert proc.returncode == 2 and "nothing to plot" in proc.stderr and not (tmp_path / "none.png").exists()
-    proc = main_cli("plot", run, "--x", "wallclock")
+    proc = cli("plot", run, "--x", "wallclock")
     assert proc.returncode == 2 and "--x" in proc.stderr
-    proc = main_cli("plot", run, "--x", "time", "--out", tmp_path / "t.png")  # written before runs had elapsed_s
+    proc = cli("plot", run, "--x", "time", "--out", tmp_path / "t.png")  # written before runs had elapsed_s
     assert proc.returncode == 2 and "does not record its training time" in proc.stderr
     assert not (tmp_path / "t.png").exists()
 

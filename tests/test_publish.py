@@ -39,9 +39,9 @@ def lm_run(tmp_path_factory) -> Path:
     return run
 
 
-def test_export_is_ready_to_publish(main_cli, lm_run, tmp_path):
+def test_export_is_ready_to_publish(cli, lm_run, tmp_path):
     out = tmp_path / "hf"
-    proc = main_cli("export", "--ckpt", lm_run, "--format", "hf", "--out", out, check=True)
+    proc = cli("export", "--ckpt", lm_run, "--format", "hf", "--out", out, check=True)
     assert "model card" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
                                                      "tokenizer.json", "tokenizer_config.json"]
@@ -92,13 +92,13 @@ class FakeApi:
         self.uploaded = {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
-def test_push_exports_and_uploads_with_a_model_card(main_cli, lm_run, monkeypatch):
+def test_push_exports_and_uploads_with_a_model_card(cli, lm_run, monkeypatch):
     from tinyformer.lm import publish
 
     api = FakeApi()
     tokens = []
     monkeypatch.setattr(publish, "hub_api", lambda token: tokens.append(token) or api)
-    proc = main_cli("push", "--ckpt", lm_run, "--repo", "someone/tiny-stories", "--token", "hf_x", "--private",
+    proc = cli("push", "--ckpt", lm_run, "--repo", "someone/tiny-stories", "--token", "hf_x", "--private",
                     check=True)
     assert tokens == ["hf_x"]
     assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
@@ -111,22 +111,22 @@ def test_push_exports_and_uploads_with_a_model_card(main_cli, lm_run, monkeypatc
     assert not Path(api.calls[1][1]["folder_path"]).exists()  # the temporary export is gone
 
 
-def test_push_without_token_or_network_is_one_line(main_cli, lm_run, monkeypatch, tmp_path):
+def test_push_without_token_or_network_is_one_line(cli, lm_run, monkeypatch, tmp_path):
     from tinyformer.lm import publish
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
-    proc = main_cli("push", "--ckpt", lm_run, "--repo", "someone/x")
+    proc = cli("push", "--ckpt", lm_run, "--repo", "someone/x")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no Hugging Face token" in proc.stderr
     monkeypatch.setattr(publish, "hub_api", lambda token: FakeApi(ConnectionError("Failed to resolve huggingface.co")))
-    proc = main_cli("push", "--ckpt", lm_run, "--repo", "someone/x", "--token", "hf_x")
+    proc = cli("push", "--ckpt", lm_run, "--repo", "someone/x", "--token", "hf_x")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cannot be reached" in proc.stderr
-    proc = main_cli("push", "--ckpt", lm_run, "--repo", "not a repo", "--token", "hf_x")
+    proc = cli("push", "--ckpt", lm_run, "--repo", "not a repo", "--token", "hf_x")
     assert proc.returncode == 2 and "is not a Hub repository name" in proc.stderr
 
 
-def test_real_hub_api_fails_in_one_line_offline(main_cli, lm_run, monkeypatch):
+def test_real_hub_api_fails_in_one_line_offline(cli, lm_run, monkeypatch):
     # the real huggingface_hub, with the network cut at the socket: the error is still one line
     import socket
 
@@ -136,16 +136,16 @@ def test_real_hub_api_fails_in_one_line_offline(main_cli, lm_run, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", lambda self, *a: refuse())
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
-    proc = main_cli("push", "--ckpt", lm_run, "--repo", "someone/x", "--token", "hf_x")
+    proc = cli("push", "--ckpt", lm_run, "--repo", "someone/x", "--token", "hf_x")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "could not push to the Hugging Face Hub repo someone/x" in proc.stderr
 
 
-def test_the_model_cards_loading_example_runs_within_the_models_context(main_cli, lm_run, tmp_path, capsys):
+def test_the_model_cards_loading_example_runs_within_the_models_context(cli, lm_run, tmp_path, capsys):
     import re
 
     out = tmp_path / "hf"
-    main_cli("export", "--ckpt", lm_run, "--format", "hf", "--out", out, check=True)
+    cli("export", "--ckpt", lm_run, "--format", "hf", "--out", out, check=True)
     card = (out / "README.md").read_text()
     code = re.search(r"## How to load\n\n```python\n(.*?)```", card, re.S).group(1)
     namespace: dict = {}

@@ -110,14 +110,14 @@ def test_the_seed_changes_the_initialisation_only():
 
 
 def test_the_executor_gives_what_one_run_after_another_gives(tmp_path):
-    jobs = reproduce.plan("cpu", tmp_path, rows=["UR"], seeds=[0, 1], overrides=TINY)
+    jobs = reproduce.plan("cpu", tmp_path, rows=["UR"], schemes=["ape"], seeds=[0, 1], overrides=TINY)
     cfgs = [j.cfg for j in jobs]
     one_by_one = dict(LocalExecutor(0).map(train_task, cfgs))
     for cfg in cfgs:  # fresh directories for the parallel pass
         Path(cfg.run_dir).rename(Path(cfg.run_dir).with_name(Path(cfg.run_dir).name + "-serial"))
     parallel = dict(LocalExecutor(2).map(train_task, cfgs))
-    assert len(parallel) == 4
-    for i in range(4):
+    assert len(parallel) == 2
+    for i in range(2):
         assert parallel[i]["accuracy"] == one_by_one[i]["accuracy"]
         assert parallel[i]["train_loss"] == one_by_one[i]["train_loss"]
 
@@ -146,14 +146,14 @@ def test_an_interrupted_reproduction_resumes_and_equals_a_straight_one(tmp_path)
     (["--rows", "XX"], "the published table has no row 'XX'"),
     (["train.max_steps=7"], "holds a reproduction made with another overrides"),
 ])
-def test_bad_input_is_one_line(main_cli, tmp_path, args, message):
+def test_bad_input_is_one_line(cli, tmp_path, args, message):
     results = tmp_path / "res"
     results.mkdir()
     (results / "protocol.json").write_text(json.dumps(
         {"protocol": "published", "scale": "cpu", "overrides": {"train.max_steps": 5},
          "preset_sha256": reproduce.hashlib.sha256(json.dumps(reproduce.load_protocol("cpu"), sort_keys=True)
                                                    .encode()).hexdigest()}))
-    proc = main_cli("lengen", "reproduce", "--results", results, "--workers", "0", *args)
+    proc = cli("lengen", "reproduce", "--results", results, "--workers", "0", *args)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert sorted(p.name for p in results.iterdir()) == ["protocol.json"]
 
@@ -163,6 +163,7 @@ def test_plan_refuses_what_the_protocol_does_not_define():
         reproduce.plan("cpu", "x", schemes=["nope"])
 
 
+@pytest.mark.slow  # starting Ray takes ~30 s; the executor test above checks the local pool gives the same
 def test_ray_runs_the_same_runs_with_the_same_results(tmp_path):
     # one Ray task per run on a local Ray instance started here: results equal to the local executor's
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'tinyformer[ray]'")

@@ -64,20 +64,20 @@ def test_rows_that_do_not_fit_or_files_without_line_ends_are_one_line_errors(row
         row_spans(tmp_path / "flat.bin", line_end_ids(tok), seq_len=8)
 
 
-def test_a_rows_run_trains_and_eval_reproduces_its_loss(main_cli, rows_file, tmp_path):
+def test_a_rows_run_trains_and_eval_reproduces_its_loss(cli, rows_file, tmp_path):
     path, tok = rows_file
     text = "".join(f"+{a}+{b}+{a + b}+\n" for a, b in np.random.default_rng(0).integers(0, 99, (300, 2)))
     ids = np.array(tok.encode(text))
     write_token_file(tmp_path / "t.bin", ids, tok.vocab_size, tokenizer_fingerprint=tok.fingerprint, n_bytes=len(ids))
     run = tmp_path / "run"
-    main_cli("train", f"run_dir={run}", f"data.train={tmp_path / 't.bin'}", f"data.val={tmp_path / 't.bin'}",
+    cli("train", f"run_dir={run}", f"data.train={tmp_path / 't.bin'}", f"data.val={tmp_path / 't.bin'}",
              f"data.tokenizer={tmp_path / 'tok'}", "data.sampling=rows", "model.position=abacus", "model.n_layers=1",
              "model.d_model=32", "model.n_heads=2", "model.max_seq_len=16", "train.max_steps=4", "train.batch_size=4",
              "train.precision=fp32", "train.threads=1", "train.progress=false", "train.sample_tokens=0",
              "train.warmup=1", "data.eval_tokens=500", check=True)
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in logged if r["kind"] == "eval"][-1]
-    out = json.loads(main_cli("eval", "--ckpt", run, "--json", check=True).stdout)
+    out = json.loads(cli("eval", "--ckpt", run, "--json", check=True).stdout)
     assert out["loss"] == logged["val_loss"] and out["tokens"] == logged["val_tokens"]
-    proc = main_cli("eval", "--ckpt", run, "--seq-len", "16,32")
+    proc = cli("eval", "--ckpt", run, "--seq-len", "16,32")
     assert proc.returncode == 2 and "--seq-len does not apply" in proc.stderr

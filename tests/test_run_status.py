@@ -21,15 +21,15 @@ def _status(run) -> str:
     return json.loads((run / rundir.SUMMARY_FILE).read_text(encoding="utf-8"))["status"]
 
 
-def test_an_early_stopped_lengen_train_says_it_ended_and_so_does_running_it_again(main_cli, tmp_path):
+def test_an_early_stopped_lengen_train_says_it_ended_and_so_does_running_it_again(cli, tmp_path):
     run = tmp_path / "run"
     args = ["lengen", "train", "--task", "UR", "--pe", "rope", "--out", run, *TINY, *EARLY]
-    first = main_cli(*args, check=True)
+    first = cli(*args, check=True)
     assert _status(run) == rundir.EARLY_STOPPED
     assert rundir.EARLY_STOPPED in rundir.DONE and rundir.EARLY_STOPPED in rundir.STATUSES
     steps = json.loads((run / rundir.SUMMARY_FILE).read_text(encoding="utf-8"))["step"]
     assert steps < 40  # it stopped before max_steps
-    again = main_cli(*args, check=True)  # the run has ended: read back, not trained further
+    again = cli(*args, check=True)  # the run has ended: read back, not trained further
     assert json.loads((run / rundir.SUMMARY_FILE).read_text(encoding="utf-8"))["step"] == steps
     for proc in (first, again):
         assert AGAIN not in proc.stdout + proc.stderr
@@ -37,9 +37,9 @@ def test_an_early_stopped_lengen_train_says_it_ended_and_so_does_running_it_agai
         assert "stopped early: no improvement" in proc.stdout and "does not continue it" in proc.stdout
 
 
-def test_a_paused_lengen_train_is_told_to_run_again(main_cli, tmp_path):
+def test_a_paused_lengen_train_is_told_to_run_again(cli, tmp_path):
     run = tmp_path / "run"
-    proc = main_cli("lengen", "train", "--task", "UR", "--pe", "rope", "--out", run, *TINY,
+    proc = cli("lengen", "train", "--task", "UR", "--pe", "rope", "--out", run, *TINY,
                     "train.eval_every=10", "train.stop_at_step=4", check=True)
     assert _status(run) == rundir.PAUSED and rundir.PAUSED not in rundir.DONE
     assert f"{rundir.PAUSED} at step 4; {AGAIN}" in proc.stdout

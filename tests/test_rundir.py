@@ -46,8 +46,8 @@ def lm_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cli(main_cli):
-    return main_cli
+def cli(cli):
+    return cli
 
 
 def summary(run: Path) -> dict:

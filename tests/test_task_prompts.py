@@ -77,32 +77,33 @@ LAB = ["model.n_layers=2", "model.d_model=64", "model.n_heads=4", "train.batch_s
        "train.precision=fp32", "train.progress=false", "eval.examples=500"]
 
 
-def test_an_addition_run_answers_1342_plus_879_after_training(main_cli, tmp_path):
+@pytest.mark.slow  # ~1 min of training; test_a_hex_run_answers_in_hex checks the same path on 30 steps
+def test_an_addition_run_answers_1342_plus_879_after_training(cli, tmp_path):
     run = tmp_path / "add"
-    main_cli("lengen", "train", "--task", "add", "--pe", "abacus", "task.train_lengths=1-4", "eval.bins=[1-4]",
+    cli("lengen", "train", "--task", "add", "--pe", "abacus", "task.train_lengths=1-4", "eval.bins=[1-4]",
              *LAB, "--steps", "3000", "--lr", "3e-3", "train.warmup=100", "train.eval_every=250",
              "eval.stop_accuracy=1.0", "--out", run, check=True)  # solved (500/500) after 1,750 steps, ~1 min
-    assert main_cli("sample", "--ckpt", run, "--prompt", "1342+879", check=True).stdout == "1342+879 -> 2221\n"
+    assert cli("sample", "--ckpt", run, "--prompt", "1342+879", check=True).stdout == "1342+879 -> 2221\n"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# sums\n1342+879=2221\n99+1 = 100\n7+8=16\n5+5\n")
-    out = main_cli("sample", "--ckpt", run, "--prompts-file", prompts, check=True).stdout.splitlines()
+    out = cli("sample", "--ckpt", run, "--prompts-file", prompts, check=True).stdout.splitlines()
     assert out == ["1342+879 -> 2221   correct", "99+1 -> 100   correct", "7+8 -> 15   wrong, expected 16",
                    "5+5 -> 10", "exact match: 2/3 (66.7%)"]
-    drawn = main_cli("sample", "--ckpt", run, "--num-samples", "2", check=True).stdout.splitlines()
+    drawn = cli("sample", "--ckpt", run, "--num-samples", "2", check=True).stdout.splitlines()
     assert all("+" in line and "->" in line and "<bos>" not in line for line in drawn[:2])
-    proc = main_cli("sample", "--ckpt", run, "--prompt", "12*3")
+    proc = cli("sample", "--ckpt", run, "--prompt", "12*3")
     assert proc.returncode == 2 and "write an addition as A+B" in proc.stderr
 
 
-def test_a_hex_run_answers_in_hex(main_cli, tmp_path):
+def test_a_hex_run_answers_in_hex(cli, tmp_path):
     from tinyformer.lab.evaluate import greedy_continuation
     from tinyformer.lab.setup import TaskSetup
     from tinyformer.train.rundir import Run
 
     run = tmp_path / "hex"
-    main_cli("lengen", "train", "--task", "add-hex", "--pe", "abacus", "task.train_lengths=1-2", "eval.bins=[1-2]",
+    cli("lengen", "train", "--task", "add-hex", "--pe", "abacus", "task.train_lengths=1-2", "eval.bins=[1-2]",
              *LAB, "--steps", "30", "eval.stop_accuracy=1.01", "--out", run, check=True)
-    line = main_cli("sample", "--ckpt", run, "--prompt", "1a+f", check=True).stdout.strip()
+    line = cli("sample", "--ckpt", run, "--prompt", "1a+f", check=True).stdout.strip()
     prompt, answer = line.split(" -> ")
     assert prompt == "1a+f" and answer and set(answer) <= set("0123456789abcdef")
     # the answer is the model's own greedy continuation of +a1+f+, read back most significant digit first

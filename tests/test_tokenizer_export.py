@@ -175,16 +175,16 @@ def test_every_export_builds_the_id_to_bytes_table_once(tok: Tokenizer, tmp_path
         fresh.vocab[0] = b"x"  # shared, so read-only
 
 
-def test_documented_dotall_pattern_exports_and_hf_gives_our_ids(tmp_path: Path, main_cli):
+def test_documented_dotall_pattern_exports_and_hf_gives_our_ids(tmp_path: Path, cli):
     # docs/number-sequences.md trains with --pattern '(?s).'; Oniguruma spells that flag (?m)
     corpus = tmp_path / "rows.txt"
     corpus.write_text("+12+34+46+\n+9a+1+ab+\n<|endoftext|>\n" * 20, encoding="utf-8")
     (tmp_path / "specials.txt").write_text("<|endoftext|>\n", encoding="utf-8")
-    main_cli("tokenizer", "train", corpus, "--vocab-size", 257, "--pattern", "(?s).", "--special-tokens-file",
+    cli("tokenizer", "train", corpus, "--vocab-size", 257, "--pattern", "(?s).", "--special-tokens-file",
              tmp_path / "specials.txt", "--out", tmp_path / "tok", check=True)
     tok = Tokenizer.load(tmp_path / "tok")
     assert tok.pattern == "(?s)."
-    main_cli("tokenizer", "export", "--tokenizer", tmp_path / "tok", "--format", "hf", "--out", tmp_path / "hf",
+    cli("tokenizer", "export", "--tokenizer", tmp_path / "tok", "--format", "hf", "--out", tmp_path / "hf",
              check=True)
     hf = hf_tokenizers.Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
     fast = transformers.PreTrainedTokenizerFast.from_pretrained(str(tmp_path / "hf"))

@@ -52,8 +52,8 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def cli(main_cli):
-    return main_cli
+def cli(cli):
+    return cli
 
 
 def data_args(corpus) -> list[str]:

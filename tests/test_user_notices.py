@@ -20,16 +20,16 @@ def corpus(root):
     return [f"data.train={root / 't.bin'}", f"data.val={root / 't.bin'}", f"data.tokenizer={root / 'tok'}"]
 
 
-def test_parameter_count_and_a_warmup_longer_than_the_run(main_cli, tmp_path):
+def test_parameter_count_and_a_warmup_longer_than_the_run(cli, tmp_path):
     run = tmp_path / "run"
     args = ["train", f"run_dir={run}", *corpus(tmp_path), "model.n_layers=1", "model.d_model=32", "model.n_heads=2",
             "model.max_seq_len=16", "train.max_steps=3", "train.warmup=10", "train.precision=fp32", "train.threads=1",
             "train.batch_size=2", "train.sample_tokens=0"]
-    proc = main_cli(*args, check=True)
+    proc = cli(*args, check=True)
     summary = json.loads((run / "summary.json").read_text())
     assert f"model: {summary['params'] / 1e3:.3g}k parameters" in proc.stdout and "1 layer," in proc.stdout
     assert "train.warmup=10 exceeds train.max_steps=3" in proc.stderr and "never reaches train.lr" in proc.stderr
-    again = main_cli(*args, check=True)  # read back when started again: nothing left to train, no warning
+    again = cli(*args, check=True)  # read back when started again: nothing left to train, no warning
     assert "warmup" not in again.stderr
 
 
@@ -46,11 +46,11 @@ def test_compile_is_announced_before_the_slow_first_step(capsys):
     assert "1 layer, position=learned" in out
 
 
-def test_prepare_names_the_output_not_its_temporary_directory(main_cli, tmp_path):
+def test_prepare_names_the_output_not_its_temporary_directory(cli, tmp_path):
     source = tmp_path / "input.txt"
     source.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 100)
     out = tmp_path / "prepared"
-    proc = main_cli("data", "prepare", "shakespeare", "--source", source, "--out", out, check=True)
+    proc = cli("data", "prepare", "shakespeare", "--source", source, "--out", out, check=True)
     assert f"to {out}/train.bin" in proc.stdout + proc.stderr
     assert ".tmp" not in proc.stdout + proc.stderr
 
