@@ -41,7 +41,7 @@ def config(tmp_path_factory) -> Path:
 
 
 def test_compare_trains_resumes_and_equals_separate_train_and_eval(cli, config, tmp_path, monkeypatch):
-    from tinyformer.lm import run as lm
+    from tinyformer.lm import compare as lm  # the module whose train_lm compare calls
 
     out = tmp_path / "cmp"
     args = ["compare", "--config", config, "--vary", "model.position=learned,rope,alibi", "--seeds", "2", "--out", out]
