@@ -17,8 +17,8 @@ import yaml
 
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_write
-from tinyformer.lab.setup import SCHEMES, model_position
 from tinyformer.lab.sweep import best_row, read_rows
+from tinyformer.model.positions import LAB_NAMES, scheme
 
 PUBLISHED_FILE = Path(__file__).resolve().parents[2] / "docs" / "published-results.yaml"
 
@@ -55,13 +55,9 @@ def load_published(path: str | Path | None = None) -> dict:
 def published_for(published: dict, task: str, pe: str) -> dict[str, float]:
     """Published accuracies for this task and scheme; `ape` and `learned` are the same scheme."""
     for name, bins in published.get(task, {}).items():
-        if name in SCHEMES and model_position(name) == model_position(pe) and _same_family(name, pe):
+        if name in LAB_NAMES and scheme(name, aliases=True) is scheme(pe, aliases=True):
             return {str(k): float(v) for k, v in bins.items()}
     return {}
-
-
-def _same_family(a: str, b: str) -> bool:
-    return a == b or {a, b} <= {"ape", "learned"}
 
 
 def collect(results: str | Path) -> list[Entry]:

@@ -5,42 +5,26 @@ reads a task run (eval, sample, attention)."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
 import numpy as np
 
 from tinyformer.errors import TinyformerError
 from tinyformer.model.config import ModelConfig
+from tinyformer.model.positions import scheme
 from tinyformer.tasks import POSITION_KINDS, TaskStream, bin_name, get_task, make_eval_bins, parse_range
 from tinyformer.tasks.stream import max_input_length
 from tinyformer.train.config import RunConfig
 
-# scheme names of the length-generalization papers -> model.position; "ape" is learned absolute positions
-SCHEMES = {
-    "ape": "learned",
-    "learned": "learned",
-    "sinusoidal": "sinusoidal",
-    "rope": "rope",
-    "alibi": "alibi",
-    "nope": "nope",
-    "abacus": "abacus",
-}
-# schemes with a position table: trained at random offsets so every position up to the longest eval is seen
-TABLE_SCHEMES = ("learned", "abacus")
-
 
 def model_position(pe: str) -> str:
-    """The model's position scheme for a scheme name, or a one-line error listing the valid names."""
-    if pe not in SCHEMES:
-        near = difflib.get_close_matches(pe, SCHEMES, n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        raise TinyformerError(f"unknown position scheme {pe!r}; {hint}valid schemes: {', '.join(SCHEMES)}")
-    return SCHEMES[pe]
+    """The model.position for a scheme name of the lab (the papers' `ape` = learned, or any model.position),
+    or a one-line error listing the valid names (`tinyformer.model.positions.LAB_NAMES`)."""
+    return scheme(pe, aliases=True).name
 
 
 def scheme_label(position: str) -> str:
     """The name reports use for a model.position: `ape` for learned absolute positions."""
-    return "ape" if position == "learned" else position
+    return scheme(position).report_name
 
 
 class TaskSetup:
@@ -63,7 +47,8 @@ class TaskSetup:
             if getattr(cfg.eval, name) < 1:
                 raise TinyformerError(f"eval.{name} must be at least 1, got {getattr(cfg.eval, name)}")
         self.position = cfg.model.position
-        self.position_kind = "symbol_runs" if self.position == "abacus" else "sequence"
+        self.scheme = cfg.model.scheme
+        self.position_kind = self.scheme.ids
         self.position_fn = POSITION_KINDS[self.position_kind]
         self.eval_sets = make_eval_bins(self.task, self.bins, cfg.eval.examples, cfg.eval.seed)
         # the largest position id any evaluated or trained input uses (evaluation starts at 0)
@@ -72,7 +57,7 @@ class TaskSetup:
         self.positions_needed = max(needed, self._train_positions_needed())
         given = "n_positions" in cfg.model_keys and cfg.model.n_positions is not None
         self.table_size = cfg.model.n_positions if given else self.positions_needed
-        if self.position in TABLE_SCHEMES and self.table_size < needed:
+        if self.scheme.has_table and self.table_size < needed:
             longest = max(self.bins, key=lambda b: b[1])
             raise TinyformerError(
                 f"bin {bin_name(*longest)} of task {self.task.name} needs {needed} {self.position} positions but "
@@ -82,7 +67,7 @@ class TaskSetup:
         self.train_bin = self._train_bin_name()
         self.seq_len = max_input_length(self.task, [self.train_range])
         offset = cfg.task.random_offset
-        self.random_offset = self.position in TABLE_SCHEMES if offset is None else offset
+        self.random_offset = self.scheme.trained_at_random_offsets if offset is None else offset
 
     def _train_positions_needed(self) -> int:
         rng = np.random.default_rng(0)

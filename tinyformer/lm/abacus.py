@@ -58,8 +58,9 @@ class TextPositions:
 
 
 def text_positions(model_config, tokenizer, digits: str | None) -> TextPositions | None:
-    """The position function of a language model on text: None unless `model_config.position` is abacus."""
-    if model_config.position != "abacus":
+    """The position function of a language model on text: None unless its scheme takes the caller's ids
+    (abacus)."""
+    if not model_config.scheme.needs_caller_ids:
         return None
     if tokenizer is None:
         raise TinyformerError("model.position=abacus on text needs the tokenizer (data.tokenizer) to know "
@@ -119,4 +120,4 @@ def run_positions_of(run, model) -> TextPositions | None:
     data.digits; None unless the model takes Abacus ids."""
     cfg = run.config
     digits = cfg.data.digits if cfg is not None and cfg.data is not None else None
-    return text_positions(model.config, run.tokenizer() if model.config.position == "abacus" else None, digits)
+    return text_positions(model.config, run.tokenizer() if model.config.scheme.needs_caller_ids else None, digits)

@@ -38,7 +38,7 @@ def parse_lengths(text: str) -> list[int]:
 def position_limit(model_config) -> int | None:
     """The longest context a model's positions can represent: a learned table's size; None for schemes with
     no table (rope, alibi, nope, sinusoidal) or whose ids do not grow with the context (abacus)."""
-    return model_config.position_table_size if model_config.position == "learned" else None
+    return model_config.position_table_size if model_config.scheme.limits_context else None
 
 
 def loss_at_lengths(model: torch.nn.Module, data: str, seq_lens: list[int], *, batch_size: int,
@@ -52,7 +52,7 @@ def loss_at_lengths(model: torch.nn.Module, data: str, seq_lens: list[int], *, b
     for seq_len in seq_lens:
         record: dict[str, Any] = {"seq_len": seq_len}
         if limit is not None and seq_len > limit:
-            out.append({**record, **_blank(), "stopped": f"learned positions end at {limit}"})
+            out.append({**record, **_blank(), "stopped": f"{model.config.position} positions end at {limit}"})
             continue
         if n_tokens < seq_len + 1:
             out.append({**record, **_blank(), "stopped": f"{data} has {n_tokens} tokens, fewer than one window"})

@@ -23,7 +23,7 @@ from tinyformer.train.metrics import read_metrics
 def context_length(run, model) -> int:
     """The longest input the exported model is meant for: a learned table's size, else the training context."""
     cfg = model.config
-    if cfg.position == "learned":
+    if cfg.scheme.limits_context:
         return cfg.position_table_size
     trained = run.config.train.seq_len if run.config is not None else None
     return int(trained or cfg.max_seq_len)
@@ -88,7 +88,7 @@ def model_card(run, model, max_length: int, repo: str | None = None) -> str:
               f"| parameters | {model.num_params():,} ({model.num_params(embeddings=False):,} without embeddings) |",
               f"| layers x heads x width | {cfg.n_layers} x {cfg.n_heads} x {cfg.d_model} (key/value heads "
               f"{cfg.num_kv_heads}, MLP {cfg.ffn_dim}) |",
-              f"| positions | {cfg.position}" + (f" (theta {cfg.rope_theta:g})" if cfg.position == "rope" else "") + " |",
+              f"| positions | {cfg.position}" + (f" (theta {cfg.rope_theta:g})" if cfg.scheme.rotates else "") + " |",
               f"| norm, MLP | {cfg.norm}, {cfg.mlp} |",
               f"| vocabulary | {cfg.vocab_size} |",
               f"| context | {max_length} tokens (`model_max_length`) |", ""]

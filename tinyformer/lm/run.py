@@ -80,7 +80,7 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
             f"set model.vocab_size >= {tokenizer.vocab_size} (or leave it unset to take the tokenizer's)"
         )
     seq_len = cfg.train.seq_len or model_cfg.max_seq_len
-    if seq_len > model_cfg.max_seq_len and model_cfg.position in ("learned", "abacus"):
+    if seq_len > model_cfg.max_seq_len and model_cfg.scheme.has_table:
         raise TinyformerError(f"train.seq_len={seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}")
     fingerprint = tokenizer.fingerprint if tokenizer is not None else train_meta.get("tokenizer_fingerprint")
     train_meta = check_token_file(data.train, model_cfg.vocab_size, fingerprint, "train")
@@ -151,7 +151,7 @@ def lm_sampler(tokenizer, tcfg: TrainConfig, model_cfg: ModelConfig,
             prompt = [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
         prompt = prompt[-model_cfg.max_seq_len // 2 :]
         n_new = tcfg.sample_tokens
-        if model_cfg.position in ("learned", "abacus"):  # stay inside the position table
+        if model_cfg.scheme.has_table:  # stay inside the position table
             n_new = max(1, min(n_new, model_cfg.position_table_size - len(prompt)))
         ids = torch.tensor([prompt], dtype=torch.long, device=device)
         out = model.generate(ids, n_new, temperature=tcfg.sample_temperature, top_k=tcfg.sample_top_k,

@@ -11,9 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from tinyformer.config import from_dict as build_dataclass
 from tinyformer.errors import TinyformerError
+from tinyformer.model.positions import SCHEMES, Scheme
+from tinyformer.model.positions import scheme as find_scheme
 
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "nope", "abacus")
+POSITIONS = tuple(SCHEMES)  # every model.position value; what each one is: tinyformer.model.positions
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")
 
@@ -59,7 +62,7 @@ class ModelConfig:
     bias: bool = True  # biases in every linear layer and in LayerNorm
     dropout: float = 0.0
     tie_embeddings: bool = True
-    position: str = "learned"  # learned | sinusoidal | rope | alibi | nope | abacus
+    position: str = "learned"  # a name in tinyformer.model.positions.SCHEMES: learned | sinusoidal | rope | ...
     rope_theta: float = 10000.0
     rope_scaling: float = 1.0  # linear position interpolation: positions are divided by this factor
     n_predict: int = 1  # output heads predicting tokens t+1 .. t+n_predict
@@ -68,7 +71,7 @@ class ModelConfig:
     scale_residual_init: bool = True
 
     def __post_init__(self) -> None:
-        _one_of("position", self.position, POSITIONS)
+        find_scheme(self.position)  # a one-line error naming the valid schemes
         _one_of("norm", self.norm, NORMS)
         _one_of("mlp", self.mlp, MLPS)
         for name in ("vocab_size", "n_layers", "n_heads", "d_model", "max_seq_len", "n_predict"):
@@ -88,9 +91,10 @@ class ModelConfig:
                 f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads={self.num_kv_heads}; "
                 "each key/value head must serve a whole group of query heads"
             )
-        if self.position == "rope" and self.head_dim % 2:
+        if self.scheme.rotates and self.head_dim % 2:
             raise TinyformerError(
-                f"RoPE needs an even head size, but d_model/n_heads = {self.head_dim}; change d_model or n_heads"
+                f"position={self.position!r} rotates pairs of query/key features and needs an even head size, "
+                f"but d_model/n_heads = {self.head_dim}; change d_model or n_heads"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise TinyformerError(f"model.dropout must be in [0, 1), got {self.dropout}")
@@ -116,6 +120,11 @@ class ModelConfig:
         return 4 * self.d_model
 
     @property
+    def scheme(self) -> Scheme:
+        """What `position` names: ask it (`cfg.scheme.has_table`), never compare the string."""
+        return find_scheme(self.position)
+
+    @property
     def position_table_size(self) -> int:
         return self.max_seq_len if self.n_positions is None else self.n_positions
 
@@ -134,9 +143,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from a plain dict (YAML, model.json); unknown keys name the closest valid key."""
-        from tinyformer.config import from_dict
-
-        return from_dict(cls, data, "model")
+        return build_dataclass(cls, data, "model")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -99,7 +99,7 @@ def generate(
     attention_mask = attention_mask.to(device).long()
     positions = model.resolve_positions(ids, position_ids, attention_mask).expand(b, t).clone()
     cfg = model.config
-    if cfg.position in ("learned", "abacus") and next_position_ids is None:
+    if cfg.scheme.has_table and next_position_ids is None:
         last = int(positions.max()) + max_new_tokens - 1
         if last >= cfg.position_table_size:
             raise TinyformerError(

@@ -15,9 +15,12 @@ from typing import Any
 import torch
 
 from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_dir, check_output
 from tinyformer.model.config import ModelConfig
 from tinyformer.model.hf_config import config_from_hf, hf_config, hf_family
 from tinyformer.model.transformer import Transformer
+from tinyformer.tokenizer import Tokenizer
+from tinyformer.tokenizer.export import to_hf
 
 # ---------------------------------------------------------------------------- weights
 
@@ -144,8 +147,6 @@ def export_hf(
     With `tokenizer_dir` (a tinyformer tokenizer directory), its HF tokenizer files are written beside the
     weights via tinyformer.tokenizer.export.to_hf.
     """
-    from tinyformer.fileio import atomic_dir, check_output
-
     hf_family(model.config)  # refuse before touching the output
     check_output(out_dir, force)
     with atomic_dir(out_dir, force=force) as tmp:
@@ -157,9 +158,6 @@ def export_hf(
 
 def write_tokenizer(tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
     """HF tokenizer files (tokenizer.json, tokenizer_config.json) from a tinyformer tokenizer directory."""
-    from tinyformer.tokenizer import Tokenizer
-    from tinyformer.tokenizer.export import to_hf
-
     to_hf(Tokenizer.load(tokenizer_dir), out_dir)
 
 

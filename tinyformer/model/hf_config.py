@@ -11,9 +11,12 @@ from typing import Any
 
 from tinyformer.errors import TinyformerError
 from tinyformer.model.config import ModelConfig
+from tinyformer.model.positions import SCHEMES
 
-FAMILY_BY_POSITION = {"learned": "gpt2", "rope": "llama", "alibi": "mpt"}
+# which family a scheme exports as is the scheme's `hf_family` (tinyformer.model.positions.SCHEMES)
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mpt": "MptForCausalLM"}
+FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "mpt": "MPT"}
+POSITION_OF_FAMILY = {s.hf_family: s.name for s in SCHEMES.values() if s.hf_family}  # import: the way back
 GELU_NAMES = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 MPT_ALIBI_BIAS_MAX = 8  # our slopes are the paper's, which are MPT's with alibi_bias_max = 8
 
@@ -46,12 +49,9 @@ def _requirements(cfg: ModelConfig, family: str) -> list[tuple[str, Any, str]]:
 
 def hf_family(cfg: ModelConfig) -> str:
     """'gpt2', 'llama' or 'mpt'; a TinyformerError naming what has no HF equivalent otherwise."""
-    family = FAMILY_BY_POSITION.get(cfg.position)
+    family = cfg.scheme.hf_family
     if family is None:
-        raise TinyformerError(
-            f"position={cfg.position!r} has no HF equivalent; export supports learned (GPT-2), rope (Llama) "
-            "and alibi (MPT)"
-        )
+        raise TinyformerError(f"position={cfg.position!r} has no HF equivalent; export supports {_exportable()}")
     bad = _requirements(cfg, family)
     if bad:
         wants = "; ".join(
@@ -59,6 +59,12 @@ def hf_family(cfg: ModelConfig) -> str:
         )
         raise TinyformerError(f"position={cfg.position!r} exports as {ARCHITECTURES[family]}, but {wants}")
     return family
+
+
+def _exportable() -> str:
+    """'learned (GPT-2), rope (Llama) and alibi (MPT)': every scheme with an HF family."""
+    names = [f"{s.name} ({FAMILY_NAMES[s.hf_family]})" for s in SCHEMES.values() if s.hf_family]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
 # ---------------------------------------------------------------------------- configs
@@ -177,7 +183,7 @@ def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
             mlp=act,
             bias=True,
             tie_embeddings=True if tie is None else tie,
-            position="learned",
+            position=POSITION_OF_FAMILY[family],
             dropout=hf.get("resid_pdrop", 0.0),
         )
     elif family == "llama":
@@ -208,7 +214,7 @@ def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
             mlp="swiglu",
             bias=bool(hf.get("attention_bias", False)),
             tie_embeddings=bool(tie),
-            position="rope",
+            position=POSITION_OF_FAMILY[family],
             rope_theta=float(theta or 10000.0),
             rope_scaling=float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0,
             dropout=float(hf.get("attention_dropout") or 0.0),
@@ -244,7 +250,7 @@ def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
             mlp="gelu",
             bias=False,
             tie_embeddings=True if tie is None else tie,
-            position="alibi",
+            position=POSITION_OF_FAMILY[family],
             dropout=float(hf.get("resid_pdrop") or 0.0),
         )
     else:

@@ -15,9 +15,10 @@ from tinyformer.batch import IGNORE_INDEX
 from tinyformer.errors import TinyformerError
 from tinyformer.model.attention import Attention, AttentionMask, KVCache, build_attention_mask
 from tinyformer.model.config import ModelConfig
+from tinyformer.model.generate import generate as generate_tokens
 from tinyformer.model.kernels import gelu_tanh
 from tinyformer.model.loss import FUSED_MIN_VOCAB, linear_cross_entropy
-from tinyformer.model.positions import alibi_slopes, rope_cos_sin, sinusoidal_embedding
+from tinyformer.model.positions import RELATIVE
 
 
 class RMSNorm(nn.Module):
@@ -105,7 +106,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        if cfg.position in ("learned", "abacus"):
+        if cfg.scheme.has_table:
             self.embed_positions = nn.Embedding(cfg.position_table_size, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
@@ -152,11 +153,10 @@ class Transformer(nn.Module):
                     f"position_ids has shape {tuple(position_ids.shape)}, expected [{t}] or [{b}, {t}] like ids"
                 )
             return position_ids.long()
-        if self.config.position == "abacus":
-            raise TinyformerError(
-                "position='abacus' needs position_ids from the caller (each digit's index inside its number, "
-                "see tinyformer.batch.run_positions)"
-            )
+        scheme = self.config.scheme
+        if scheme.needs_caller_ids:
+            raise TinyformerError(f"position={scheme.name!r} needs position_ids from the caller ({scheme.summary}, "
+                                  "see tinyformer.batch.run_positions)")
         n_past = kv_cache.length if kv_cache is not None else 0
         if attention_mask is None and n_past == 0:
             return torch.arange(t, device=ids.device).unsqueeze(0)
@@ -174,22 +174,19 @@ class Transformer(nn.Module):
             raise TinyformerError(
                 f"position id {hi if hi >= size else lo} is outside the {self.config.position} position table "
                 f"(0..{size - 1}); {self.config.position} positions cannot go beyond model.n_positions "
-                f"(default max_seq_len): use shorter inputs, or a relative scheme (rope, alibi, nope)"
+                f"(default max_seq_len): use shorter inputs, or a relative scheme ({', '.join(RELATIVE)})"
             )
 
     def embed(self, ids: torch.Tensor, position_ids: torch.Tensor, counted: bool = False) -> torch.Tensor:
-        """Token embeddings plus absolute position information (learned, abacus, sinusoidal), if any.
-        `counted` says position_ids is the plain 0..T-1."""
+        """Token embeddings plus the scheme's absolute position information (its table or its fixed vectors),
+        if any. `counted` says position_ids is the plain 0..T-1."""
+        scheme = self.config.scheme
         x = self.embed_tokens(ids)
-        if self.config.position in ("learned", "abacus"):
+        if scheme.has_table:
             self._check_table(position_ids, counted)
             x = x + self.embed_positions(position_ids)
-        elif self.config.position == "sinusoidal":
-            # Vaswani et al.'s sqrt(d) * embedding + table, divided by sqrt(d): the same sum up to one factor,
-            # which the first block's norm removes, and token embeddings keep their init and learning rate.
-            # Unscaled, the table drowned the std-0.02 tokens and the model learned only unigrams.
-            table = sinusoidal_embedding(position_ids, self.config.d_model) * self.config.d_model**-0.5
-            x = x + table.to(x.dtype)
+        elif scheme.embedding is not None:
+            x = x + scheme.embedding(position_ids, self.config).to(x.dtype)
         return x
 
     # ---------------------------------------------------------------- forward
@@ -203,7 +200,7 @@ class Transformer(nn.Module):
         return_attention: bool,
     ):
         """Embeddings and all layers: (hidden states before the final norm, mask, rope tables, attentions)."""
-        cfg = self.config
+        cfg, scheme = self.config, self.config.scheme
         b, t = ids.shape
         counted = (
             position_ids is None and attention_mask is None and (kv_cache is None or kv_cache.length == 0)
@@ -219,13 +216,9 @@ class Transformer(nn.Module):
         else:
             key_valid = valid if valid is not None and not bool(valid.all()) else None
             key_pos = position_ids
-        slopes = (
-            alibi_slopes(cfg.n_heads) if cfg.position == "alibi" else None
-        )  # float32 even in a bf16 model
+        slopes = scheme.attention_slopes(cfg) if scheme.biases_attention else None
         mask = build_attention_mask(t, n_past, key_valid, slopes, position_ids, key_pos)
-        rope = None
-        if cfg.position == "rope":
-            rope = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        rope = scheme.rotation(position_ids, cfg) if scheme.rotates else None
 
         x = self.dropout(self.embed(ids, position_ids, counted))
         attentions = []
@@ -352,9 +345,7 @@ class Transformer(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         """Sample continuations with a KV cache; see tinyformer.model.generate.generate."""
-        from tinyformer.model.generate import generate
-
-        return generate(
+        return generate_tokens(
             self,
             ids,
             max_new_tokens,

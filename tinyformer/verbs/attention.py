@@ -51,7 +51,7 @@ def open_run(path: Path, which: str | None) -> RunInput:
             raise TinyformerError(f"run {run.path}: the model has {model.config.vocab_size} token ids but task "
                                   f"{task.name} has {task.vocab_size}; the run directory is inconsistent")
         positions = None
-        if setup.position_kind == "symbol_runs":
+        if setup.scheme.needs_caller_ids:
             def positions(ids):
                 return setup.eval_positions(np.asarray([ids]))[0]
 

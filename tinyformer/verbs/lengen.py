@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from tinyformer.lab.executor import GPU_RUNS
+from tinyformer.model.positions import SCHEMES
 
 # short flag -> schema key; help text and default are read from the schema
 ALIASES = {
@@ -36,8 +37,14 @@ def _schema_default(key: str):
     return getattr(default, name, None)
 
 
+def _scheme_names() -> str:
+    """' (ape = learned absolute; also sinusoidal, rope, alibi, nope, abacus)': the table's names for --pe."""
+    named = "; ".join(f"{alias} = {s.summary}" for s in SCHEMES.values() for alias in s.aliases)
+    return f" ({named}; also {', '.join(s.name for s in SCHEMES.values() if not s.aliases)})"
+
+
 def _alias_help(flag: str, key: str) -> str:
-    extra = {"pe": " (ape = learned absolute; also sinusoidal, rope, alibi, nope, abacus)",
+    extra = {"pe": _scheme_names(),
              "task": " (e.g. UR, NF, add:base=16)"}.get(flag, "")
     return f"alias of {key}=V{extra}; lab default {_schema_default(key)!r}"
 

@@ -126,11 +126,11 @@ def _within_positions(model, n_prompt: int, n_new: int) -> int:
     """`n_new`, or fewer so that a learned position table is not overrun; a one-line error when no room is left."""
     from tinyformer.errors import TinyformerError
 
-    if model.config.position != "learned":
+    if not model.config.scheme.limits_context:
         return n_new
     n_new = min(n_new, model.config.position_table_size - n_prompt)
     if n_new < 1:
-        raise TinyformerError(f"the input has {n_prompt} tokens; the run's learned positions end at "
+        raise TinyformerError(f"the input has {n_prompt} tokens; the run's {model.config.position} positions end at "
                               f"{model.config.position_table_size}: give a shorter input")
     return n_new
 
