@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import pseudo_english
 
 from tinyformer.data.tokenfile import write_token_file
 from tinyformer.errors import TinyformerError
@@ -25,25 +26,13 @@ FAST = ["train.precision=fp32", "train.peak_flops=1e12", "train.threads=1", "tra
         "train.warmup=2", "train.lr=3e-3", "train.min_lr=3e-4", "train.sample_tokens=8"]
 
 
-def synthetic_text(n_chars: int = 30_000, seed: int = 0) -> str:
-    """Seeded pseudo-English: learnable (loss falls in a few steps) and never the same twice."""
-    rng = np.random.default_rng(seed)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "see", "big", "red", "sun"]
-    out, size = [], 0
-    while size < n_chars:
-        sentence = " ".join(rng.choice(words, size=rng.integers(3, 9))) + ". "
-        out.append(sentence)
-        size += len(sentence)
-    return "".join(out)[:n_chars]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict[str, Path]:
     """A byte-level tokenizer and train/val token files of synthetic text."""
     root = tmp_path_factory.mktemp("corpus")
     tok = Tokenizer([], [])
     tok.save(root / "tok")
-    text = synthetic_text()
+    text = pseudo_english()
     ids = np.array(tok.encode(text))
     cut = int(len(ids) * 0.9)
     for name, part in (("train", ids[:cut]), ("val", ids[cut:])):
@@ -326,7 +315,7 @@ def test_token_ids_out_of_range(cli, tmp_path, corpus):
 def test_fingerprint_mismatch(cli, tmp_path, corpus):
     from tinyformer.tokenizer import train_bpe
 
-    other = train_bpe([synthetic_text(3000)], 270)
+    other = train_bpe([pseudo_english(3000)], 270)
     other.save(tmp_path / "other-tok")
     line = one_line_error(train(cli, tmp_path / "r", corpus, f"data.tokenizer={tmp_path / 'other-tok'}", check=False))
     assert "tokenizer" in line and str(corpus["train"]) in line
