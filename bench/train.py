@@ -67,7 +67,7 @@ def ours(run, batch: dict[str, torch.Tensor], precision: str, sdpa: str, run_dir
     torch.manual_seed(0)
     model = Transformer(run.model)
     trainer = Trainer(model, train, run_dir, FixedBatches(batch), rt, model_config=to_dict(run.model),
-                      seq_len=batch["ids"].shape[1], resume="never")
+                      seq_len=batch["ids"].shape[1])
     return lambda: trainer.train_step(train.lr)
 
 

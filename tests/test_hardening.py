@@ -121,24 +121,6 @@ def test_a_planted_pickle_never_runs(cli, tmp_path, corpus):
     assert not marker.exists()
 
 
-def test_a_run_directory_of_an_older_version_gets_one_line_saying_how_to_go_on(cli, tmp_path, corpus):
-    run = tmp_path / "old"
-    train(cli, run, corpus, "train.max_steps=4", "train.stop_at_step=2", "train.eval_every=0")
-    ckpt = run / "checkpoints" / "step-00000002"
-    marker = tmp_path / "pwned"
-    for name in ("trainer_state.json", "trainer_state.safetensors"):
-        (ckpt / name).unlink()
-    torch.save({"step": Payload(marker)}, ckpt / "trainer_state.pt")  # the old format, here a malicious one
-    before = tree(run)
-    line = one_line_error(train(cli, run, corpus, "train.max_steps=4", "train.eval_every=0", check=False))
-    assert "older tinyformer" in line and f"train.init_from={run}" in line and "new run_dir" in line
-    assert not marker.exists() and tree(run) == before
-    # its weights are still usable: eval reads them, a new run fine-tunes from them
-    assert cli("eval", "--ckpt", run, "--json").returncode == 0
-    train(cli, tmp_path / "new", corpus, "train.max_steps=2", "train.eval_every=0", f"train.init_from={run}")
-    assert not marker.exists()
-
-
 # ---------------------------------------------------------------- every bad value: one line, nothing created
 
 

@@ -137,12 +137,13 @@ def test_sequential_pass_covers_every_window_once(corpus):
 
 def test_checkpoints_keep_last_k_and_best(tmp_path):
     from tinyformer.model import ModelConfig, Transformer
-    from tinyformer.train.checkpoint import save_checkpoint
+    from tinyformer.train.checkpoint import record_score, save_checkpoint
     from tinyformer.train.rundir import read_index
 
     model = Transformer(ModelConfig(vocab_size=32, n_layers=1, d_model=8, n_heads=2, max_seq_len=4))
     for step, loss in zip(range(1, 6), [3.0, 1.0, 2.0, 4.0, 5.0]):
-        save_checkpoint(tmp_path, step, model, {"step": step}, score=loss, keep_last=2)
+        saved = save_checkpoint(tmp_path, step, model, {"step": step}, keep_last=2)
+        record_score(tmp_path, saved.name, loss, keep_last=2)  # the evaluation of the saved step
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
     assert names == ["step-00000002", "step-00000004", "step-00000005"]
     index = read_index(tmp_path)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +43,53 @@ def bin_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_token_file(path_bin: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
-    """(read-only memmap of the ids, sidecar dict) of a token file; any inconsistency is a one-line error."""
+@dataclass(frozen=True)
+class TokenFile:
+    """A token file whose sidecar was read and checked once (`open_token_file`): its `.bin` path and sidecar
+    dict. `tokens()` maps the ids again without reading the sidecar, so a run passes this along instead of
+    re-reading the header for every check, batch source and evaluation."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.meta["n_tokens"]
+
+    def tokens(self) -> np.ndarray:
+        """A read-only memmap of the ids (an empty array for an empty file: numpy cannot map one)."""
+        dtype = DTYPES[self.meta["dtype"]]
+        if self.n_tokens == 0:
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(self.path, dtype=dtype, mode="r", shape=(self.n_tokens,))
+
+
+def open_token_file(path_bin: str | os.PathLike) -> TokenFile:
+    """The token file at `path_bin`, its sidecar read and checked against the file's size; any inconsistency
+    is a one-line error."""
     path = bin_path(path_bin)
     meta = read_sidecar(path)
     if not path.is_file():
         raise TinyformerError(f"token file {path} does not exist (its sidecar {sidecar_path(path)} does); re-create both")
-    dtype = DTYPES[meta["dtype"]]
     size = path.stat().st_size
-    expected = meta["n_tokens"] * dtype.itemsize
+    expected = meta["n_tokens"] * DTYPES[meta["dtype"]].itemsize
     if size != expected:
         raise TinyformerError(
             f"token file {path} has {size} bytes but its sidecar says {meta['n_tokens']} {meta['dtype']} tokens "
             f"({expected} bytes): the file is truncated or corrupt; re-create it with `tinyformer tokenizer encode`"
         )
-    if meta["n_tokens"] == 0:  # numpy cannot map an empty file
-        return np.zeros(0, dtype=dtype), meta
-    return np.memmap(path, dtype=dtype, mode="r"), meta
+    return TokenFile(path, meta)
+
+
+def as_token_file(source: str | os.PathLike | TokenFile) -> TokenFile:
+    """`source` itself when it is an opened token file, else the file at that path (its sidecar read now)."""
+    return source if isinstance(source, TokenFile) else open_token_file(source)
+
+
+def read_token_file(path_bin: str | os.PathLike | TokenFile) -> tuple[np.ndarray, dict[str, Any]]:
+    """(read-only memmap of the ids, sidecar dict) of a token file; any inconsistency is a one-line error."""
+    file = as_token_file(path_bin)
+    return file.tokens(), file.meta
 
 
 def read_sidecar(path_bin: str | os.PathLike) -> dict[str, Any]:
@@ -101,13 +132,14 @@ def _max_token_id(tokens: np.ndarray, chunk: int = 1 << 24) -> int:
     return max(int(tokens[i : i + chunk].max()) for i in range(0, len(tokens), chunk)) if len(tokens) else -1
 
 
-def check_token_file(path: str | os.PathLike | None, vocab_size: int, fingerprint: str | None = None,
+def check_token_file(path: str | os.PathLike | TokenFile | None, vocab_size: int, fingerprint: str | None = None,
                      what: str = "train") -> dict[str, Any]:
     """Before a file is used: it exists and parses, its tokenizer is the run's (by fingerprint) and every id
     is below `vocab_size`. Returns the sidecar. `what` names the config key in messages (data.train, ...)."""
     if not path:
         raise TinyformerError(f"data.{what} is not set; pass data.{what}=PATH.bin (make one with `tinyformer data prepare`)")
-    tokens, meta = read_token_file(path)
+    file = as_token_file(path)
+    tokens, meta, path = file.tokens(), file.meta, file.path
     if fingerprint and meta.get("tokenizer_fingerprint") not in (None, fingerprint):
         raise TinyformerError(
             f"{path} was encoded with tokenizer {str(meta.get('tokenizer_fingerprint'))[:12]}..., but the run's "
@@ -122,11 +154,11 @@ def check_token_file(path: str | os.PathLike | None, vocab_size: int, fingerprin
     return meta
 
 
-def token_file_identity(path_bin: str | os.PathLike, sample: int = 1 << 20) -> str:
+def token_file_identity(path_bin: str | os.PathLike | TokenFile, sample: int = 1 << 20) -> str:
     """What tells one token file from another, cheaply for any size: its length and a SHA-256 over the
     sidecar's tokenizer fingerprint and sources and the first and last `sample` bytes of the ids."""
-    path = bin_path(path_bin)
-    meta = read_sidecar(path)
+    file = as_token_file(path_bin)
+    path, meta = file.path, file.meta
     sources = meta.get("sources") if isinstance(meta.get("sources"), list) else []
     h = hashlib.sha256(json.dumps([meta["n_tokens"], meta["dtype"], str(meta.get("tokenizer_fingerprint")),
                                    [str(s.get("sha256")) for s in sources if isinstance(s, dict)]]).encode())

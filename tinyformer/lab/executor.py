@@ -12,7 +12,6 @@ optional extra (`pip install 'tinyformer[ray]'`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 from tinyformer.errors import Interrupted, TinyformerError
 from tinyformer.train.rundir import INTERRUPTED
+from tinyformer.train.signals import ForwardedSignals
 
 Job = Any  # a picklable argument of the run function (a RunConfig)
 
@@ -82,7 +82,7 @@ class LocalExecutor:
         # jobs are submitted one per free worker (none waits in the pool's queue), so after a signal no
         # run can start; the workers have their own process group, so a Ctrl-C reaches them only once,
         # forwarded from here
-        with _Signals() as stop, ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+        with ForwardedSignals() as stop, ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                                      initializer=_own_process_group, **fresh) as pool:
             try:
                 while todo or running:
@@ -132,40 +132,6 @@ def _own_process_group() -> None:
     it once; a second copy would make the run give up without saving)."""
     if hasattr(os, "setpgrp"):
         os.setpgrp()
-
-
-class _Signals:
-    """The parent's SIGINT/SIGTERM during a pool map: the first is recorded and forwarded to the workers,
-    a second raises `Interrupted`."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._sent = 0
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and self._sent:
-            raise Interrupted(signum)
-        self.signum = signum
-
-    def forward(self, again: bool = False) -> None:
-        """Send the signal to every live worker: once after the first, once more with `again`."""
-        if (self.signum is None and not again) or self._sent >= (2 if again else 1):
-            return
-        self._sent += 1
-        for child in multiprocessing.active_children():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, self.signum or signal.SIGINT)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class RayExecutor:

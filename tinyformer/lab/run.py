@@ -70,8 +70,7 @@ def train_task(cfg: RunConfig) -> dict[str, Any]:
         raise TinyformerError("run_dir is not set; pass run_dir=DIR (tinyformer lengen train chooses one for you)")
     cfg, setup = resolve_task_run(cfg)
 
-    def build(rt: Runtime):
-        micro = max(1, cfg.train.batch_size // max(1, rt.info.world_size * cfg.train.grad_accum))
+    def build(rt: Runtime, micro: int):
         return setup.stream(micro, rt.info.rank, rt.info.world_size), TaskEvaluation(setup, cfg.eval), None
 
     return start_run(cfg, setup.seq_len, build)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tinyformer.batch import IGNORE_INDEX
-from tinyformer.data.tokenfile import read_token_file
+from tinyformer.data.tokenfile import TokenFile, as_token_file
 from tinyformer.errors import TinyformerError
 
 
@@ -32,10 +32,11 @@ def line_end_ids(tokenizer, eot_id: int | None = None) -> list[int]:
     return sorted(ids)
 
 
-def row_spans(path: str | Path, ends: list[int], seq_len: int) -> np.ndarray:
+def row_spans(path: str | Path | TokenFile, ends: list[int], seq_len: int) -> np.ndarray:
     """[N, 2] (start, stop) of every row of the file, the line end included; a one-line error when the file
     has no line end or a row does not fit `seq_len + 1` tokens."""
-    tokens, _ = read_token_file(path)
+    file = as_token_file(path)
+    tokens, path = file.tokens(), file.path
     cuts = np.flatnonzero(np.isin(np.asarray(tokens), ends))
     if len(cuts) == 0:
         raise TinyformerError(f"data.sampling=rows: {path} has no line ends (newline or end-of-text tokens); "
@@ -64,11 +65,12 @@ class RowBatches:
     """Random rows (seeded by (seed, batch number)), `batch_size` per process per call; each call draws one
     global batch and a process keeps its own rows, as `TokenFileBatches` does."""
 
-    def __init__(self, path: str | Path, batch_size: int, seq_len: int, ends: list[int], *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
-        self.path, self.batch_size, self.seq_len, self.seed = Path(path), batch_size, seq_len, seed
+    def __init__(self, path: str | Path | TokenFile, batch_size: int, seq_len: int, ends: list[int], *,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.file = as_token_file(path)
+        self.path, self.batch_size, self.seq_len, self.seed = self.file.path, batch_size, seq_len, seed
         self.rank, self.world_size = rank, world_size
-        self.spans = row_spans(path, ends, seq_len)
+        self.spans = row_spans(self.file, ends, seq_len)
         self.calls = 0
 
     def next_batch(self) -> dict[str, torch.Tensor]:
@@ -76,7 +78,7 @@ class RowBatches:
         self.calls += 1
         picks = rng.integers(0, len(self.spans), size=self.batch_size * self.world_size)
         mine = picks[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        return _rows_batch(read_token_file(self.path)[0], self.spans[mine], self.seq_len)
+        return _rows_batch(self.file.tokens(), self.spans[mine], self.seq_len)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampling": "rows", "seed": self.seed, "calls": self.calls, "seq_len": self.seq_len,
@@ -93,18 +95,19 @@ class RowBatches:
         self.calls = calls
 
 
-def row_eval_batches(path: str | Path, batch_size: int, seq_len: int, ends: list[int], *,
+def row_eval_batches(path: str | Path | TokenFile, batch_size: int, seq_len: int, ends: list[int], *,
                      max_tokens: int | None = None, seed: int = 0, rank: int = 0,
                      world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
     """Every row of the file once (or a seeded subset of rows worth about `max_tokens` targets); with several
     processes each takes every world_size-th batch, the same number on each."""
-    spans = row_spans(path, ends, seq_len)
+    file = as_token_file(path)
+    spans = row_spans(file, ends, seq_len)
     if max_tokens is not None:
         mean = float((spans[:, 1] - spans[:, 0] - 1).mean())
         k = max(1, math.ceil(max_tokens / max(mean, 1.0)))
         if k < len(spans):
             spans = spans[np.sort(np.random.default_rng([seed, 7919]).permutation(len(spans))[:k])]
-    tokens = read_token_file(path)[0]
+    tokens = file.tokens()
     n_batches = math.ceil(len(spans) / batch_size)
     per_rank = math.ceil(n_batches / world_size)
     for b in range(rank, per_rank * world_size, world_size):

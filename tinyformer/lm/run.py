@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tinyformer.data.tokenfile import check_token_file, read_token_file, token_file_identity
+from tinyformer.data.tokenfile import check_token_file, open_token_file, token_file_identity
 from tinyformer.errors import TinyformerError
 from tinyformer.lm.abacus import AbacusBatches, TextPositions, generate_kwargs, text_positions
 from tinyformer.lm.rows import RowBatches, line_end_ids, row_eval_batches, row_spans
@@ -21,6 +21,7 @@ from tinyformer.model.hf import import_hf
 from tinyformer.train import rundir
 from tinyformer.train.config import RunConfig, TrainConfig
 from tinyformer.train.evaluation import LossEvaluation
+from tinyformer.train.runtime import Runtime
 from tinyformer.train.start import start_run
 
 DEFAULT_RUN_DIR = "runs/run"
@@ -60,7 +61,6 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
     """A language-model run from a RunConfig: checks, run dir, model, samplers, Trainer.fit()."""
     data = cfg.data
     cfg = dataclasses.replace(cfg, run_dir=cfg.run_dir or DEFAULT_RUN_DIR, model_keys=cfg.model_keys)
-    run_dir = Path(cfg.run_dir)
     tokenizer = None
     if data.tokenizer:
         if not Path(data.tokenizer).is_dir():
@@ -68,7 +68,8 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
         tokenizer = rundir.load_tokenizer(data.tokenizer, "data.tokenizer")
     if not data.train:
         raise TinyformerError("data.train is not set; pass data.train=PATH.bin (make one with `tinyformer data prepare`)")
-    train_meta = read_token_file(data.train)[1]
+    train_file = open_token_file(data.train)  # each token file's sidecar is read once, here, and passed along
+    train_meta = train_file.meta
     init_state = None
     if cfg.train.init_from:
         model_cfg, init_state = initial_weights(cfg.train.init_from, cfg)
@@ -83,62 +84,65 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
     if seq_len > model_cfg.max_seq_len and model_cfg.scheme.has_table:
         raise TinyformerError(f"train.seq_len={seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}")
     fingerprint = tokenizer.fingerprint if tokenizer is not None else train_meta.get("tokenizer_fingerprint")
-    train_meta = check_token_file(data.train, model_cfg.vocab_size, fingerprint, "train")
-    val_meta = check_token_file(data.val, model_cfg.vocab_size, fingerprint, "val") if data.val else None
-    if val_meta is not None and val_meta["n_tokens"] < seq_len + 1:
-        raise TinyformerError(
-            f"data.val {data.val} has {val_meta['n_tokens']} tokens, fewer than one window of {seq_len + 1}; "
-            "use a longer validation file or a smaller train.seq_len"
-        )
-    if tokenizer is not None and cfg.resume != "never" and rundir.latest_checkpoint(run_dir) is not None:
-        saved = rundir.read_tokenizer(run_dir)
-        if saved is not None and saved.fingerprint != tokenizer.fingerprint:
+    check_token_file(train_file, model_cfg.vocab_size, fingerprint, "train")
+    val_file = open_token_file(data.val) if data.val else None
+    if val_file is not None:
+        check_token_file(val_file, model_cfg.vocab_size, fingerprint, "val")
+        if val_file.n_tokens < seq_len + 1:
             raise TinyformerError(
-                f"cannot resume {run_dir}: it was trained with another tokenizer than {data.tokenizer}; "
-                "use the run's data or start a new run_dir"
+                f"data.val {data.val} has {val_file.n_tokens} tokens, fewer than one window of {seq_len + 1}; "
+                "use a longer validation file or a smaller train.seq_len"
             )
     resolved = dataclasses.replace(cfg, model=model_cfg)
     positions = text_positions(model_cfg, tokenizer, data.digits)  # Abacus ids; None for other schemes
     ends = line_end_ids(tokenizer, train_meta.get("eot_id")) if data.sampling == "rows" else None
-    for path in filter(None, (data.train, data.val) if ends is not None else ()):
-        row_spans(path, ends, seq_len)  # every row fits: checked before anything is written
+    for file in filter(None, (train_file, val_file) if ends is not None else ()):
+        row_spans(file, ends, seq_len)  # every row fits: checked before anything is written
 
-    def build(rt):
-        micro = max(1, cfg.train.batch_size // max(1, rt.info.world_size * cfg.train.grad_accum))
+    def build(rt: Runtime, micro: int):
         where = {"rank": rt.info.rank, "world_size": rt.info.world_size}
         if ends is not None:
-            source = RowBatches(data.train, micro, seq_len, ends, seed=cfg.train.seed, **where)
+            source = RowBatches(train_file, micro, seq_len, ends, seed=cfg.train.seed, **where)
         else:
-            source = TokenFileBatches(data.train, micro, seq_len, sampling=data.sampling, seed=cfg.train.seed,
+            source = TokenFileBatches(train_file, micro, seq_len, sampling=data.sampling, seed=cfg.train.seed,
                                       shuffle=data.shuffle, **where)
         if positions is not None:
             source = AbacusBatches(source, positions, model_cfg.position_table_size, cfg.train.seed)
         evaluation = None
-        if data.val:
+        if val_file is not None:
             def val_batches():
                 if ends is not None:
-                    batches = row_eval_batches(data.val, micro, seq_len, ends, max_tokens=data.eval_tokens,
+                    batches = row_eval_batches(val_file, micro, seq_len, ends, max_tokens=data.eval_tokens,
                                                seed=cfg.train.seed, **where)
                 else:
-                    batches = eval_batches(data.val, micro, seq_len, max_tokens=data.eval_tokens,
+                    batches = eval_batches(val_file, micro, seq_len, max_tokens=data.eval_tokens,
                                            seed=cfg.train.seed, **where)
                 return positions.add_to(batches) if positions is not None else batches
 
-            evaluation = LossEvaluation(val_batches, (val_meta or train_meta).get("bytes_per_token"))
+            evaluation = LossEvaluation(val_batches, val_file.meta.get("bytes_per_token"))
         sample_fn = lm_sampler(tokenizer, cfg.train, model_cfg, positions) if tokenizer is not None else None
         return source, evaluation, sample_fn
+
+    def same_tokenizer(run_path: Path) -> None:
+        """A resume keeps the tokenizer the run trained with (its token files may still be the same)."""
+        saved = rundir.read_tokenizer(run_path) if tokenizer is not None else None
+        if saved is not None and saved.fingerprint != tokenizer.fingerprint:
+            raise TinyformerError(
+                f"cannot resume {run_path}: it was trained with another tokenizer than {data.tokenizer}; "
+                "use the run's data or start a new run_dir"
+            )
 
     def write_extra(run_path: Path) -> None:
         if tokenizer is not None:
             rundir.write_tokenizer(run_path, tokenizer)
 
-    identity = {"data.train": token_file_identity(data.train)}
-    if data.val:
-        identity["data.val"] = token_file_identity(data.val)
+    identity = {"data.train": token_file_identity(train_file)}
+    if val_file is not None:
+        identity["data.val"] = token_file_identity(val_file)
     if positions is not None:
         identity["data.digits"] = data.digits
     return start_run(resolved, seq_len, build, init_state=init_state, write_extra=write_extra,
-                     data_identity=identity)
+                     data_identity=identity, check_resume=same_tokenizer)
 
 
 def lm_sampler(tokenizer, tcfg: TrainConfig, model_cfg: ModelConfig,

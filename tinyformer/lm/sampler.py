@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tinyformer.batch import IGNORE_INDEX
-from tinyformer.data.tokenfile import read_token_file
+from tinyformer.data.tokenfile import TokenFile, as_token_file
 from tinyformer.errors import TinyformerError
 
 
@@ -32,7 +32,7 @@ class TokenFileBatches:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | TokenFile,
         batch_size: int,
         seq_len: int,
         *,
@@ -42,10 +42,9 @@ class TokenFileBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        tokens, meta = read_token_file(path)
-        self.path = Path(path)
-        self.dtype = tokens.dtype
-        self.n_tokens = int(len(tokens))
+        self.file = as_token_file(path)
+        self.path = path = self.file.path
+        self.n_tokens = int(self.file.n_tokens)
         if self.n_tokens < seq_len + 1:
             raise TinyformerError(
                 f"token file {path} has {self.n_tokens} tokens, fewer than one window of {seq_len + 1}; "
@@ -53,7 +52,7 @@ class TokenFileBatches:
             )
         if sampling not in ("random", "sequential"):
             raise TinyformerError(f"data.sampling must be random or sequential, not {sampling!r}")
-        self.meta = meta
+        self.meta = self.file.meta
         self.batch_size, self.seq_len = batch_size, seq_len
         self.sampling, self.seed, self.shuffle = sampling, seed, shuffle
         self.rank, self.world_size = rank, world_size
@@ -63,7 +62,7 @@ class TokenFileBatches:
         self._order: np.ndarray | None = None
 
     def _tokens(self) -> np.ndarray:
-        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))
+        return self.file.tokens()
 
     def _epoch_order(self) -> np.ndarray:
         if self._order is None:
@@ -128,7 +127,7 @@ class TokenFileBatches:
 
 
 def eval_batches(
-    path: str | Path,
+    path: str | Path | TokenFile,
     batch_size: int,
     seq_len: int,
     *,
@@ -140,7 +139,7 @@ def eval_batches(
     """Batches covering the whole file once (every token after the first is a target exactly once), or a
     fixed, seeded subset of windows worth `max_tokens` targets. The last short window is padded with
     ignored (IGNORE_INDEX) targets. With several processes, each takes every world_size-th batch."""
-    tokens, _ = read_token_file(path)
+    tokens = as_token_file(path).tokens()
     n = len(tokens)
     if n < 2:
         raise TinyformerError(f"token file {path} has {n} tokens; evaluation needs at least 2")

@@ -26,6 +26,10 @@ from typing import Any
 
 import torch
 
+from tinyformer.fileio import atomic_write
+from tinyformer.train.optim import build_optimizer
+from tinyformer.train.runtime import autocast, sdpa_backend, training_parts
+
 Candidate = tuple[str, str]  # (precision, sdpa backend)
 CPU_CANDIDATES: tuple[Candidate, ...] = (("fp32", "auto"), ("fp32", "math"), ("bf16", "auto"), ("bf16", "math"),
                                          ("bf16", "fp32"))  # bf16 with the attention kernel in float32
@@ -67,9 +71,6 @@ def step_timer(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: t
                warmup: int = 1, length_groups: int = 1) -> Callable[[Candidate], float]:
     """A function timing one training step of a private copy of `model` under a candidate (the batch split
     as a training step splits it: `tinyformer.batch.split_by_length`)."""
-    from tinyformer.train.optim import build_optimizer
-    from tinyformer.train.runtime import autocast, sdpa_backend, training_parts
-
     work = copy.deepcopy(model).to(device).train()
     optimizer = build_optimizer(work, 1e-6, 0.0)
     parts, counts = training_parts(batch, length_groups, work.config.n_predict, device)
@@ -109,9 +110,6 @@ def loss_trajectory(model: torch.nn.Module, batch: dict[str, torch.Tensor], devi
                     lr: float = AGREEMENT_LR) -> list[float]:
     """The loss of each of `steps` training steps (AdamW at `lr`, no decay) of a private copy of `model` on
     `batch`, split into length groups as a training step splits it, under `candidate`."""
-    from tinyformer.train.optim import build_optimizer
-    from tinyformer.train.runtime import autocast, sdpa_backend, training_parts
-
     work = copy.deepcopy(model).to(device).train()
     optimizer = build_optimizer(work, lr, 0.0)
     parts, counts = training_parts(batch, length_groups, work.config.n_predict, device)
@@ -204,8 +202,6 @@ def choose(model: torch.nn.Module, model_config: dict[str, Any], batch: dict[str
     entry = {"choice": list(choice), "seconds_per_step": times, "loss_gap_to_fp32": gaps}
     cache[key] = entry
     try:
-        from tinyformer.fileio import atomic_write
-
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:
             json.dump(cache, f, indent=1)

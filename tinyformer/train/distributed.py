@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from tinyformer.errors import TinyformerError
+from tinyformer.model import ModelConfig, Transformer
 
 
 @dataclass
@@ -73,6 +74,23 @@ def parallelize(model: torch.nn.Module, parallel: str, info: DistInfo, device: t
         fully_shard(model)
         return model
     return model
+
+
+def full_model(model: torch.nn.Module, parallel: str, info: DistInfo,
+               model_config: dict) -> torch.nn.Module | None:
+    """The plain module with full weights on rank 0 (None on other ranks), for saving; under FSDP the shards
+    are gathered (every process takes part) into a fresh CPU copy, so the file has clean, unsharded names."""
+    if parallel != "fsdp" or not info.enabled:
+        return model if info.is_main else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not info.is_main:
+        return None
+    with torch.device("cpu"):
+        copy = Transformer(ModelConfig.from_dict(model_config))
+    copy.load_state_dict(full)
+    return copy
 
 
 def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

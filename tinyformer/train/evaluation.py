@@ -1,5 +1,6 @@
-"""What the Trainer calls to evaluate a run: the `Evaluation` protocol, and the language-model one (loss,
-perplexity, bits per byte over a validation token file). The lab's length-bin evaluation is the other.
+"""What the Trainer calls to evaluate a run: the `Evaluation` protocol, the language-model one (loss,
+perplexity, bits per byte over a validation token file; the lab's length-bin evaluation is the other), and
+the `Validator` that says when a run evaluates and keeps the best score.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from tinyformer.batch import IGNORE_INDEX
 from tinyformer.train.distributed import agree_on_failure, all_reduce_sum
 from tinyformer.train.runtime import Runtime, autocast, sdpa_backend
+from tinyformer.train.trainer_state import TrainState
 
 LN2 = math.log(2.0)
 
@@ -96,3 +98,44 @@ class LossEvaluation:
 
     def final(self, module: torch.nn.Module, runtime: Runtime) -> dict[str, Any]:
         return {}
+
+
+class Validator:
+    """When a run evaluates and what its evaluations decided. A step is due every `eval_every` steps and at
+    `max_steps` (`should_validate`); `run` scores the model without moving the training RNG; `record` keeps the
+    best score and counts the evaluations without improvement in the run's `TrainState` (early stopping
+    after `patience` of them, when patience > 0)."""
+
+    def __init__(self, evaluation: Evaluation | None, state: TrainState, *, eval_every: int, max_steps: int,
+                 patience: int) -> None:
+        self.evaluation, self.state = evaluation, state
+        self.eval_every, self.max_steps, self.patience = eval_every, max_steps, patience
+        self.last_metrics: dict[str, Any] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.evaluation is not None
+
+    @property
+    def score_name(self) -> str:
+        return self.evaluation.score_name if self.evaluation is not None else "score"
+
+    def should_validate(self, step: int) -> bool:
+        return self.enabled and (bool(self.eval_every and step % self.eval_every == 0) or step == self.max_steps)
+
+    def run(self, module: torch.nn.Module, runtime: Runtime) -> tuple[dict[str, Any], float, bool]:
+        """(metrics, score, solved) of `module` (every process takes part)."""
+        with torch.random.fork_rng(devices=[]):  # evaluating must not move the training RNG
+            metrics = self.evaluation.run(module, runtime)
+        return metrics, self.evaluation.score(metrics), self.evaluation.solved(metrics)
+
+    def record(self, metrics: dict[str, Any], score: float) -> None:
+        self.last_metrics = metrics
+        if self.state.best_score is None or score < self.state.best_score:
+            self.state.best_score, self.state.evals_without_improvement = score, 0
+        else:
+            self.state.evals_without_improvement += 1
+
+    @property
+    def early_stopped(self) -> bool:
+        return self.patience > 0 and self.state.evals_without_improvement >= self.patience

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tinyformer.fileio import writing
+from tinyformer.errors import TinyformerError
+from tinyformer.fileio import atomic_write, writing
 from tinyformer.train import rundir
 
 # Published dense (non-sparse) peaks in FLOP/s: (bf16/fp16 tensor core, tf32 tensor core).
@@ -70,29 +71,74 @@ def device_peak_flops(device: str, precision: str) -> tuple[float, str]:
     return matmul_ceiling(device, precision), f"measured {precision} matmul ceiling on {device}"
 
 
+class StepMeter:
+    """Throughput of the steps since the last record, over training time only (evaluations and checkpoints
+    excluded): tokens/s, examples/s, and MFU = tokens/s x `flops_per_token` / (peak FLOP/s x processes).
+    The peak is resolved by `start` (see the module's docstring); a measured one is measured again at each
+    `remeasure` and the highest kept."""
+
+    def __init__(self, flops_per_token: float | None, world_size: int = 1, *, peak_flops: float | None = None,
+                 device: str = "cpu", precision: str = "fp32") -> None:
+        self.flops_per_token, self.world_size = flops_per_token, world_size
+        self.configured_peak, self.device, self.precision = peak_flops, device, precision
+        self.peak: float | None = None
+        self.peak_source = "not resolved"
+        self.seconds, self.tokens, self.examples = 0.0, 0, 0
+
+    def start(self) -> None:
+        """Resolve the peak: train.peak_flops, else the device's published or measured one."""
+        if self.configured_peak:
+            self.peak, self.peak_source = self.configured_peak, "train.peak_flops"
+        elif self.flops_per_token is None:
+            self.peak, self.peak_source = None, "model has no flops_per_token"
+        else:
+            self.peak, self.peak_source = device_peak_flops(self.device, self.precision)
+
+    def remeasure(self) -> None:
+        """A ceiling measured while something else ran reads low (MFU over 100%): measure again, keep the max."""
+        if self.peak and self.peak_source.startswith("measured"):
+            self.peak = max(self.peak, device_peak_flops(self.device, self.precision)[0])
+
+    def add(self, tokens: int, examples: int, seconds: float) -> None:
+        """One step: the tokens and examples all processes computed, and its training time."""
+        self.tokens += tokens
+        self.examples += examples
+        self.seconds += seconds
+
+    def rates(self) -> dict[str, float]:
+        """tokens_per_s, examples_per_s (and mfu when the peak is known) since the last call; starts over."""
+        seconds = self.seconds
+        out = {"tokens_per_s": self.tokens / seconds if seconds > 0 else 0.0,
+               "examples_per_s": self.examples / seconds if seconds > 0 else 0.0}
+        if self.peak and self.flops_per_token:
+            out["mfu"] = out["tokens_per_s"] * self.flops_per_token / (self.peak * self.world_size)
+        self.seconds, self.tokens, self.examples = 0.0, 0, 0
+        return out
+
+
 class MetricsLog:
-    """Appends one JSON object per line to RUN/metrics.jsonl (and to TensorBoard when asked)."""
+    """Appends one JSON object per line to RUN/metrics.jsonl (and to TensorBoard when asked: from `open`)."""
 
     def __init__(self, path: Path, tensorboard_dir: Path | None = None) -> None:
-        self.path = path
+        self.path, self.tensorboard_dir = path, tensorboard_dir
         self.writer = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from tinyformer.errors import TinyformerError
 
-                raise TinyformerError(
-                    "train.tensorboard=true needs the tensorboard package; pip install 'tinyformer[tensorboard]'"
-                ) from None
-            self.writer = SummaryWriter(str(tensorboard_dir))
+    def open(self) -> None:
+        """Start the TensorBoard writer, when asked for one (it creates its directory)."""
+        if self.tensorboard_dir is None or self.writer is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TinyformerError(
+                "train.tensorboard=true needs the tensorboard package; pip install 'tinyformer[tensorboard]'"
+            ) from None
+        self.writer = SummaryWriter(str(self.tensorboard_dir))
 
     def truncate_after(self, step: int, drop_eval_at: int | None = None) -> None:
         """Before resuming: drop records past `step` (left by a run that died after its last checkpoint),
         the evaluation records of step `drop_eval_at` (an evaluation that runs again) and a torn line (a
         crash or a full disk mid-write); the file is replaced atomically."""
-        from tinyformer.fileio import atomic_write
-
         if not self.path.exists():
             return
         keep = [r for r in parse_records(self.path.read_text(encoding="utf-8", errors="replace"))

@@ -42,7 +42,6 @@ CURVES_FILE = "curves.png"  # in PLOTS_DIR: the curves the run draws when it end
 ERRORS_FILE = "errors.log"  # tracebacks of evaluations or samples that failed while training went on
 STATE_FILE = "trainer_state.json"  # counters, RNG and sampler states, settings: plain JSON
 STATE_TENSORS_FILE = "trainer_state.safetensors"  # optimizer and RNG state tensors
-OLD_STATE_FILE = "trainer_state.pt"  # a pickle, written by versions before 0.2; never loaded
 WEIGHTS_FILE = model_io.WEIGHTS_FILE  # in a checkpoint: the model's weights and its ModelConfig
 MODEL_CONFIG_FILE = model_io.CONFIG_FILE
 
@@ -100,13 +99,6 @@ def resume_point(run_dir: str | os.PathLike) -> tuple[Path | None, str | None]:
     When index.json is missing or names an incomplete checkpoint, the newest complete one is used."""
     run_dir = Path(run_dir)
     steps = step_dirs(run_dir)
-    old = [p for p in steps if (p / OLD_STATE_FILE).exists() and not (p / STATE_FILE).exists()]
-    if old:
-        raise TinyformerError(
-            f"{run_dir} was written by an older tinyformer: its trainer state ({old[-1].name}/{OLD_STATE_FILE}) is "
-            f"a pickle, which this version never loads; start a new run_dir, or keep the weights with "
-            f"train.init_from={run_dir} and a new run_dir"
-        )
     index = read_index(run_dir)
     named = index.get("latest")
     if named and is_complete(run_dir / CHECKPOINTS / named):

@@ -13,7 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from tinyformer.batch import split_by_length
 from tinyformer.errors import TinyformerError
+from tinyformer.model.attention import float32_kernel
+from tinyformer.model.transformer import target_counts
 from tinyformer.train.config import DEVICE, TrainConfig
 from tinyformer.train.distributed import DistInfo, init_distributed
 
@@ -43,9 +46,6 @@ def training_parts(batch: dict[str, torch.Tensor], groups: int, n_predict: int,
                    device: torch.device) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor | None]:
     """A training batch as its length groups (`tinyformer.batch.split_by_length`), and the whole batch's
     `target_counts` on `device` that the parts' losses divide by (None when the batch stays whole)."""
-    from tinyformer.batch import split_by_length
-    from tinyformer.model.transformer import target_counts
-
     parts = split_by_length(batch, groups)
     counts = target_counts(batch["targets"], n_predict).to(device) if len(parts) > 1 else None
     return parts, counts
@@ -97,8 +97,6 @@ def sdpa_backend(name: str):
     if name == "auto":
         return contextlib.nullcontext()
     if name == "fp32":
-        from tinyformer.model.attention import float32_kernel
-
         return float32_kernel()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 def lr_at(step: int, *, schedule: str, lr: float, min_lr: float, warmup: int, total: int) -> float:
@@ -23,3 +24,32 @@ def lr_at(step: int, *, schedule: str, lr: float, min_lr: float, warmup: int, to
     if schedule == "linear":
         return lr + progress * (min_lr - lr)
     raise ValueError(f"unknown schedule {schedule!r}; use cosine, constant or linear")
+
+
+class Schedule:
+    """The run's learning-rate schedule (`lr_at` with its config), kept in a checkpoint under `schedule`.
+    `horizon` is its length: train.max_steps, or, once a finished run is extended to a larger max_steps, the
+    horizon it completed (`keep_horizon`), so the new steps train at its final rate instead of raising it."""
+
+    def __init__(self, schedule: str, lr: float, min_lr: float, warmup: int, horizon: int) -> None:
+        self.schedule, self.peak_lr, self.min_lr, self.warmup = schedule, lr, min_lr, warmup
+        self.horizon, self.kept = horizon, False
+        self.saved_horizon = horizon  # the horizon a loaded checkpoint trained with
+
+    def lr(self, step: int) -> float:
+        """The rate of optimizer step `step` (0-based)."""
+        return lr_at(step, schedule=self.schedule, lr=self.peak_lr, min_lr=self.min_lr, warmup=self.warmup,
+                     total=self.horizon)
+
+    def keep_horizon(self) -> None:
+        """Go on with the horizon the loaded checkpoint trained with (a finished run extended)."""
+        self.horizon, self.kept = self.saved_horizon, True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule, "lr": self.peak_lr, "min_lr": self.min_lr, "warmup": self.warmup,
+                "total": self.horizon, "kept": self.kept}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.saved_horizon = int(state["total"])
+        if state.get("kept"):
+            self.keep_horizon()
