@@ -135,7 +135,6 @@ def test_every_module_is_on_a_layer():
     assert [m for m in MODULES if not unit(m)] == []
 
 
-@pytest.mark.xfail(reason="until the restructuring lands (issue 22)", strict=False)
 def test_no_import_runs_up_a_layer_or_round_a_cycle():
     assert problems() == []
 

@@ -1,5 +1,5 @@
-"""A run's status (summary.json "status", one of rundir.STATUSES) decides what `lengen train` and a sweep
-tell the user: an ended run (rundir.DONE: finished, solved, early_stopped) is reported as done and never
+"""A run's status (summary.json "status", one of STATUSES) decides what `lengen train` and a sweep
+tell the user: an ended run (DONE: finished, solved, early_stopped) is reported as done and never
 as something to continue; a paused one is."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import json
 
 from tinyformer.lab.sweep import sweep
 from tinyformer.train import rundir
+from tinyformer.train.status import DONE, EARLY_STOPPED, PAUSED, STATUSES
 
 AGAIN = "run the same command again to continue"  # what a run that can continue is told
 # a task that a model with lr 0 never learns: the second evaluation shows no improvement, so patience 1 stops it
@@ -25,8 +26,8 @@ def test_an_early_stopped_lengen_train_says_it_ended_and_so_does_running_it_agai
     run = tmp_path / "run"
     args = ["lengen", "train", "--task", "UR", "--pe", "rope", "--out", run, *TINY, *EARLY]
     first = cli(*args, check=True)
-    assert _status(run) == rundir.EARLY_STOPPED
-    assert rundir.EARLY_STOPPED in rundir.DONE and rundir.EARLY_STOPPED in rundir.STATUSES
+    assert _status(run) == EARLY_STOPPED
+    assert EARLY_STOPPED in DONE and EARLY_STOPPED in STATUSES
     steps = json.loads((run / rundir.SUMMARY_FILE).read_text(encoding="utf-8"))["step"]
     assert steps < 40  # it stopped before max_steps
     again = cli(*args, check=True)  # the run has ended: read back, not trained further
@@ -41,8 +42,8 @@ def test_a_paused_lengen_train_is_told_to_run_again(cli, tmp_path):
     run = tmp_path / "run"
     proc = cli("lengen", "train", "--task", "UR", "--pe", "rope", "--out", run, *TINY,
                     "train.eval_every=10", "train.stop_at_step=4", check=True)
-    assert _status(run) == rundir.PAUSED and rundir.PAUSED not in rundir.DONE
-    assert f"{rundir.PAUSED} at step 4; {AGAIN}" in proc.stdout
+    assert _status(run) == PAUSED and PAUSED not in DONE
+    assert f"{PAUSED} at step 4; {AGAIN}" in proc.stdout
     assert "done after" not in proc.stdout
 
 
@@ -54,5 +55,5 @@ def test_a_sweep_records_an_early_stopped_run_as_ended(tmp_path):
                 "train.eval_every": 2, "train.early_stop_patience": 1}
     log: list[str] = []
     rows = sweep(settings, {"train.seed": [0]}, tmp_path / "results", log=log.append)
-    assert [r["status"] for r in rows] == [rundir.EARLY_STOPPED]
+    assert [r["status"] for r in rows] == [EARLY_STOPPED]
     assert not any("not recorded" in line for line in log)  # only a run that did not end goes unrecorded

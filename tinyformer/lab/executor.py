@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from tinyformer.errors import Interrupted, TinyformerError
-from tinyformer.train.rundir import INTERRUPTED
 from tinyformer.train.signals import ForwardedSignals
+from tinyformer.train.status import INTERRUPTED
 
 Job = Any  # a picklable argument of the run function (a RunConfig)
 

@@ -15,9 +15,9 @@ from tinyformer.lab.evaluate import evaluate_bins
 from tinyformer.lab.multitoken import heads_accuracy
 from tinyformer.lab.setup import TaskSetup, scheme_label
 from tinyformer.train.config import EvalConfig, RunConfig
-from tinyformer.train.rundir import SOLVED
 from tinyformer.train.runtime import Runtime
 from tinyformer.train.start import start_run
+from tinyformer.train.status import SOLVED
 
 
 class TaskEvaluation:

@@ -26,8 +26,8 @@ from tinyformer.lab.executor import one_thread, stop_if_interrupted
 from tinyformer.lab.run import result_row, train_task
 from tinyformer.lab.setup import scheme_label
 from tinyformer.train.config import RunConfig, preset_path, run_config_from_dict, saved_dict
-from tinyformer.train.rundir import DONE, FINISHED
 from tinyformer.train.stats import spread
+from tinyformer.train.status import DONE, FINISHED
 
 DEFAULT_GRID = {
     "model.n_layers": [2, 4],

@@ -27,6 +27,7 @@ from tinyformer.lm.run import train_lm
 from tinyformer.train import rundir
 from tinyformer.train.config import RunConfig, load_run_config, saved_dict
 from tinyformer.train.stats import spread
+from tinyformer.train.status import DONE, INTERRUPTED, PAUSED
 
 FACTORS = (1, 2, 4, 8)  # evaluation contexts, as multiples of the training context
 
@@ -109,7 +110,7 @@ def finished(member: Member) -> bool:
     """The run ended earlier with this very config: nothing to train, read it back."""
     run_dir = member.run_dir
     summary = rundir.read_summary(run_dir) if run_dir.is_dir() else {}
-    if summary.get("status") not in rundir.DONE or not (run_dir / rundir.CONFIG_FILE).is_file():
+    if summary.get("status") not in DONE or not (run_dir / rundir.CONFIG_FILE).is_file():
         return False
     saved = read_yaml(run_dir / rundir.CONFIG_FILE)
     want = saved_dict(member.cfg)
@@ -138,10 +139,10 @@ def train_all(members: list[Member], log=print) -> str:
         log(f"{where}: training -> {m.run_dir}")
         m.summary = train_lm(m.cfg)
         status = m.summary.get("status")
-        if status == rundir.INTERRUPTED:
+        if status == INTERRUPTED:
             return status
-        paused += status == rundir.PAUSED
-    return rundir.PAUSED if paused else "done"
+        paused += status == PAUSED
+    return PAUSED if paused else "done"
 
 
 def evaluate_all(members: list[Member], factors: Sequence[int], device) -> int:

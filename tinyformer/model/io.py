@@ -9,8 +9,11 @@ import json
 import os
 from pathlib import Path
 
+from tinyformer.config import to_dict
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_write
+from tinyformer.model.config import ModelConfig
+from tinyformer.model.transformer import Transformer
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
@@ -28,8 +31,6 @@ def save_model(model, ckpt_dir: str | os.PathLike) -> Path:
     """Write `model.safetensors` and `model.json` into `ckpt_dir` (created if needed), each atomically."""
     from safetensors.torch import save
 
-    from tinyformer.config import to_dict
-
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     data = save(_state_dict_to_save(model), metadata={"format": "pt"})
@@ -43,8 +44,6 @@ def save_model(model, ckpt_dir: str | os.PathLike) -> Path:
 
 def load_config_file(ckpt_dir: Path):
     """The ModelConfig stored in `ckpt_dir/model.json`."""
-    from tinyformer.model.config import ModelConfig
-
     path = ckpt_dir / CONFIG_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -99,8 +98,6 @@ def load_state(model, weights_path: Path, map_location: str = "cpu") -> None:
 def load_model(ckpt_dir: str | os.PathLike, map_location: str = "cpu"):
     """A Transformer (in eval mode, on `map_location`) from a checkpoint directory."""
     import torch
-
-    from tinyformer.model.transformer import Transformer
 
     ckpt = Path(ckpt_dir)
     if not (ckpt / CONFIG_FILE).is_file() and not (ckpt / WEIGHTS_FILE).is_file():

@@ -45,12 +45,6 @@ STATE_TENSORS_FILE = "trainer_state.safetensors"  # optimizer and RNG state tens
 WEIGHTS_FILE = model_io.WEIGHTS_FILE  # in a checkpoint: the model's weights and its ModelConfig
 MODEL_CONFIG_FILE = model_io.CONFIG_FILE
 
-# A run's status (summary.json "status"). After one of DONE the run does not train again; a paused one
-# (train.stop_at_step) or one stopped by a signal continues from its checkpoint when started again.
-FINISHED, SOLVED, EARLY_STOPPED = "finished", "solved", "early_stopped"
-PAUSED, INTERRUPTED = "paused", "interrupted"
-DONE = (FINISHED, SOLVED, EARLY_STOPPED)
-STATUSES = (*DONE, PAUSED, INTERRUPTED)
 
 
 STEP_NAME = re.compile(r"step-[0-9]{8,}")

@@ -38,10 +38,10 @@ from tinyformer.train.evaluation import Evaluation, Validator
 from tinyformer.train.metrics import MetricsLog, Progress, StepMeter
 from tinyformer.train.optim import build_optimizer
 from tinyformer.train.plot import plot_runs
-from tinyformer.train.rundir import DONE, EARLY_STOPPED, FINISHED, INTERRUPTED, PAUSED, SOLVED
 from tinyformer.train.runtime import Runtime, autocast, sdpa_backend, training_parts
 from tinyformer.train.schedule import Schedule
 from tinyformer.train.signals import StopSignals
+from tinyformer.train.status import DONE, EARLY_STOPPED, FINISHED, INTERRUPTED, PAUSED, SOLVED
 from tinyformer.train.trainer_state import OptimizerState, RNGState, ScalerState, TrainState
 
 

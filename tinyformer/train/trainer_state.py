@@ -14,8 +14,8 @@ import torch
 
 from tinyformer.train import rundir
 from tinyformer.train.distributed import DistInfo, all_gather_objects
-from tinyformer.train.rundir import DONE
 from tinyformer.train.runtime import rng_state, set_rng_state
+from tinyformer.train.status import DONE
 
 
 class Stateful(Protocol):

@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from tinyformer.errors import TinyformerError
     from tinyformer.fileio import directory_lock
     from tinyformer.lm import compare
-    from tinyformer.train import rundir
     from tinyformer.train.runtime import resolve_device
+    from tinyformer.train.status import INTERRUPTED, PAUSED
     from tinyformer.train.trainer import exit_code
 
     try:
@@ -45,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
           f"= {len(members)} run{'s' * (len(members) != 1)} in {out / 'runs'}")
     with directory_lock(out, "compare output directory"):  # a second compare on `out` refuses
         status = compare.train_all(members)
-        if status == rundir.INTERRUPTED:
-            stopped = next(m for m in members if m.summary.get("status") == rundir.INTERRUPTED)
+        if status == INTERRUPTED:
+            stopped = next(m for m in members if m.summary.get("status") == INTERRUPTED)
             print(f"compare: interrupted during {stopped.variant.label}, seed {stopped.seed}; run the same command "
                   "again to resume")
             return exit_code(stopped.summary)
-        if status == rundir.PAUSED:
+        if status == PAUSED:
             print("compare: runs paused at train.stop_at_step; run the same command without it to finish them")
             return 0
         trained = compare.evaluate_all(members, factors, device)

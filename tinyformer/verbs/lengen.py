@@ -214,7 +214,7 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
     from tinyformer.lab.setup import scheme_label
     from tinyformer.lab.sweep import lab_config, run_path
     from tinyformer.tasks import get_task
-    from tinyformer.train import rundir
+    from tinyformer.train.status import DONE, EARLY_STOPPED, SOLVED
 
     cfg = lab_config(settings, args.config)
     resolve_task_run(cfg)  # bins, positions and the model checked before any directory is touched
@@ -225,13 +225,13 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
     scheme = scheme_label(cfg.model.position)
     print(f"lengen train: {cfg.task.name} ({get_task(cfg.task.name).description}) with {scheme} positions -> {out}")
     summary = train_task(cfg)
-    if summary["status"] not in rundir.DONE:  # paused or stopped by a signal: a checkpoint to continue from
+    if summary["status"] not in DONE:  # paused or stopped by a signal: a checkpoint to continue from
         from tinyformer.train.trainer import exit_code
 
         print(f"{summary['status']} at step {summary['step']}; run the same command again to continue")
         return exit_code(summary)  # 130 / 143 when a signal stopped it
-    how = {rundir.SOLVED: ", training-range bin solved",
-           rundir.EARLY_STOPPED: ", stopped early: no improvement (the run has ended; raising train.max_steps "
+    how = {SOLVED: ", training-range bin solved",
+           EARLY_STOPPED: ", stopped early: no improvement (the run has ended; raising train.max_steps "
                                  "does not continue it)"}.get(summary["status"], "")
     print(f"done after {summary['step']} steps ({summary['elapsed_s']:.0f} s of training){how}")
     for b, acc in summary["accuracy"].items():
