@@ -1,10 +1,10 @@
 """GPU check: one command that tests and measures tinyformer's CUDA path, cheapest and most telling steps first.
 
     python bench/gpu_check.py --out gpu-check --work /tmp/gpu-check-work   # on a GPU machine (docs/gpu.md)
-    python bench/gpu_check.py --out /tmp/gpu-check --dry-run               # on CPU, tiny sizes (tests/test_gpu_check.py)
+    python bench/gpu_check.py --out /tmp/gpu-check --dry-run               # on CPU, tiny sizes (tests/cli/test_gpu_check.py)
 
 Steps: 1 `env` (versions, measured bf16/tf32 matmul ceilings); 2 `correctness` (`pytest -m gpu
-tests/test_gpu.py`); 3 throughput (GPT-2 124M compiled and eager, the TinyStories preset shape, the lab's
+tests/unit/test_gpu.py`); 3 throughput (GPT-2 124M compiled and eager, the TinyStories preset shape, the lab's
 4x4x256 alone and as several processes); 4 `train` (a real `tinyformer train` run: tokenizer, token files,
 train, stop, resume, HF export); 5 `torchrun` (the same command under torchrun, and DDP over NCCL).
 
@@ -41,7 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve()
-TEST_DEVICE_ENV = "TINYFORMER_TEST_DEVICE"  # read by tests/test_gpu.py: the device that stands in for CUDA
+TEST_DEVICE_ENV = "TINYFORMER_TEST_DEVICE"  # read by tests/unit/test_gpu.py: the device that stands in for CUDA
 MFU_TARGET = 0.45  # GPT-2 124M, bf16, compiled, against the measured bf16 matmul ceiling
 FLOOR_S = 20.0  # every later step keeps at least this much of the overall budget
 OK, FAILED, TIMED_OUT, NO_TIME = "ok", "failed", "timed out", "skipped (out of time)"
@@ -281,7 +281,7 @@ def step_correctness(ctx: Context) -> str:
     import xml.etree.ElementTree as ET
 
     junit = ctx.work / "junit.xml"
-    cmd = [sys.executable, "-m", "pytest", "tests/test_gpu.py", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "tests/unit/test_gpu.py", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
            f"--junitxml={junit}"]
     print(f"$ {shlex.join(cmd)}", flush=True)
     env = child_env({TEST_DEVICE_ENV: "cpu"} if ctx.dry_run else None)
@@ -778,7 +778,7 @@ class Step:
 
 STEPS = [
     Step("env", "versions; bf16 / tf32 / fp32 matmul ceilings (8192^3)", 45, 30, step_env),
-    Step("correctness", "pytest -m gpu tests/test_gpu.py: parity, KV cache, bf16/fp16, exact resume, HF", 120, 90,
+    Step("correctness", "pytest -m gpu tests/unit/test_gpu.py: parity, KV cache, bf16/fp16, exact resume, HF", 120, 90,
          step_correctness),
     Step("gpt2-compiled", "GPT-2 124M, bf16, torch.compile, flash SDPA, fused AdamW: tokens/s, MFU", 110, 40,
          step_gpt2_compiled),

@@ -63,14 +63,19 @@ def main_in_process(args) -> int:
     threads = torch.get_num_threads()
     try:
         return main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's --help and usage errors exit, as in the console script
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         torch.set_num_threads(threads)
 
 
 def _failed(args, out: str, err: str) -> AssertionError:
     return AssertionError(f"tinyformer {' '.join(map(str, args))} failed:\n{out}\n{err}")
+
+
+@pytest.fixture(scope="session")
+def tinyformer_main():
+    """tinyformer_main(args) -> exit code: main() in this process, its output left to pytest's capture; for a
+    module-scoped fixture or a loop that reads capsys itself (a test reads a command's output through `cli`)."""
+    return main_in_process
 
 
 @pytest.fixture
@@ -237,11 +242,34 @@ def tiny_model():
     return make
 
 
-class LMRuns:
-    """Tiny language-model runs through `tinyformer train` (1 layer, d_model 16, 16-token windows, float32,
-    batches of 4 on one thread): a few steps take a second."""
+@pytest.fixture(scope="session")
+def randomised():
+    """randomised(cfg) -> a Transformer of that ModelConfig in eval mode with every weight, norms and biases
+    included, random and far from its init (N(0, 0.3); norm gains 1 + that): no wrong weight mapping can hide
+    and no near-tie flips a greedy token, while generation stays varied."""
+    import torch
 
-    MODEL = ["model.n_layers=1", "model.d_model=16", "model.n_heads=2", "model.max_seq_len=16"]
+    from tinyformer.model import Transformer
+
+    def make(cfg) -> Transformer:
+        torch.manual_seed(0)
+        model = Transformer(cfg).eval()
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                is_norm_weight = "norm" in name and name.endswith("weight")
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + (1.0 if is_norm_weight else 0.0))
+        return model
+
+    return make
+
+
+class LMRuns:
+    """Tiny language-model runs through `tinyformer train` on the default tiny corpus (1 layer, d_model 16,
+    dropout 0.1, 16-token windows, float32, batches of 4 on one thread): a few steps take a second."""
+
+    MODEL = ["model.n_layers=1", "model.d_model=16", "model.n_heads=2", "model.max_seq_len=16",
+             "model.dropout=0.1"]  # dropout: a resume must also restore the dropout generator
     FAST = ["train.precision=fp32", "train.peak_flops=1e12", "train.threads=1", "train.log_every=1",
             "train.progress=false", "train.batch_size=4", "train.warmup=2", "train.lr=3e-3", "train.sample_tokens=8"]
 
@@ -267,6 +295,17 @@ def tiny_lm_run(tmp_path_factory, tiny_corpus) -> LMRuns:
     return LMRuns(tmp_path_factory, tiny_corpus())
 
 
+@pytest.fixture
+def train_lm(cli, tiny_lm_run):
+    """train_lm(run_dir, *overrides, check=True, corpus=None) -> Result: that tiny run's `tinyformer train` in this
+    process, for a test that reads what it printed or how it failed."""
+
+    def run(run_dir: Path, *overrides: str, check: bool = True, corpus: Corpus | None = None) -> Result:
+        return cli(*tiny_lm_run.args(run_dir, *overrides, corpus=corpus), check=check)
+
+    return run
+
+
 class TaskRuns:
     """Tiny lab runs of a task (UR with RoPE unless told otherwise: 1 layer, d_model 16, 6 steps of 8 rows,
     float32, lengths 1-8, bins 1-8 and 9-16): a second or two each."""
@@ -275,7 +314,8 @@ class TaskRuns:
                 "model.d_model": 16, "train.max_steps": 6, "train.eval_every": 3, "eval.examples": 24,
                 "task.train_lengths": "1-8", "eval.bins": ["1-8", "9-16"], "train.batch_size": 8,
                 "train.warmup": 2, "train.log_every": 2, "train.device": "cpu", "train.progress": False,
-                "train.precision": "fp32", "train.threads": 1}
+                "train.precision": "fp32", "train.threads": 1,
+                "train.peak_flops": 1e12}  # the MFU reference given: measuring it costs seconds (30 s in bf16)
 
     def __init__(self, tmp_path_factory) -> None:
         self.tmp_path_factory = tmp_path_factory
@@ -314,14 +354,40 @@ def tiny_task_run(tmp_path_factory) -> TaskRuns:
     return TaskRuns(tmp_path_factory)
 
 
-def read_records(run: Path, kind: str | None = None) -> list[dict]:
+TIMING = ("elapsed_s", "mfu")  # measured, so never equal between two processes
+
+
+def read_records(run: Path, kind: str | None = None, *, timing: bool = True) -> list[dict]:
     import json
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if kind is None or r["kind"] == kind]
+    rows = [r for r in rows if kind is None or r["kind"] == kind]
+    if not timing:
+        rows = [{k: v for k, v in r.items() if k not in TIMING and not k.endswith("_per_s")} for r in rows]
+    return rows
 
 
 @pytest.fixture(scope="session")
 def records():
-    """records(run_dir, kind=None) -> the run's metrics.jsonl records (of that kind: "train" or "eval")."""
+    """records(run_dir, kind=None, timing=True) -> the run's metrics.jsonl records (of that kind: "train" or
+    "eval"); timing=False leaves out what was measured (elapsed time, throughput, MFU), for a comparison of
+    two runs that must be equal bit for bit."""
     return read_records
+
+
+@pytest.fixture(scope="session")
+def fake_task_train():
+    """fake_task_train(calls) -> a stand-in for a lab run's training, for sweep, best and report tests: its
+    accuracy is a fixed function of the config (layers, lr, seed), and each run is appended to `calls`."""
+
+    def make(calls: list):
+        def train(cfg, run_dir: Path) -> dict:
+            layers, lr, seed = cfg.model.n_layers, cfg.train.lr, cfg.train.seed
+            calls.append((layers, lr, seed))
+            score = layers / 10 + (0.05 if lr == 1e-3 else 0.0) + seed / 100
+            return {"steps": 10, "stopped_early": False, "train_seconds": 0.1,
+                    "accuracy": {"1-50": 1.0, "51-100": score, "101-150": score / 2}}
+
+        return train
+
+    return make

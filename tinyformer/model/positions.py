@@ -2,7 +2,7 @@
 of tinyformer asks of it (`scheme(name)` looks one up), and the small pure functions the schemes are made of:
 sinusoidal tables, RoPE (rotate-half layout), ALiBi slopes and biases. Learned and Abacus positions are the
 model's `embed_positions` table (Abacus ids come with the batch: `tinyformer.batch.run_positions`); NoPE is
-nothing. Adding a scheme is its functions, one entry in SCHEMES, and tests (tests/test_position_schemes.py).
+nothing. Adding a scheme is its functions, one entry in SCHEMES, and tests (tests/unit/model/test_position_schemes.py).
 
 torch is imported inside the functions, so that reading the table (config validation, the lab's scheme names,
 the CLI's help) does not pay for importing torch.

@@ -154,7 +154,7 @@ def agreeing_choice(model: torch.nn.Module, batch: dict[str, torch.Tensor], devi
     for c in ranked[ranked.index(fastest):]:
         if c == REFERENCE or (REFERENCE in candidates and times[f"{c[0]}/{c[1]}"] > limit):
             return REFERENCE, gaps
-        if c[0] == "fp32":  # float32 with another kernel: the same computation (tests/test_autotune.py)
+        if c[0] == "fp32":  # float32 with another kernel: the same computation (tests/unit/train/test_autotune.py)
             return c, gaps
         gap = disagreement(loss_trajectory(model, batch, device, c, length_groups), reference)
         gaps[f"{c[0]}/{c[1]}"] = gap
