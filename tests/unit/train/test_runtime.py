@@ -22,12 +22,10 @@ def step():
     _, loss = model(ids, targets=ids, return_logits=False)
     loss.backward()
     model.zero_grad(set_to_none=True)
-for _ in range(2):  # the heap grows to the step's peak
-    step()
+step()  # the heap grows to the step's peak
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(2):
-    step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2)
+step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
