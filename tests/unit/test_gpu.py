@@ -2,7 +2,7 @@
 scheme, KV-cache generation vs recompute, bf16/fp16 training vs fp32, exact resume and HF export on the device.
 
 Without CUDA every test here skips with a reason: they are collected by the default run, never deselected.
-On a GPU machine: `python -m pytest -m gpu tests/test_gpu.py` (step 2 of bench/gpu_check.py). The dry run of
+On a GPU machine: `python -m pytest -m gpu tests/unit/test_gpu.py` (step 2 of bench/gpu_check.py). The dry run of
 bench/gpu_check.py sets TINYFORMER_TEST_DEVICE=cpu, so the CPU stands in for the device: that checks these
 tests' own plumbing on any machine, not CUDA.
 """
