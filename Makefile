@@ -21,10 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check tinyformer tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -n auto -m ''
 
 lint: $(STAMP)
 	$(PY) -m ruff check tinyformer tests bench
