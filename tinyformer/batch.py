@@ -40,6 +40,25 @@ def offset_positions(position_ids: np.ndarray, real: np.ndarray, table_size: int
     return out
 
 
+def randomized_positions(position_ids: np.ndarray, real: np.ndarray, table_size: int, rng: np.random.Generator,
+                         members_only: bool) -> np.ndarray:
+    """Randomized positions (Ruoss et al., 2023): each row's ids 0..m (or 1..m with `members_only`, where 0
+    marks tokens outside every run and stays 0) replaced, in order, by a sorted random subset of
+    [0, table_size) (of [1, table_size)), drawn per row. Distances between tokens then vary beyond those of
+    the training lengths while order is kept; evaluation uses the ids as counted. Padding cells get the row's
+    largest id. Needs m + 1 <= table_size (the caller checks it)."""
+    low = 1 if members_only else 0
+    top = np.where(real, position_ids, low).max(1)  # the largest id of each row
+    width = table_size - low
+    count = top - low + 1  # ids to draw per row
+    draws = np.argsort(rng.random((len(position_ids), width)), axis=1)[:, : int(count.max(initial=0))]
+    draws = np.where(np.arange(draws.shape[1])[None, :] < count[:, None], draws, width)  # unused draws last
+    subset = np.sort(draws, axis=1) + low  # [B, max count]: row i's first count[i] entries are its ids
+    index = np.clip(position_ids - low, 0, count[:, None] - 1)
+    out = np.take_along_axis(subset, index, axis=1)
+    return np.where(position_ids >= low, out, 0) if members_only else out
+
+
 MIN_GROUP_ROWS = 8  # rows below which a group's matmuls lose more than its trimmed padding saves
 GROUP_SLACK = 0.10  # more groups only when they cut the computed positions by more than this
 

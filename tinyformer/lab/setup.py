@@ -10,8 +10,16 @@ import numpy as np
 
 from tinyformer.errors import TinyformerError
 from tinyformer.model.config import ModelConfig
-from tinyformer.model.positions import scheme
-from tinyformer.tasks import POSITION_KINDS, TaskStream, bin_name, get_task, make_eval_bins, parse_range
+from tinyformer.model.positions import COUPLED, scheme
+from tinyformer.tasks import (
+    TaskStream,
+    bin_name,
+    get_task,
+    make_eval_bins,
+    parse_range,
+    task_names,
+    task_positions,
+)
 from tinyformer.tasks.stream import max_input_length
 from tinyformer.train.config import RunConfig
 
@@ -49,14 +57,25 @@ class TaskSetup:
         self.position = cfg.model.position
         self.scheme = cfg.model.scheme
         self.position_kind = self.scheme.ids
-        self.position_fn = POSITION_KINDS[self.position_kind]
+        if self.position_kind == COUPLED and self.task.coupling_refusal():
+            have = [n for n in task_names() if get_task(n).coupling_refusal() is None]
+            raise TinyformerError(f"{self.task.coupling_refusal()}, so model.position=coupled cannot train on it; "
+                                  f"tasks with one: {', '.join(have)}")
+        self.position_fn = task_positions(self.task, self.position_kind)
         self.eval_sets = make_eval_bins(self.task, self.bins, cfg.eval.examples, cfg.eval.seed)
         # the largest position id any evaluated or trained input uses (evaluation starts at 0)
-        needed = max(int(self.position_fn(es.examples.tokens[:, :-1], self.task.n_symbols).max()) + 1
-                     for es in self.eval_sets)
-        self.positions_needed = max(needed, self._train_positions_needed())
+        needed = max(int(self.position_fn(es.examples.tokens[:, :-1]).max()) + 1 for es in self.eval_sets)
+        train_needed = self._train_positions_needed()
+        self.positions_needed = max(needed, train_needed)
+        self.random_positions_to = self._random_positions_to(train_needed)
         given = "n_positions" in cfg.model_keys and cfg.model.n_positions is not None
-        self.table_size = cfg.model.n_positions if given else self.positions_needed
+        self.table_size = (cfg.model.n_positions if given else
+                           max(self.positions_needed, self.random_positions_to or 0))
+        if self.scheme.has_table and self.random_positions_to and self.table_size < self.random_positions_to:
+            raise TinyformerError(
+                f"task.random_positions_to={self.random_positions_to} draws position ids beyond the table of "
+                f"model.n_positions={self.table_size}; raise model.n_positions to {self.random_positions_to} "
+                "or leave it unset")
         if self.scheme.has_table and self.table_size < needed:
             longest = max(self.bins, key=lambda b: b[1])
             raise TinyformerError(
@@ -67,13 +86,33 @@ class TaskSetup:
         self.train_bin = self._train_bin_name()
         self.seq_len = max_input_length(self.task, [self.train_range])
         offset = cfg.task.random_offset
-        self.random_offset = self.scheme.trained_at_random_offsets if offset is None else offset
+        if offset and cfg.task.random_positions:
+            raise TinyformerError("task.random_offset=true and task.random_positions=true exclude each other "
+                                  "(both move the training position ids); keep one")
+        default = self.scheme.trained_at_random_offsets and not cfg.task.random_positions
+        self.random_offset = default if offset is None else offset
 
     def _train_positions_needed(self) -> int:
         rng = np.random.default_rng(0)
         longest = self.task.check_range(*self.train_range)[1]
         ex = self.task.generate(rng, np.array([longest]))
-        return int(self.position_fn(ex.tokens[:, :-1], self.task.n_symbols).max()) + 1
+        return int(self.position_fn(ex.tokens[:, :-1]).max()) + 1
+
+    def _random_positions_to(self, train_needed: int) -> int | None:
+        """L_max of randomized positions: task.random_positions_to, by default the longest evaluated input's
+        positions; None when the run does not randomize them."""
+        task = self.cfg.task
+        if not task.random_positions:
+            if task.random_positions_to is not None:
+                raise TinyformerError("task.random_positions_to is set but task.random_positions is off; "
+                                      "set task.random_positions=true or drop task.random_positions_to")
+            return None
+        top = self.positions_needed if task.random_positions_to is None else task.random_positions_to
+        if top < train_needed:
+            raise TinyformerError(
+                f"task.random_positions_to={top} is below the {train_needed} positions of task {self.task.name}'s "
+                f"longest training input; raise it to at least {train_needed}")
+        return top
 
     def _train_bin_name(self) -> str:
         """The bin equal to the training range, else the first bin inside it: the one that stops training."""
@@ -92,12 +131,13 @@ class TaskSetup:
             seed=self.cfg.train.seed if self.cfg.task.seed is None else self.cfg.task.seed,
             random_offset_to=self.table_size if self.random_offset else None,
             positions=self.position_kind,
+            random_positions_to=self.random_positions_to,
             rank=rank,
             world_size=world_size,
         )
 
     def eval_positions(self, ids: np.ndarray) -> np.ndarray:
-        return self.position_fn(ids, self.task.n_symbols)
+        return self.position_fn(ids)
 
     def model_config(self) -> ModelConfig:
         """The model section with the task's vocabulary and (unless given) the position table it needs."""

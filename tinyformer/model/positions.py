@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # what a scheme's position ids count (the keys of `tinyformer.tasks.POSITION_KINDS`)
 SEQUENCE = "sequence"  # 0, 1, 2, ... over the tokens: counted by the model unless the caller gives them
 SYMBOL_RUNS = "symbol_runs"  # each digit's index inside its number: only the caller knows them
+COUPLED = "coupled"  # the task's alignment: tokens that must meet share one id (only the task knows it)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Scheme:
     has_table: bool = False  # a learned position-embedding table `embed_positions` of model.n_positions rows
     # the lab trains it at random offsets into its table, so every position up to the longest eval is seen
     trained_at_random_offsets: bool = False
-    ids: str = SEQUENCE  # what its position ids count: SEQUENCE or SYMBOL_RUNS
+    ids: str = SEQUENCE  # what its position ids count: SEQUENCE, SYMBOL_RUNS or COUPLED
     # (position_ids [B, T], cfg) -> vectors [B, T, d_model] added to the token embeddings
     embedding: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
     # cfg -> float32 slopes [n_heads] of an additive attention bias -slope * |pos_q - pos_k|
@@ -178,6 +179,8 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("nope", "no position information"),
         Scheme("abacus", "each digit's index inside its number", has_table=True,
                trained_at_random_offsets=True, ids=SYMBOL_RUNS),
+        Scheme("coupled", "aligned tokens share one learned position id (position coupling)", has_table=True,
+               trained_at_random_offsets=True, ids=COUPLED),
     )
 }
 # every name the lab takes (`--pe`), a scheme's aliases before its own name: ape, learned, sinusoidal, ...

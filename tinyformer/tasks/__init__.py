@@ -14,6 +14,7 @@ from tinyformer.tasks.stream import (
     make_eval_set,
     max_input_length,
     parse_range,
+    task_positions,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "parse_range",
     "register_task",
     "task_names",
+    "task_positions",
 ]

@@ -7,13 +7,17 @@ Format (the one of the hexadecimal-addition reference, McLeish et al.'s reversed
 - reversed (default): least significant digit first in operands and answer, `5672 -> 2765`, so each answer
   digit depends only on digits already seen and the carry;
 - index hints (optional): each digit is preceded by a letter naming its place value (`g` = units, `h` =
-  tens, ...), in operands and answer alike, so `+g2h4+g1+g3h4+` is 42 + 1 = 43 reversed.
+  tens, ...), in operands and answer alike, so `+g2h4+g1+g3h4+` is 42 + 1 = 43 reversed;
+- padded (optional, Cho et al.'s recipe): both operands zero-padded to the longer one's digit count and the
+  answer to one digit more, `+0879+1342+02221+` plain.
 Each operand's digit count is drawn independently and uniformly from the length range; numbers of more than
-one digit have a non-zero leading digit. Task options: `add:base=16,reverse=false,hints=true`.
+one digit have a non-zero leading digit. Task options: `add:base=16,reverse=false,hints=true,pad=true`.
 Position ids (`--pe abacus`): digits (and hint letters) count 1, 2, ... inside their number, `+` gets 0.
-In the reversed format without hints that index is the place value + 1 in operands and answer alike,
-which is also what position coupling (Cho et al., 2024) assigns; the plain format cannot be coupled
-causally (the answer's length is unknown when its first digit is written): no separate coupling option.
+Position coupling (`--pe coupled`, Cho et al., 2024): every token of place value p (the units are place 0)
+has id p + 1 in both operands; in the answer, each token has the id of the place it predicts (the `+` that
+opens the answer: the units' id 1), so attention to equal ids finds both operand digits of that place.
+The plain format is coupled only when padded (its answer's length, hence the place of its first digit, is
+known from the prompt only then).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ PLUS = "+"
 # travels as n1 * PAIR + n2; a plain n < PAIR asks for the longest problem of n digits (both operands n
 # digits, the sum carrying into digit n+1), which is what the lab builds to size position tables
 PAIR = 1 << 12
+OPTIONS = ("base", "reverse", "hints", "pad")
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -70,33 +75,38 @@ def add_digit_rows(a: np.ndarray, b: np.ndarray, base: int) -> np.ndarray:
 
 
 class Addition(Task):
-    """`+A+B+C+` in base `base` (2..16), reversed digits or not, with or without place-value hints."""
+    """`+A+B+C+` in base `base` (2..16), reversed digits or not, with or without place-value hints, padded
+    or not."""
 
     base: int = 10
     reverse: bool = True
     hints: bool = False
+    padded: bool = False  # the option pad=true (`pad` is the padding token's id)
 
-    def __init__(self, base: int | None = None, reverse: bool | None = None, hints: bool | None = None) -> None:
+    def __init__(self, base: int | None = None, reverse: bool | None = None, hints: bool | None = None,
+                 pad: bool | None = None) -> None:
         self.base = int(self.base if base is None else base)
         self.reverse = bool(self.reverse if reverse is None else reverse)
         self.hints = bool(self.hints if hints is None else hints)
+        self.padded = bool(self.padded if pad is None else pad)
         if not 2 <= self.base <= 16:
             raise TinyformerError(f"addition base must be between 2 and 16 (digits 0-9a-f), got {self.base}")
         # ids: digits, then hint letters (both are "symbols": Abacus ids count them), specials, then "+"
         self.n_symbols = self.base + (len(HINTS) if self.hints else 0)
         self.max_length = len(HINTS) - 1 if self.hints else PAIR - 2  # the answer has one digit more
         self.description = (f"addition in base {self.base}, {'reversed' if self.reverse else 'plain'} digits"
-                            f"{', index hints' if self.hints else ''}: +A+B+C+")
+                            f"{', index hints' if self.hints else ''}{', zero-padded' if self.padded else ''}: +A+B+C+")
 
     @classmethod
     def from_options(cls, text: str) -> Addition:
-        """`base=16,reverse=false,hints=true` (any subset, any order) -> a configured task."""
+        """`base=16,reverse=false,hints=true,pad=true` (any subset, any order) -> a configured task."""
         values: dict = {}
         for item in filter(None, (s.strip() for s in text.split(","))):
             key, eq, value = item.partition("=")
             key, value = key.strip(), value.strip().lower()
-            if not eq or key not in ("base", "reverse", "hints"):
-                raise TinyformerError(f"task option {item!r} is not one of base=N, reverse=true|false, hints=true|false")
+            if not eq or key not in OPTIONS:
+                raise TinyformerError(f"task option {item!r} is not one of base=N, reverse=true|false, "
+                                      "hints=true|false, pad=true|false")
             if key == "base":
                 try:
                     values[key] = int(value)
@@ -155,11 +165,13 @@ class Addition(Task):
             if bad:
                 raise TinyformerError(f"{number!r} is not a number in base {self.base} (digits "
                                       f"{DIGITS[: self.base]}); task {self.name} adds base-{self.base} numbers")
-        return self.encode(PLUS + PLUS.join(self.written(n) for n in operands) + PLUS)
+        width = max(len(n.lstrip("0") or "0") for n in operands) if self.padded else 0
+        return self.encode(PLUS + PLUS.join(self.written(n, width) for n in operands) + PLUS)
 
-    def written(self, number: str) -> str:
-        """A number as people write it -> as this task writes it (reversed, with place-value hints)."""
-        number = number.lstrip("0") or "0"
+    def written(self, number: str, width: int = 0) -> str:
+        """A number as people write it -> as this task writes it (reversed, with place-value hints, zero-padded
+        to `width` digits)."""
+        number = (number.lstrip("0") or "0").rjust(width, "0")
         if self.reverse:
             number = number[::-1]
         if not self.hints:
@@ -214,6 +226,8 @@ class Addition(Task):
     def sequence_length(self, length: int) -> int:
         """Tokens of the longest problem whose operands have at most `length` digits (a carry adds one)."""
         n1, n2 = split_code(length)
+        if self.padded:
+            n1 = n2 = max(n1, n2)
         digits = int(n1) + int(n2) + max(int(n1), int(n2)) + 1
         return 4 + (2 * digits if self.hints else digits)
 
@@ -253,6 +267,9 @@ class Addition(Task):
         b[longest, n2[longest] - 1] = self.base - 1
         c = add_digit_rows(a, b, self.base)
         n3 = np.maximum(n1, n2) + c[np.arange(len(c)), np.maximum(n1, n2)].astype(bool)
+        if self.padded:  # written with leading zeros: both operands as long as the longer, the answer one more
+            n1 = n2 = np.maximum(n1, n2)
+            n3 = n1 + 1
         # layout per row: + A + B + C +, each number taking `step` tokens per digit
         step = 2 if self.hints else 1
         a_start = np.ones_like(n1)
@@ -272,6 +289,42 @@ class Addition(Task):
     def build(self, rng: np.random.Generator, lengths: np.ndarray):
         ex = self.generate(rng, lengths)
         return ex.tokens, ex.supervised
+
+    # --- position coupling -----------------------------------------------------------------------
+    def coupling_refusal(self) -> str | None:
+        if not self.reverse and not self.padded:
+            return (f"task {self.name} writes the answer's most significant digit first, so the place of each "
+                    "answer digit is known from the prompt only when the numbers are padded: add pad=true "
+                    "(e.g. add:reverse=false,pad=true)")
+        return None
+
+    def coupled_positions(self, ids: np.ndarray) -> np.ndarray:
+        refusal = self.coupling_refusal()
+        if refusal:
+            raise TinyformerError(refusal)
+        ids = np.asarray(ids)
+        step = 2 if self.hints else 1
+        is_plus = ids == self.plus
+        number = np.cumsum(is_plus, axis=1)  # 1: first operand, 2: second, 3: the answer, 4: after it
+        inside = ~is_plus & (ids < self.n_symbols)
+        out = np.zeros(ids.shape, dtype=np.int64)
+        for k in (1, 2):
+            here = inside & (number == k)
+            index = np.cumsum(here, axis=1) - 1  # writing index inside the number
+            digits = here.sum(1, keepdims=True) // step
+            place = index // step if self.reverse else digits - 1 - index // step
+            out = np.where(here, place + 1, out)
+        # the answer: the opening `+` and each answer token predict the next token, of answer index r + 1
+        opening = is_plus & (number == 3)
+        answer = (inside & (number == 3)) | opening
+        r = np.cumsum(answer, axis=1) - 2  # -1 at the opening `+`
+        predicted = (r + 1) // step
+        if self.reverse:
+            place = predicted
+        else:  # padded: the answer has one digit more than the (equal) operands
+            operand_digits = (inside & (number == 1)).sum(1, keepdims=True) // step
+            place = operand_digits - predicted
+        return np.where(answer, np.maximum(place + 1, 0), out)
 
 
 @register_task

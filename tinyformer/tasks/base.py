@@ -195,6 +195,20 @@ class Task:
         """Number of tokens of an example of task length `length`, `<bos>` to `<eos>` included."""
         raise NotImplementedError
 
+    # --- position coupling (`model.position=coupled`) ---------------------------------------------
+    def coupling_refusal(self) -> str | None:
+        """Why this task cannot couple positions, or None when `coupled_positions` is defined."""
+        if type(self).coupled_positions is Task.coupled_positions:
+            return f"task {self.name} has no position coupling rule"
+        return None
+
+    def coupled_positions(self, ids: np.ndarray) -> np.ndarray:
+        """Position coupling (Cho et al., 2024): ids [N, T] of model inputs -> position ids [N, T] where the
+        tokens that must be aligned share one id (1, 2, ...) and tokens outside every alignment get 0. A
+        task that has a rule overrides this; its answer tokens' ids depend only on the tokens before them,
+        so greedy decoding can compute each new token's id from the sequence so far."""
+        raise TinyformerError(self.coupling_refusal() or f"task {self.name} has no position coupling rule")
+
     # --- building --------------------------------------------------------------------------------
     def build(self, rng: np.random.Generator, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -226,6 +240,12 @@ def columns(width: int) -> np.ndarray:
 def gather(rows: np.ndarray, index: np.ndarray) -> np.ndarray:
     """rows[i, index[i, j]] with index clipped into range (out-of-range cells are masked by the caller)."""
     return np.take_along_axis(rows, np.clip(index, 0, rows.shape[1] - 1), axis=1)
+
+
+def first_index(ids: np.ndarray, token: int) -> np.ndarray:
+    """[N, 1]: the column of each row's first `token`, or the row's width when it has none."""
+    found = ids == token
+    return np.where(found.any(1), found.argmax(1), ids.shape[1])[:, None]
 
 
 def distinct_symbols(rng: np.random.Generator, n_rows: int, n_symbols: int, width: int) -> np.ndarray:

@@ -2,13 +2,18 @@
 
 UF/UB (unique copy): n = 150 symbols drawn without replacement. NF/NB (non-unique copy): n = 5 symbols
 drawn with replacement. Supervised: every target token and `<eos>`.
+
+Position coupling (`--pe coupled`): source token i has id i, and the token that predicts target token i
+(`<sep>` for the first, target i-1 after it) has the id of the source token it copies (i forward, n+1-i
+backward), so attending to the key of equal id finds the symbol to write at any length. The last target,
+which predicts `<eos>`, continues the count (n+1 forward, 0 backward); `<bos>` has 0.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from tinyformer.tasks.base import Task, columns, distinct_symbols, gather, source_target_layout
+from tinyformer.tasks.base import Task, columns, distinct_symbols, first_index, gather, source_target_layout
 from tinyformer.tasks.registry import register_task
 
 
@@ -34,6 +39,16 @@ class CopyTask(Task):
         else:
             target = source
         return source_target_layout(self, source, target, lengths)
+
+    def coupled_positions(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        j = columns(ids.shape[1])
+        sep = first_index(ids, self.sep)  # n + 1; a prompt without <sep> is all source
+        n = sep - 1
+        out = np.where((j >= 1) & (j <= n), j, 0)
+        after = j - sep  # 0 at <sep>, k at target token k
+        answer = np.maximum(n - after, 0) if self.backward else after + 1
+        return np.where((after >= 0) & (after <= n), answer, out)
 
 
 @register_task

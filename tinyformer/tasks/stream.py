@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyformer.batch import offset_positions, run_positions
+from tinyformer.batch import offset_positions, randomized_positions, run_positions
 from tinyformer.errors import TinyformerError
 from tinyformer.tasks.base import Examples, Task
 
@@ -58,7 +58,20 @@ def symbol_run_positions(ids: np.ndarray, n_symbols: int) -> np.ndarray:
     return run_positions(ids < n_symbols)
 
 
-POSITION_KINDS = {"sequence": sequence_positions, "symbol_runs": symbol_run_positions}
+def coupled_positions(ids: np.ndarray, task: Task) -> np.ndarray:
+    """Position coupling: the task's own rule (`Task.coupled_positions`)."""
+    return task.coupled_positions(ids)
+
+
+POSITION_KINDS = {"sequence": sequence_positions, "symbol_runs": symbol_run_positions, "coupled": coupled_positions}
+
+
+def task_positions(task: Task, kind: str):
+    """ids [B, T] -> position ids [B, T] of `kind` (a key of POSITION_KINDS) for `task`."""
+    if kind == "coupled":
+        return task.coupled_positions
+    fn = POSITION_KINDS[kind]
+    return lambda ids: fn(ids, task.n_symbols)
 
 
 class TaskStream:
@@ -67,7 +80,10 @@ class TaskStream:
     `random_offset_to`: when set (learned absolute positions), every example's position ids start at a
     uniform random offset such that its last position stays below this value, so that every position up to
     the longest evaluated length is trained while evaluation starts at 0.
-    `positions`: "sequence" (0..T-1) or "symbol_runs" (Abacus-style index inside each run of symbols).
+    `random_positions_to`: when set (randomized positions, any scheme), every example's ids are a sorted random
+    subset of [0, random_positions_to) instead (0 kept for tokens outside runs); evaluation counts from 0.
+    `positions`: "sequence" (0..T-1), "symbol_runs" (Abacus-style index inside each run of symbols) or
+    "coupled" (the task's position coupling).
     With several processes each call draws one global batch of `batch_size * world_size` examples (the same
     on every process) and a process keeps its own rows, so N processes see what one process would.
     """
@@ -81,6 +97,7 @@ class TaskStream:
         random_offset_to: int | None = None,
         attention_mask: bool = False,
         positions: str = "sequence",
+        random_positions_to: int | None = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -93,11 +110,20 @@ class TaskStream:
         self.random_offset_to = random_offset_to
         self.attention_mask = attention_mask
         self.positions = positions
-        self.position_fn = POSITION_KINDS[positions]
+        self.position_fn = task_positions(task, positions)
+        self.random_positions_to = random_positions_to
+        if random_offset_to is not None and random_positions_to is not None:
+            raise TinyformerError("random position offsets and randomized positions exclude each other; "
+                                  "set task.random_offset=false with task.random_positions=true")
         if random_offset_to is not None and self.positions_reach() > random_offset_to:
             raise TinyformerError(
                 f"training sequences of task {task.name} reach {self.positions_reach()} "
                 f"positions but the position table has {random_offset_to}; raise max_positions"
+            )
+        if random_positions_to is not None and self.positions_reach() > random_positions_to:
+            raise TinyformerError(
+                f"task.random_positions_to={random_positions_to} is below the {self.positions_reach()} positions "
+                f"of task {task.name}'s longest training input; raise it to at least {self.positions_reach()}"
             )
         self.rng = np.random.default_rng(seed)
         self.batches = 0
@@ -105,7 +131,7 @@ class TaskStream:
     def positions_reach(self) -> int:
         """Largest position id + 1 of the longest training input before offsets (Abacus ids count digits only)."""
         longest = self.task.generate(np.random.default_rng(0), np.array([self.task.check_range(*self.lengths)[1]]))
-        return int(self.position_fn(to_model_arrays(longest)[0], self.task.n_symbols).max()) + 1
+        return int(self.position_fn(to_model_arrays(longest)[0]).max()) + 1
 
     def next_arrays(self) -> dict[str, np.ndarray]:
         """The next batch as numpy arrays (what `next_batch` turns into tensors)."""
@@ -113,10 +139,12 @@ class TaskStream:
         examples = task.sample(rng, *self.lengths, self.batch_size * self.world_size)
         ids, targets, n_real = to_model_arrays(examples)
         real = np.arange(ids.shape[1])[None, :] < n_real[:, None]
-        position_ids = self.position_fn(ids, task.n_symbols)
+        position_ids = self.position_fn(ids)
+        members_only = self.positions != "sequence"  # ids of 0 (tokens outside runs) stay 0
         if self.random_offset_to is not None:
-            position_ids = offset_positions(position_ids, real, self.random_offset_to, rng,
-                                            members_only=self.positions == "symbol_runs")
+            position_ids = offset_positions(position_ids, real, self.random_offset_to, rng, members_only)
+        elif self.random_positions_to is not None:
+            position_ids = randomized_positions(position_ids, real, self.random_positions_to, rng, members_only)
         batch = {"ids": ids, "targets": targets, "position_ids": position_ids}
         if self.attention_mask:
             batch["attention_mask"] = real

@@ -71,7 +71,11 @@ class TaskConfig:
 
     name: str = "UR"  # a registered task (`tinyformer lengen train --help` lists them), e.g. add:base=16
     train_lengths: str = "1-50"  # task lengths drawn uniformly for training, LO-HI
-    random_offset: bool | None = None  # random position offsets in training; None = on for learned/abacus
+    random_offset: bool | None = None  # random position offsets in training; None = on for learned/abacus/coupled
+    # randomized positions (Ruoss et al., 2023), any scheme: each training example's ids are a sorted random
+    # subset of [0, random_positions_to) (default: the longest evaluated input's positions); evaluation counts 0, 1, ...
+    random_positions: bool = False
+    random_positions_to: int | None = None
     seed: int | None = None  # seed of the training stream; None = train.seed (set it to vary the init alone)
 
 
@@ -268,7 +272,7 @@ RESULT_KEYS = {
     "train": ("batch_size", "seq_len", "lr", "min_lr", "schedule", "warmup", "weight_decay", "beta1", "beta2", "eps",
               "grad_clip", "seed"),
     "data": ("sampling", "shuffle", "eval_tokens"),
-    "task": ("name", "train_lengths", "random_offset"),
+    "task": ("name", "train_lengths", "random_offset", "random_positions", "random_positions_to"),
     "eval": ("bins", "examples", "seed"),
 }
 
