@@ -1,9 +1,10 @@
 """FIRE against ALiBi: training steps (forward, backward, AdamW) of the same small model with model.position=alibi
 and model.position=fire, on one thread in float32, the two taking turns a block of steps at a time so that load
 from other processes weighs on both alike. Prints each one's median step time, the ratio fire / alibi and the
-load average before and after.
+load average before and after. Position ids come as the lab's batches carry them ([batch, seq]) unless
+`--ids counted`.
 
-    .venv/bin/python bench/fire.py [--steps 5] [--rounds 6] [--batch 32] [--seq 128]
+    .venv/bin/python bench/fire.py [--steps 5] [--rounds 6] [--batch 32] [--seq 128] [--ids rows|counted]
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def make(position: str, seq: int) -> tuple[Transformer, torch.optim.Optimizer]:
     return model, build_optimizer(model, lr=1e-3, weight_decay=0.01)
 
 
-def step(model: Transformer, opt: torch.optim.Optimizer, ids: torch.Tensor) -> float:
+def step(model: Transformer, opt: torch.optim.Optimizer, ids: torch.Tensor, position_ids: torch.Tensor | None) -> float:
     start = time.perf_counter()
-    _, loss = model(ids[:, :-1], ids[:, 1:], return_logits=False)
+    _, loss = model(ids[:, :-1], ids[:, 1:], position_ids=position_ids, return_logits=False)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -46,22 +47,26 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6, help="blocks of each scheme, taking turns")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--ids", choices=("rows", "counted"), default="rows",
+                   help="rows: position ids [batch, seq] as the lab's batches carry them (default); counted: none "
+                   "given, the model counts one row [1, seq] for all")
     args = p.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     ids = torch.randint(0, 32, (args.batch, args.seq + 1), generator=torch.Generator().manual_seed(0))
+    position_ids = torch.arange(args.seq).expand(args.batch, args.seq) if args.ids == "rows" else None
     runs = {name: make(name, args.seq) for name in SCHEMES}
     times: dict[str, list[float]] = {name: [] for name in SCHEMES}
     for name in SCHEMES:  # warm-up, not timed
-        step(*runs[name], ids)
+        step(*runs[name], ids, position_ids)
     for _ in range(args.rounds):
         for name in SCHEMES:
-            times[name] += [step(*runs[name], ids) for _ in range(args.steps)]
+            times[name] += [step(*runs[name], ids, position_ids) for _ in range(args.steps)]
     load_after = os.getloadavg()
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, 1 thread, "
           f"float32, batch {args.batch} x {args.seq} tokens, 2 layers, 4 heads, d_model 64, "
-          f"{args.rounds} rounds of {args.steps} steps each")
+          f"{args.rounds} rounds of {args.steps} steps each, position ids {args.ids}")
     for name in SCHEMES:
         print(f"{name:6s} median step {median[name] * 1e3:7.1f} ms  (min {min(times[name]) * 1e3:.1f}, "
               f"max {max(times[name]) * 1e3:.1f})")

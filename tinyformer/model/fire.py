@@ -44,6 +44,7 @@ C_MIN, THRESHOLD_MIN = 1e-3, 1.0
 def _fire_class() -> type:
     """The module class, defined once on first use (it needs torch)."""
     import torch
+    import torch.nn.functional as F
     from torch import nn
 
     class FireBias(nn.Module):
@@ -72,14 +73,36 @@ def _fire_class() -> type:
             distance = (query - key_pos.float().unsqueeze(-2)).clamp(min=0)  # [B, Tq, Tk]
             return torch.log1p(c * distance) / torch.log1p(c * torch.maximum(query, threshold))
 
-        def forward(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
-            # in float32 even under autocast, as ALiBi's bias is: positions need the precision
+        def pair_bias(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+            """f of every (query, key) pair: [B, H, Tq, Tk], in float32 even under autocast, as ALiBi's bias is."""
             with torch.autocast(query_pos.device.type, enabled=False):
                 x = self.normalized_distance(query_pos, key_pos).unsqueeze(-1)  # [B, Tq, Tk, 1]
-                weight = self.hidden.weight.float(), self.out.weight.float()
-                h = torch.relu(torch.nn.functional.linear(x, weight[0], self.hidden.bias.float()))
-                bias = torch.nn.functional.linear(h, weight[1], self.out.bias.float())  # [B, Tq, Tk, H]
+                h = torch.relu(F.linear(x, self.hidden.weight.float(), self.hidden.bias.float()))
+                bias = F.linear(h, self.out.weight.float(), self.out.bias.float())  # [B, Tq, Tk, H]
             return bias.permute(0, 3, 1, 2)
+
+        def forward(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+            rows = max(query_pos.shape[0], key_pos.shape[0])
+            if rows == 1:  # one row of ids for the whole batch (counted by the model): f once per pair
+                return self.pair_bias(query_pos, key_pos)
+            # a row of ids per sequence (the lab's batches, left padding, the KV cache), read in one device sync:
+            # rows that are all the same (a right-padded batch counted from 0) take one row's bias for all;
+            # otherwise, as the bias of positions (i, j) is the same in every row, f runs once over the table of
+            # the positions that occur and each row gathers from it, when that table is the smaller
+            same = (query_pos == query_pos[:1]).all() & (key_pos == key_pos[:1]).all()
+            lo, hi, same = (int(v) for v in torch.stack((torch.minimum(query_pos.min(), key_pos.min()),
+                                                           torch.maximum(query_pos.max(), key_pos.max()),
+                                                           same.long())).tolist())
+            if same:
+                return self.pair_bias(query_pos[:1], key_pos[:1])
+            span = hi - lo + 1
+            if span * span >= rows * query_pos.shape[-1] * key_pos.shape[-1]:
+                return self.pair_bias(query_pos, key_pos)
+            every = torch.arange(lo, hi + 1, device=query_pos.device).unsqueeze(0)
+            table = self.pair_bias(every, every)[0]  # [H, span, span]
+            q = (query_pos - lo).expand(rows, -1)[:, :, None]
+            k = (key_pos - lo).expand(rows, -1)[:, None, :]
+            return table[:, q, k].permute(1, 0, 2, 3)  # [H, B, Tq, Tk] -> [B, H, Tq, Tk]
 
     return FireBias
 

@@ -54,6 +54,23 @@ def test_the_bias_is_the_papers_formula_below_and_past_the_threshold():
                 assert got[0, h, i, j].item() == pytest.approx(want[h], rel=1e-5, abs=1e-5), (i, j, h)
 
 
+# (0, 1, 2): the 7 positions' table (49 pairs) is smaller than 3 rows of 25 pairs; (0, 3, 9): it is not
+@pytest.mark.parametrize("starts", [(0, 1, 2), (0, 3, 9), (4, 4, 4)], ids=["table", "direct", "rows-equal"])
+def test_a_row_of_ids_per_sequence_gets_each_rows_own_bias(starts):
+    """Ids per row (the lab's batches, left padding, the KV cache) take the shortcuts of FireBias.forward: a
+    table of the positions that occur, or one row for equal rows; each row's bias is still its own formula."""
+    bias = fire_module(ModelConfig(n_heads=HEADS, position="fire"))
+    set_weights(bias, c=0.9, threshold=3.5)
+    pos = torch.stack([torch.arange(T) + s for s in starts])
+    got = bias(pos, pos).expand(len(starts), -1, -1, -1)
+    for row, start in enumerate(starts):
+        for i in range(T):
+            for j in range(i + 1):
+                want = by_hand(bias, start + i, start + j)
+                for h in range(HEADS):
+                    assert got[row, h, i, j].item() == pytest.approx(want[h], rel=1e-5, abs=1e-5)
+
+
 def test_the_model_adds_the_bias_to_the_scores_of_every_layer():
     """With queries and keys zeroed every content score is 0: each layer's attention is softmax(bias) over the
     keys a query may see, the same bias in every layer."""
