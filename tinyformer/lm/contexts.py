@@ -37,7 +37,7 @@ def parse_lengths(text: str) -> list[int]:
 
 def position_limit(model_config) -> int | None:
     """The longest context a model's positions can represent: a learned table's size; None for schemes with
-    no table (rope, alibi, nope, sinusoidal) or whose ids do not grow with the context (abacus)."""
+    no table (rope, alibi, nope, fire, sinusoidal) or whose ids do not grow with the context (abacus)."""
     return model_config.position_table_size if model_config.scheme.limits_context else None
 
 

@@ -1,5 +1,5 @@
 """Causal self-attention through `F.scaled_dot_product_attention`, grouped-query heads, a preallocated KV cache,
-and the one function that builds the attention mask (causal + padding + ALiBi bias) for every layer.
+and the one function that builds the attention mask (causal + padding + ALiBi or FIRE bias) for every layer.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class AttentionMask:
     """What every layer's attention needs to know about which keys a query may see.
 
     `mask` is None (use `is_causal`, the SDPA fast path) or a bool "may attend" tensor, or a float additive
-    bias (ALiBi, with -inf where not allowed); both broadcast to [B, H, Tq, Tk].
+    bias (ALiBi's or FIRE's, with -inf where not allowed); both broadcast to [B, H, Tq, Tk].
     """
 
     mask: torch.Tensor | None
@@ -84,13 +84,15 @@ def build_attention_mask(
     slopes: torch.Tensor | None = None,
     query_pos: torch.Tensor | None = None,
     key_pos: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> AttentionMask:
-    """Causal mask for `n_queries` new tokens after `n_past` cached ones, with padding and optional ALiBi.
+    """Causal mask for `n_queries` new tokens after `n_past` cached ones, with padding and an optional additive
+    bias: ALiBi's from its `slopes`, or a `bias` [B, H, n_queries, n_past + n_queries] already computed (FIRE's).
 
     key_valid: [B, n_past + n_queries] (False = padding) or None. Every query may always see itself, so a
     padding query's row is never empty (its output is garbage but finite, and nobody attends to it).
     """
-    if slopes is None and key_valid is None:
+    if slopes is None and bias is None and key_valid is None:
         if n_past == 0:
             return AttentionMask(None, is_causal=n_queries > 1)
         if n_queries == 1:  # one new token sees the whole cache
@@ -104,10 +106,11 @@ def build_attention_mask(
     allowed = (k_index <= q_index)[None, None]  # [1, 1, Tq, Tk]
     if key_valid is not None:
         allowed = allowed & (key_valid[:, None, None, :] | (k_index == q_index)[None, None])
-    if slopes is None:
+    if slopes is None and bias is None:
         return AttentionMask(allowed, is_causal=False)
-    bias = alibi_bias(slopes, query_pos, key_pos).masked_fill(~allowed, float("-inf"))
-    return AttentionMask(bias, is_causal=False)
+    if bias is None:
+        bias = alibi_bias(slopes, query_pos, key_pos)
+    return AttentionMask(bias.masked_fill(~allowed, float("-inf")), is_causal=False)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Position schemes as objects: `SCHEMES`, the one table of every `model.position` and the properties the rest
 of tinyformer asks of it (`scheme(name)` looks one up), and the small pure functions the schemes are made of:
 sinusoidal tables, RoPE (rotate-half layout), ALiBi slopes and biases. Learned and Abacus positions are the
-model's `embed_positions` table (Abacus ids come with the batch: `tinyformer.batch.run_positions`); NoPE is
-nothing. Adding a scheme is its functions, one entry in SCHEMES, and tests (tests/unit/model/test_position_schemes.py).
+model's `embed_positions` table (Abacus ids come with the batch: `tinyformer.batch.run_positions`); FIRE's
+learned bias is the model's `position_bias` module (tinyformer.model.fire); NoPE is nothing. Adding a scheme
+is its functions, one entry in SCHEMES, and tests (tests/unit/model/test_position_schemes.py).
 
 torch is imported inside the functions, so that reading the table (config validation, the lab's scheme names,
 the CLI's help) does not pay for importing torch.
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tinyformer.errors import TinyformerError
+from tinyformer.model.fire import fire_module
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 # what a scheme's position ids count (the keys of `tinyformer.tasks.POSITION_KINDS`)
 SEQUENCE = "sequence"  # 0, 1, 2, ... over the tokens: counted by the model unless the caller gives them
@@ -44,6 +47,9 @@ class Scheme:
     embedding: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
     # cfg -> float32 slopes [n_heads] of an additive attention bias -slope * |pos_q - pos_k|
     attention_slopes: Callable[[Any], torch.Tensor] | None = None
+    # cfg -> the model's `position_bias` module, (query_pos [B, Tq], key_pos [B, Tk]) -> learned additive
+    # attention bias [B, H, Tq, Tk], computed once per forward pass and shared by every layer
+    bias_module: Callable[[Any], nn.Module] | None = None
     # (position_ids [B, T], cfg) -> (cos, sin) [B, T, head_dim] that rotate queries and keys
     rotation: Callable[[torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor]] | None = None
     hf_family: str | None = None  # the HF export family that carries it (gpt2, llama, mpt); None: no export
@@ -57,7 +63,13 @@ class Scheme:
 
     @property
     def biases_attention(self) -> bool:
-        return self.attention_slopes is not None
+        """An additive bias on the attention scores, fixed (ALiBi's slopes) or learned (`bias_module`)."""
+        return self.attention_slopes is not None or self.bias_module is not None
+
+    @property
+    def learns_bias(self) -> bool:
+        """Its attention bias has parameters of its own (the model's `position_bias`)."""
+        return self.bias_module is not None
 
     @property
     def rotates(self) -> bool:
@@ -65,7 +77,9 @@ class Scheme:
 
     @property
     def relative(self) -> bool:
-        """Nothing absolute is added: only distances reach attention, so shifting every id changes nothing."""
+        """Nothing absolute is added: only distances reach attention, so shifting every id changes nothing
+        (for FIRE while the ids stay below its threshold L: past it, a distance counts relative to the query's
+        position, its progressive interpolation)."""
         return not self.has_table and self.embedding is None
 
     @property
@@ -177,6 +191,7 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("alibi", "linear attention biases", attention_slopes=model_alibi_slopes,
                hf_family="mpt"),
         Scheme("nope", "no position information"),
+        Scheme("fire", "learned functional relative biases", bias_module=fire_module),
         Scheme("abacus", "each digit's index inside its number", has_table=True,
                trained_at_random_offsets=True, ids=SYMBOL_RUNS),
         Scheme("coupled", "aligned tokens share one learned position id (position coupling)", has_table=True,
@@ -185,7 +200,7 @@ SCHEMES: dict[str, Scheme] = {
 }
 # every name the lab takes (`--pe`), a scheme's aliases before its own name: ape, learned, sinusoidal, ...
 LAB_NAMES: dict[str, Scheme] = {name: s for s in SCHEMES.values() for name in (*s.aliases, s.name)}
-RELATIVE = tuple(s.name for s in SCHEMES.values() if s.relative)  # rope, alibi, nope
+RELATIVE = tuple(s.name for s in SCHEMES.values() if s.relative)  # rope, alibi, nope, fire
 
 
 def scheme(name: str, aliases: bool = False) -> Scheme:

@@ -108,6 +108,8 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.scheme.has_table:
             self.embed_positions = nn.Embedding(cfg.position_table_size, cfg.d_model)
+        if cfg.scheme.learns_bias:  # FIRE: one learned attention bias shared by every layer
+            self.position_bias = cfg.scheme.bias_module(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         # multi-token prediction (Gloeckle et al., 2024): head k >= 2 is one extra block on the trunk's output,
@@ -123,6 +125,8 @@ class Transformer(nn.Module):
             for name, p in self.named_parameters():
                 if name.endswith(("o_proj.weight", "down_proj.weight")):
                     nn.init.normal_(p, mean=0.0, std=residual_std)
+        if cfg.scheme.learns_bias:
+            self.position_bias.reset_parameters()  # its own init, not the std-0.02 of the model's matrices
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -216,8 +220,9 @@ class Transformer(nn.Module):
         else:
             key_valid = valid if valid is not None and not bool(valid.all()) else None
             key_pos = position_ids
-        slopes = scheme.attention_slopes(cfg) if scheme.biases_attention else None
-        mask = build_attention_mask(t, n_past, key_valid, slopes, position_ids, key_pos)
+        slopes = scheme.attention_slopes(cfg) if scheme.attention_slopes is not None else None
+        bias = self.position_bias(position_ids, key_pos) if scheme.learns_bias else None
+        mask = build_attention_mask(t, n_past, key_valid, slopes, position_ids, key_pos, bias)
         rope = scheme.rotation(position_ids, cfg) if scheme.rotates else None
 
         x = self.dropout(self.embed(ids, position_ids, counted))

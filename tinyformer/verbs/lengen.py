@@ -38,7 +38,7 @@ def _schema_default(key: str):
 
 
 def _scheme_names() -> str:
-    """' (ape = learned absolute; also sinusoidal, rope, alibi, nope, abacus)': the table's names for --pe."""
+    """' (ape = learned absolute; also sinusoidal, rope, alibi, nope, fire, abacus)': the table's names for --pe."""
     named = "; ".join(f"{alias} = {s.summary}" for s in SCHEMES.values() for alias in s.aliases)
     return f" ({named}; also {', '.join(s.name for s in SCHEMES.values() if not s.aliases)})"
 

@@ -28,7 +28,7 @@ def positions_for(position: str, b: int, t: int) -> torch.Tensor | None:
         (dict(d_model=30, n_heads=4), "not divisible by model.n_heads"),
         (dict(n_heads=4, n_kv_heads=3), "not divisible by model.n_kv_heads"),
         (dict(d_model=36, n_heads=4, position="rope"), "even head size"),
-        (dict(position="rotary"), "valid values: learned, sinusoidal, rope, alibi, nope, abacus"),
+        (dict(position="rotary"), "valid values: learned, sinusoidal, rope, alibi, nope, fire, abacus"),
         (dict(norm="batchnorm"), "valid values: layernorm, rmsnorm"),
         (dict(mlp="relu"), "valid values: gelu, gelu_tanh, swiglu"),
         (dict(dropout=1.5), "dropout"),

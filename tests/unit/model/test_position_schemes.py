@@ -68,10 +68,12 @@ def test_has_table_is_a_learned_position_parameter_of_n_positions_rows(name):
         assert list(position_params) == ["embed_positions.weight"]
         assert tuple(position_params["embed_positions.weight"].shape) == (24, 32)
         assert position_params["embed_positions.weight"].requires_grad
-    else:
-        assert position_params == {}
-        # and the parameter count is the same as nope's: nothing position-related is learned
-        assert model.num_params() == tiny("nope", n_positions=24).num_params()
+    else:  # nothing position-related is learned but a learned bias's own module (FIRE's `position_bias`)
+        bias_params = {n: p for n, p in position_params.items() if n.startswith("position_bias.")}
+        assert position_params == bias_params and bool(bias_params) == scheme(name).learns_bias
+        # and the parameter count is nope's plus that module's
+        n_bias = sum(p.numel() for p in bias_params.values())
+        assert model.num_params() == tiny("nope", n_positions=24).num_params() + n_bias
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -101,14 +103,18 @@ def test_limits_context_is_whether_a_longer_input_than_the_table_can_run(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_biases_attention_is_a_distance_bias_that_content_cannot_explain(name):
     """With the query and key projections zeroed every content score is 0: attention is uniform over the
-    visible keys unless the scheme adds a bias, and then it falls with the distance."""
+    visible keys unless the scheme adds a bias, and then it falls with the distance (ALiBi's), or is whatever
+    the learned one (FIRE's) makes of the distance: not uniform, and the same in every layer."""
     model = tiny(name, bias=False)
     for layer in model.layers:
         torch.nn.init.zeros_(layer.self_attn.q_proj.weight)
         torch.nn.init.zeros_(layer.self_attn.k_proj.weight)
-    probs = first_layer_attention(model, ids_of(1), caller_ids(name))[0]  # [H, T, T]
-    last = probs[:, -1, :]  # the last query sees all T keys
-    if scheme(name).biases_attention:
+    attentions = model(ids_of(1), position_ids=caller_ids(name), return_attention=True)[2]
+    last = attentions[0][0, :, -1, :]  # [H, T]: the last query sees all T keys
+    if scheme(name).learns_bias:
+        assert not torch.allclose(last, torch.full_like(last, 1 / T), atol=1e-3)
+        torch.testing.assert_close(attentions[1], attentions[0], atol=0, rtol=0)
+    elif scheme(name).biases_attention:
         assert (last[:, 1:] > last[:, :-1]).all()  # nearer keys weigh more, in every head
     else:
         torch.testing.assert_close(last, torch.full_like(last, 1 / T))
