@@ -86,7 +86,7 @@ def test_the_random_offset_keeps_coupled_tokens_ids_equal():
         members = (coupled[row] > 0) & (np.arange(coupled.shape[1]) <= np.flatnonzero(real[row]).max())
         assert (shifted[row][coupled[row] == 0] == 0).all()
         offset = np.unique(shifted[row][members] - coupled[row][members])
-        assert len(offset) == 1 and 0 <= offset[0] and shifted[row][members].max() < 40
+        assert len(offset) == 1 and offset[0] >= 0 and shifted[row][members].max() < 40
         offsets.add(int(offset[0]))
     assert len(offsets) > 5, "offsets are drawn per example"
 

@@ -58,7 +58,7 @@ def test_coupled_ids_stay_coupled_and_zero_stays_zero():
         assert len({w for w, _ in pairs}) == len(pairs) and all(a[1] < b[1] for a, b in zip(pairs, pairs[1:]))
 
 
-@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope", "alibi", "coupled"])
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope", "alibi", "fire", "coupled"])
 def test_every_scheme_trains_on_randomized_ids_and_evaluates_on_counted_ones(tiny_task_run, position):
     cfg = tiny_task_run.config(**{"task.name": "UF", "model.position": position, "task.random_positions": True})
     setup = TaskSetup(cfg)
