@@ -84,3 +84,10 @@ def json_loss(run: Path) -> float:
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r["kind"] == "train"][-1]["train_loss"]
+
+
+def test_coupled_positions_on_text_are_refused_in_one_line(train_lm, one_line_error, tmp_path):
+    # text has no alignment rule yet: refused before the run directory exists, instead of Abacus ids in disguise
+    one_line_error(train_lm(tmp_path / "lm", "model.position=coupled", check=False),
+                   "model.position=coupled", "model.position=abacus")
+    assert not (tmp_path / "lm").exists()

@@ -17,6 +17,7 @@ import torch
 
 from tinyformer.batch import offset_positions, run_positions
 from tinyformer.errors import TinyformerError
+from tinyformer.model.positions import COUPLED
 
 DEFAULT_DIGITS = "0123456789"
 
@@ -62,6 +63,10 @@ def text_positions(model_config, tokenizer, digits: str | None) -> TextPositions
     (abacus)."""
     if not model_config.scheme.needs_caller_ids:
         return None
+    if model_config.scheme.ids == COUPLED:
+        raise TinyformerError("model.position=coupled takes its ids from a lab task's alignment rule, and text has "
+                              "none yet; on text use model.position=abacus (each digit's index inside its number), "
+                              "or train coupled positions with `tinyformer lengen train --pe coupled`")
     if tokenizer is None:
         raise TinyformerError("model.position=abacus on text needs the tokenizer (data.tokenizer) to know "
                               "which tokens are digits")
