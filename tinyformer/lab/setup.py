@@ -57,10 +57,11 @@ class TaskSetup:
         self.position = cfg.model.position
         self.scheme = cfg.model.scheme
         self.position_kind = self.scheme.ids
-        if self.position_kind == COUPLED and self.task.coupling_refusal():
+        refusal = self.task.coupling_refusal() if self.position_kind == COUPLED else None
+        if refusal:
             have = [n for n in task_names() if get_task(n).coupling_refusal() is None]
-            raise TinyformerError(f"{self.task.coupling_refusal()}, so model.position=coupled cannot train on it; "
-                                  f"tasks with one: {', '.join(have)}")
+            raise TinyformerError(f"{refusal}, so model.position=coupled cannot train on it; tasks with one: "
+                                  f"{', '.join(have)}")
         self.position_fn = task_positions(self.task, self.position_kind)
         self.eval_sets = make_eval_bins(self.task, self.bins, cfg.eval.examples, cfg.eval.seed)
         # the largest position id any evaluated or trained input uses (evaluation starts at 0)

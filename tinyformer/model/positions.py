@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# what a scheme's position ids count (the keys of `tinyformer.tasks.POSITION_KINDS`)
+# what a scheme's position ids count (`tinyformer.tasks.task_positions` turns each into a function of the ids)
 SEQUENCE = "sequence"  # 0, 1, 2, ... over the tokens: counted by the model unless the caller gives them
 SYMBOL_RUNS = "symbol_runs"  # each digit's index inside its number: only the caller knows them
 COUPLED = "coupled"  # the task's alignment: tokens that must meet share one id (only the task knows it)

@@ -58,16 +58,12 @@ def symbol_run_positions(ids: np.ndarray, n_symbols: int) -> np.ndarray:
     return run_positions(ids < n_symbols)
 
 
-def coupled_positions(ids: np.ndarray, task: Task) -> np.ndarray:
-    """Position coupling: the task's own rule (`Task.coupled_positions`)."""
-    return task.coupled_positions(ids)
-
-
-POSITION_KINDS = {"sequence": sequence_positions, "symbol_runs": symbol_run_positions, "coupled": coupled_positions}
+POSITION_KINDS = {"sequence": sequence_positions, "symbol_runs": symbol_run_positions}
 
 
 def task_positions(task: Task, kind: str):
-    """ids [B, T] -> position ids [B, T] of `kind` (a key of POSITION_KINDS) for `task`."""
+    """ids [B, T] -> position ids [B, T] of `kind` for `task`: a key of POSITION_KINDS, or "coupled" (the
+    task's own alignment rule, `Task.coupled_positions`)."""
     if kind == "coupled":
         return task.coupled_positions
     fn = POSITION_KINDS[kind]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tinyformer.errors import TinyformerError
 from tinyformer.lab.setup import TaskSetup
@@ -99,4 +98,3 @@ def test_the_range_without_the_switch_is_refused(tiny_task_run, cli, one_line_er
     one_line_error(cli(*tiny_task_run.args(tmp_path / "r", "task.random_positions_to=40")),
                    "task.random_positions_to is set but task.random_positions is off")
     assert not (tmp_path / "r").exists()
-    torch.manual_seed(0)  # nothing else: the refusal comes before any model is built
