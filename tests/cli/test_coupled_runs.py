@@ -25,19 +25,17 @@ def coupled_run(tmp_path_factory, tinyformer_main) -> Path:
 
 
 def reversed_addition_ids(tokens: list[int], plus: int) -> list[int]:
-    """Coupled ids of `+A+B+C...` written out here from the rule (place + 1 in the operands; in the answer,
-    the id of the place each token predicts), independently of the task's vectorized code."""
-    out, number, index = [], 0, 0
+    """Coupled ids of `+A+B+C...` written out here from the rule (every digit, operand or answer, gets its
+    place + 2; the answer's opening `+` holds the place below the units, 1), independently of the task's
+    vectorized code."""
+    out, number, place = [], 0, 0
     for tok in tokens:
         if tok == plus:
-            number, index = number + 1, 0
+            number, place = number + 1, 0
             out.append(1 if number == 3 else 0)
-        elif number == 3:
-            index += 1
-            out.append(index + 1)
         else:
-            index += 1
-            out.append(index)
+            out.append(place + 2)
+            place += 1
     return out
 
 

@@ -2,7 +2,8 @@
 of tinyformer asks of it (`scheme(name)` looks one up), and the small pure functions the schemes are made of:
 sinusoidal tables, RoPE (rotate-half layout), ALiBi slopes and biases. Learned and Abacus positions are the
 model's `embed_positions` table (Abacus ids come with the batch: `tinyformer.batch.run_positions`); FIRE's
-learned bias is the model's `position_bias` module (tinyformer.model.fire); NoPE is nothing. Adding a scheme
+and coupled-relative's learned biases are the model's `position_bias` module (tinyformer.model.fire,
+tinyformer.model.coupled_bias); NoPE is nothing. Adding a scheme
 is its functions, one entry in SCHEMES, and tests (tests/unit/model/test_position_schemes.py).
 
 torch is imported inside the functions, so that reading the table (config validation, the lab's scheme names,
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tinyformer.errors import TinyformerError
+from tinyformer.model.coupled_bias import coupled_bias_module
 from tinyformer.model.fire import fire_module
 
 if TYPE_CHECKING:
@@ -196,6 +198,8 @@ SCHEMES: dict[str, Scheme] = {
                trained_at_random_offsets=True, ids=SYMBOL_RUNS),
         Scheme("coupled", "aligned tokens share one learned position id (position coupling)", has_table=True,
                trained_at_random_offsets=True, ids=COUPLED),
+        Scheme("coupled-relative", "a learned attention bias of the clipped difference of coupled ids",
+               bias_module=coupled_bias_module, ids=COUPLED),
     )
 }
 # every name the lab takes (`--pe`), a scheme's aliases before its own name: ape, learned, sinusoidal, ...

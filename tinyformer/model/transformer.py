@@ -108,7 +108,7 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.scheme.has_table:
             self.embed_positions = nn.Embedding(cfg.position_table_size, cfg.d_model)
-        if cfg.scheme.learns_bias:  # FIRE: one learned attention bias shared by every layer
+        if cfg.scheme.learns_bias:  # FIRE, coupled-relative: one learned attention bias shared by every layer
             self.position_bias = cfg.scheme.bias_module(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))

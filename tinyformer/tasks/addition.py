@@ -313,18 +313,19 @@ class Addition(Task):
             index = np.cumsum(here, axis=1) - 1  # writing index inside the number
             digits = here.sum(1, keepdims=True) // step
             place = index // step if self.reverse else digits - 1 - index // step
-            out = np.where(here, place + 1, out)
-        # the answer: the opening `+` and each answer token predict the next token, of answer index r + 1
+            out = np.where(here, place + 2, out)
+        # the answer: each token carries the id of its own place (Cho et al.), the opening `+` that of the
+        # place before the first answer digit, so the token predicting place q finds q's operand digits at
+        # its id +1 (reversed) or -1 (most significant first), where no answer token visible to it sits
         opening = is_plus & (number == 3)
         answer = (inside & (number == 3)) | opening
-        r = np.cumsum(answer, axis=1) - 2  # -1 at the opening `+`
-        predicted = (r + 1) // step
+        own = (np.cumsum(answer, axis=1) - 2) // step  # the answer index of each token's place; -1 at the opening
         if self.reverse:
-            place = predicted
+            place = own
         else:  # padded: the answer has one digit more than the (equal) operands
             operand_digits = (inside & (number == 1)).sum(1, keepdims=True) // step
-            place = operand_digits - predicted
-        return np.where(answer, np.maximum(place + 1, 0), out)
+            place = operand_digits - own
+        return np.where(answer, place + 2, out)
 
 
 @register_task

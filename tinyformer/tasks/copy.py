@@ -45,9 +45,13 @@ class CopyTask(Task):
         j = columns(ids.shape[1])
         sep = first_index(ids, self.sep)  # n + 1; a prompt without <sep> is all source
         n = sep - 1
-        out = np.where((j >= 1) & (j <= n), j, 0)
+        # each token carries the id of its own place (Cho et al.): source token i -> i + 1, the copy of it the
+        # same; <sep> holds the place just before the first copied one (1 forward, n + 2 backward), so the
+        # query of every token finds the source token it predicts at its id +1 (forward) or -1 (backward),
+        # where no other token visible to it sits
+        out = np.where((j >= 1) & (j <= n), j + 1, 0)
         after = j - sep  # 0 at <sep>, k at target token k
-        answer = np.maximum(n - after, 0) if self.backward else after + 1
+        answer = n + 2 - after if self.backward else after + 1
         return np.where((after >= 0) & (after <= n), answer, out)
 
 

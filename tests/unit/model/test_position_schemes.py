@@ -29,7 +29,13 @@ FAMILY_FIT = {
 def tiny(name: str, seed: int = 0, **kw) -> Transformer:
     torch.manual_seed(seed)
     base = dict(vocab_size=V, n_layers=2, n_heads=4, d_model=32, max_seq_len=TABLE, position=name)
-    return Transformer(ModelConfig(**{**base, **kw})).eval()
+    model = Transformer(ModelConfig(**{**base, **kw})).eval()
+    if model.config.scheme.learns_bias:  # a learned bias that starts at 0 (coupled-relative's) gets random weights
+        with torch.no_grad():
+            for p in model.position_bias.parameters():
+                if not p.any():
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 5)))
+    return model
 
 
 def ids_of(b: int = 2, t: int = T, seed: int = 1) -> torch.Tensor:
@@ -104,7 +110,8 @@ def test_limits_context_is_whether_a_longer_input_than_the_table_can_run(name):
 def test_biases_attention_is_a_distance_bias_that_content_cannot_explain(name):
     """With the query and key projections zeroed every content score is 0: attention is uniform over the
     visible keys unless the scheme adds a bias, and then it falls with the distance (ALiBi's), or is whatever
-    the learned one (FIRE's) makes of the distance: not uniform, and the same in every layer."""
+    the learned one (FIRE's, coupled-relative's) makes of the distance: not uniform, and the same in every
+    layer."""
     model = tiny(name, bias=False)
     for layer in model.layers:
         torch.nn.init.zeros_(layer.self_attn.q_proj.weight)

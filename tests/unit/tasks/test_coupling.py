@@ -19,44 +19,45 @@ def ids_of(task, text_or_ids):
 
 def test_forward_copy_couples_each_output_token_with_the_source_token_it_copies():
     task = get_task("UF")
-    # <bos> 7 3 9 <sep> 7 3 9 <eos>: <sep> predicts the first copy (source id 1), each copy predicts the next
+    # <bos> 7 3 9 <sep> 7 3 9 <eos>: source i and its copy share id i + 1; <sep> holds the place before the
+    # first (1), so each token's query finds the source token it predicts at its own id + 1
     ids = ids_of(task, [task.bos, 7, 3, 9, task.sep, 7, 3, 9, task.eos])
-    assert task.coupled_positions(ids).tolist() == [[0, 1, 2, 3, 1, 2, 3, 4]]
+    assert task.coupled_positions(ids).tolist() == [[0, 2, 3, 4, 1, 2, 3, 4]]
 
 
 def test_backward_copy_couples_output_token_i_with_source_token_n_minus_i():
     task = get_task("NB")
-    # <bos> 4 0 2 <sep> 2 0 4 <eos>: <sep> predicts source 3's symbol, then 2, then 1, the last predicts <eos>
+    # <bos> 4 0 2 <sep> 2 0 4 <eos>: sources have ids 2 3 4; copy k is source 4 - k and shares its id; <sep>
+    # holds the place after the last source (5), so each query finds the source it predicts at its id - 1
     ids = ids_of(task, [task.bos, 4, 0, 2, task.sep, 2, 0, 4, task.eos])
-    assert task.coupled_positions(ids).tolist() == [[0, 1, 2, 3, 3, 2, 1, 0]]
+    assert task.coupled_positions(ids).tolist() == [[0, 2, 3, 4, 5, 4, 3, 2]]
 
 
 def test_addition_with_a_carry_out_of_the_top_place_and_operands_of_unequal_length():
     task = get_task("add")
-    # 99 + 4 = 103, reversed: +99+4+301+. Operand digits: place + 1; the answer's opening + predicts the
-    # units (id 1), 3 predicts the tens (2), 0 the hundreds (3, the carry out of the top operand place),
-    # 1 predicts the closing + (4)
-    assert task.coupled_positions(ids_of(task, "+99+4+301+")).tolist() == [[0, 1, 2, 0, 1, 1, 2, 3, 4]]
+    # 99 + 4 = 103, reversed: +99+4+301+. Every digit has the id place + 2 (units 2, tens 3, the hundreds'
+    # carry out of the top operand place 4); the answer's opening + holds the place below the units (1)
+    assert task.coupled_positions(ids_of(task, "+99+4+301+")).tolist() == [[0, 2, 3, 0, 2, 1, 2, 3, 4]]
 
 
 def test_hexadecimal_addition():
     task = get_task("add-hex")
     # 0xff + 0x1 = 0x100, reversed: +ff+1+001+
-    assert task.coupled_positions(ids_of(task, "+ff+1+001+")).tolist() == [[0, 1, 2, 0, 1, 1, 2, 3, 4]]
+    assert task.coupled_positions(ids_of(task, "+ff+1+001+")).tolist() == [[0, 2, 3, 0, 2, 1, 2, 3, 4]]
 
 
 def test_plain_digits_couple_when_padded():
     task = get_task("add:reverse=false,pad=true")
     # 99 + 4 = 103, most significant digit first, operands padded to 2 digits, the answer to 3
     assert task.decode(task.prompt_ids("99+4")) == "+99+04+"
-    # 9 (tens) 2, 9 (units) 1; the opening + predicts the hundreds (3), 1 the tens, 0 the units, 3 the closing +
-    assert task.coupled_positions(ids_of(task, "+99+04+103+")).tolist() == [[0, 2, 1, 0, 2, 1, 3, 2, 1, 0]]
+    # tens 3, units 2, the answer's hundreds 4; the opening + holds the place above the answer's top (5)
+    assert task.coupled_positions(ids_of(task, "+99+04+103+")).tolist() == [[0, 3, 2, 0, 3, 2, 5, 4, 3, 2]]
 
 
 def test_index_hints_share_their_digits_id():
     task = get_task("add:hints=true")
     # 2 + 9 = 11 reversed with hints: +g2+g9+g1h1+
-    assert task.coupled_positions(ids_of(task, "+g2+g9+g1h1+")).tolist() == [[0, 1, 1, 0, 1, 1, 1, 1, 2, 2, 3]]
+    assert task.coupled_positions(ids_of(task, "+g2+g9+g1h1+")).tolist() == [[0, 2, 2, 0, 2, 2, 1, 2, 2, 3, 3]]
 
 
 @pytest.mark.parametrize("name", ["UF", "UB", "NF", "NB", "add", "add-hex", "add:pad=true",
