@@ -1,4 +1,4 @@
-"""A coupled-position run under every verb: `sample` with a natural prompt answers with the model's own
+"""A coupled-position run (learned table, and relative bias) under every verb: `sample` with a natural prompt answers with the model's own
 continuation under coupled ids, `eval` and `attention` read the run, and HF export refuses in one line."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ TINY = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "train.batch_
         "train.precision=fp32", "train.progress=false", "eval.examples=40", "train.peak_flops=1e12", "train.warmup=2"]
 
 
-@pytest.fixture(scope="module")
-def coupled_run(tmp_path_factory, tinyformer_main) -> Path:
+@pytest.fixture(scope="module", params=["coupled", "coupled-relative"])
+def coupled_run(request, tmp_path_factory, tinyformer_main) -> Path:
     run = tmp_path_factory.mktemp("coupled") / "add"
-    assert tinyformer_main(["lengen", "train", "--task", "add", "--pe", "coupled", "task.train_lengths=1-3",
+    assert tinyformer_main(["lengen", "train", "--task", "add", "--pe", request.param, "task.train_lengths=1-3",
                             "eval.bins=[1-3,4-6]", *TINY, "--steps", "120", "train.lr=3e-3", "eval.stop_accuracy=1.01",
                             "--out", str(run)]) == 0
     return run
@@ -69,12 +69,13 @@ def test_eval_and_attention_read_a_coupled_run(cli, coupled_run, tmp_path):
 
 def test_export_refuses_a_coupled_model_in_one_line(cli, one_line_error, coupled_run, tmp_path):
     one_line_error(cli("export", "--ckpt", coupled_run, "--format", "hf", "--out", tmp_path / "hf"),
-                   "position='coupled' has no HF equivalent")
+                   f"position='{Run(coupled_run).config.model.position}' has no HF equivalent")
     assert not (tmp_path / "hf").exists()
 
 
-def test_coupled_positions_on_text_are_refused_in_one_line(train_lm, one_line_error, tmp_path):
+@pytest.mark.parametrize("name", ["coupled", "coupled-relative"])
+def test_coupled_positions_on_text_are_refused_in_one_line(train_lm, one_line_error, tmp_path, name):
     # text has no alignment rule yet: refused before the run directory exists, instead of Abacus ids in disguise
-    one_line_error(train_lm(tmp_path / "lm", "model.position=coupled", check=False),
-                   "model.position=coupled", "model.position=abacus")
+    one_line_error(train_lm(tmp_path / "lm", f"model.position={name}", check=False),
+                   f"model.position={name} takes", "model.position=abacus", f"--pe {name}")
     assert not (tmp_path / "lm").exists()

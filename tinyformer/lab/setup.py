@@ -60,7 +60,7 @@ class TaskSetup:
         refusal = self.task.coupling_refusal() if self.position_kind == COUPLED else None
         if refusal:
             have = [n for n in task_names() if get_task(n).coupling_refusal() is None]
-            raise TinyformerError(f"{refusal}, so model.position=coupled cannot train on it; tasks with one: "
+            raise TinyformerError(f"{refusal}, so model.position={self.position} cannot train on it; tasks with one: "
                                   f"{', '.join(have)}")
         self.position_fn = task_positions(self.task, self.position_kind)
         self.eval_sets = make_eval_bins(self.task, self.bins, cfg.eval.examples, cfg.eval.seed)

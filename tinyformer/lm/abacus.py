@@ -64,9 +64,10 @@ def text_positions(model_config, tokenizer, digits: str | None) -> TextPositions
     if not model_config.scheme.needs_caller_ids:
         return None
     if model_config.scheme.ids == COUPLED:
-        raise TinyformerError("model.position=coupled takes its ids from a lab task's alignment rule, and text has "
+        name = model_config.position
+        raise TinyformerError(f"model.position={name} takes its ids from a lab task's alignment rule, and text has "
                               "none yet; on text use model.position=abacus (each digit's index inside its number), "
-                              "or train coupled positions with `tinyformer lengen train --pe coupled`")
+                              f"or train coupled positions with `tinyformer lengen train --pe {name}`")
     if tokenizer is None:
         raise TinyformerError("model.position=abacus on text needs the tokenizer (data.tokenizer) to know "
                               "which tokens are digits")

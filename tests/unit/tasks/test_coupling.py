@@ -95,9 +95,11 @@ def test_the_random_offset_keeps_coupled_tokens_ids_equal():
 def test_a_task_without_a_rule_and_plain_unpadded_addition_refuse_in_one_line(cli, one_line_error, tmp_path):
     line = one_line_error(cli("lengen", "train", "--task", "UR", "--pe", "coupled", "--out", tmp_path / "r"),
                           "task UR has no position coupling rule", "UF", "NB", "add")
-    assert "add-hex" in line
+    assert "add-hex" in line and "model.position=coupled cannot" in line
+    one_line_error(cli("lengen", "train", "--task", "sort", "--pe", "coupled-relative", "--out", tmp_path / "s"),
+                   "task sort has no position coupling rule, so model.position=coupled-relative cannot")
     one_line_error(cli("lengen", "train", "--task", "add:reverse=false", "--pe", "coupled", "--out", tmp_path / "p"),
                    "pad=true")
-    assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
+    assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
     with pytest.raises(TinyformerError, match="no position coupling rule"):
         get_task("majority").coupled_positions(np.zeros((1, 3), dtype=np.int64))
