@@ -53,7 +53,9 @@ class TaskEvaluation:
             out["accuracy_heads"] = heads_accuracy(module, self.setup.eval_sets, positions=self.setup.eval_positions,
                                                    device=runtime.device, batch_size=self.cfg.batch_size,
                                                    max_examples=self.cfg.greedy_examples)
-        out.update(task=self.setup.task.name, scheme=scheme_label(self.setup.position), train_bin=self.setup.train_bin)
+        # the task as configured (`add:pad=true`, not `add`): runs of two variants must not read as one task
+        out.update(task=self.setup.cfg.task.name, scheme=scheme_label(self.setup.position),
+                   train_bin=self.setup.train_bin)
         return out
 
 
