@@ -255,7 +255,7 @@ def extra_note(aggregated: list[dict]) -> str:
     extra = list(dict.fromkeys(a["scheme"] for a in aggregated if a["scheme"] not in SCHEMES))
     if not extra:
         return ""
-    note = (f" Columns {', '.join(extra)} are ours (presets/{EXTRA_PRESET}.yaml), not the published study's: "
+    note = (f" {'Column' if len(extra) == 1 else 'Columns'} {', '.join(extra)} {'is' if len(extra) == 1 else 'are'} ours (presets/{EXTRA_PRESET}.yaml), not the published study's: "
             "same protocol, no published figure.")
     for col in dict.fromkeys(a["scheme"] for a in aggregated if "skipped" in a):
         rows = [a["row"] for a in aggregated if a["scheme"] == col and "skipped" in a]
