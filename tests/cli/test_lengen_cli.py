@@ -92,7 +92,8 @@ def test_a_bad_task_or_its_bins_is_one_line_and_writes_nothing(cli, tmp_path, on
 
 @pytest.mark.parametrize("args, message", [
     (["--scale", "huge"], "unknown scale 'huge'; use --scale cpu or --scale full"),
-    (["--schemes", "alibi"], "the published protocol defines no scheme 'alibi'; it has: ape, rope"),
+    (["--schemes", "alibi"], "the published protocol defines no scheme 'alibi'; it has: ape, rope; our extra "
+     "columns (presets/published_extra.yaml): rope-rand, alibi-rand, fire, coupled-relative"),
     (["--rows", "XX"], "the published table has no row 'XX'"),
     (["train.max_steps=7"], "holds a reproduction made with another overrides"),
 ])

@@ -55,7 +55,7 @@ def load_published(path: str | Path | None = None) -> dict:
 def published_for(published: dict, task: str, pe: str) -> dict[str, float]:
     """Published accuracies for this task and scheme; `ape` and `learned` are the same scheme."""
     for name, bins in published.get(task, {}).items():
-        if name in LAB_NAMES and scheme(name, aliases=True) is scheme(pe, aliases=True):
+        if name in LAB_NAMES and pe in LAB_NAMES and scheme(name, aliases=True) is scheme(pe, aliases=True):
             return {str(k): float(v) for k, v in bins.items()}
     return {}
 

@@ -58,16 +58,24 @@ class TextPositions:
             yield {**batch, "position_ids": self(batch["ids"])}
 
 
+def coupled_refusal(model_config) -> str | None:
+    """Why a language model cannot train under this scheme (coupled ids come from a lab task), or None."""
+    if model_config.scheme.ids != COUPLED:
+        return None
+    pe = model_config.position
+    return (f"model.position={pe} takes its ids from a lab task's alignment rule, and text has none yet; on text "
+            "use model.position=abacus (each digit's index inside its number), or train coupled positions with "
+            f"`tinyformer lengen train --pe {pe}`")
+
+
 def text_positions(model_config, tokenizer, digits: str | None) -> TextPositions | None:
     """The position function of a language model on text: None unless its scheme takes the caller's ids
     (abacus)."""
     if not model_config.scheme.needs_caller_ids:
         return None
-    if model_config.scheme.ids == COUPLED:
-        name = model_config.position
-        raise TinyformerError(f"model.position={name} takes its ids from a lab task's alignment rule, and text has "
-                              "none yet; on text use model.position=abacus (each digit's index inside its number), "
-                              f"or train coupled positions with `tinyformer lengen train --pe {name}`")
+    refusal = coupled_refusal(model_config)
+    if refusal:
+        raise TinyformerError(refusal)
     if tokenizer is None:
         raise TinyformerError("model.position=abacus on text needs the tokenizer (data.tokenizer) to know "
                               "which tokens are digits")

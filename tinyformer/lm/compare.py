@@ -22,6 +22,7 @@ from tinyformer.config import read_yaml
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_write
 from tinyformer.lm import compare_plots
+from tinyformer.lm.abacus import coupled_refusal
 from tinyformer.lm.contexts import evaluate_run
 from tinyformer.lm.run import train_lm
 from tinyformer.train import rundir
@@ -102,6 +103,9 @@ def plan(config: str | None, overrides: Sequence[str], vary: Sequence[str], seed
             seed = base.train.seed + s
             run_dir = out / "runs" / dir_name(variant.label) / f"seed-{seed}"
             cfg = load_run_config(config, [*overrides, *variant.settings, f"train.seed={seed}", f"run_dir={run_dir}"])
+            refusal = coupled_refusal(cfg.model)
+            if refusal:
+                raise TinyformerError(f"variant {variant.label}: {refusal}")
             members.append(Member(variant, seed, cfg))
     return members
 

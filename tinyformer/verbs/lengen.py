@@ -113,7 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", default="cpu", help="cpu (about an hour on 2 cores) or full (the published protocol)")
     p.add_argument("--results", type=Path, help="results directory (default results/reproduce-SCALE)")
     p.add_argument("--rows", help="comma-separated published rows (default all: UF,UL,UR,NLFirst,NRFirst,NLLast,NRLast)")
-    p.add_argument("--schemes", help="comma-separated schemes (default ape,rope)")
+    p.add_argument("--schemes", help="comma-separated columns (default ape,rope, the published ones); also our "
+                   "extra columns under the same protocol (presets/published_extra.yaml): rope-rand, alibi-rand, "
+                   "fire, coupled-relative (run only on rows whose task has a position coupling rule)")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
     _add_executor_arguments(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -258,9 +260,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     results = args.results or Path("results") / f"reproduce-{args.scale}"
     overrides = _flatten(parse_overrides(args.overrides))
     start = time.perf_counter()
-    records = reproduce.reproduce(args.scale, results, _executor(args), rows=_csv(args.rows),
-                                  schemes=_csv(args.schemes), seeds=_csv(args.seeds, int), overrides=overrides)
-    aggregated = reproduce.aggregate(records, args.scale)
+    chosen = {"rows": _csv(args.rows), "schemes": _csv(args.schemes), "overrides": overrides}
+    records = reproduce.reproduce(args.scale, results, _executor(args), seeds=_csv(args.seeds, int), **chosen)
+    aggregated = reproduce.aggregate(records, args.scale, reproduce.skipped(args.scale, **chosen))
     paths = reproduce.write(results, aggregated, args.scale, load_published())
     print()
     print(paths["markdown"].read_text(encoding="utf-8"))
