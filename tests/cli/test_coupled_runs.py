@@ -79,3 +79,18 @@ def test_coupled_positions_on_text_are_refused_in_one_line(train_lm, one_line_er
     one_line_error(train_lm(tmp_path / "lm", f"model.position={name}", check=False),
                    f"model.position={name} takes", "model.position=abacus", f"--pe {name}")
     assert not (tmp_path / "lm").exists()
+
+
+def test_coupled_relative_copies_three_times_the_training_length(tinyformer_main, tmp_path):
+    """What the scheme is for: trained on copies of 1-5 symbols only, a 1-layer model copies 11-15 symbols
+    exactly (the clipped id difference is all it reads, so nothing it learned depends on the length)."""
+    import json
+
+    run = tmp_path / "nf"
+    assert tinyformer_main(["lengen", "train", "--task", "NF", "--pe", "coupled-relative", "model.n_layers=1",
+                            "model.n_heads=2", "model.d_model=32", "train.lr=3e-3", "train.warmup=20",
+                            "train.batch_size=32", "--steps", "800", "task.train_lengths=1-5", "eval.bins=[1-5,11-15]",
+                            "eval.examples=100", "train.eval_every=800", "eval.stop_accuracy=1.01", "train.threads=1",
+                            "train.progress=false", "--out", str(run)]) == 0
+    accuracy = json.loads((run / "summary.json").read_text())["accuracy"]
+    assert accuracy["1-5"] == 1.0 and accuracy["11-15"] >= 0.95
