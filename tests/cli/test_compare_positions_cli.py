@@ -1,6 +1,6 @@
 """`tinyformer compare` under the newer position schemes: FIRE trains as a variant and gets a row with its
-perplexity at every context length; coupled-relative, whose ids only a task can give, is refused in one line
-before anything trains."""
+perplexity at every context length; coupled with a table, which on text would be abacus under another name,
+is refused in one line before anything trains."""
 
 from __future__ import annotations
 
@@ -37,9 +37,8 @@ def test_compare_takes_fire_as_a_variant(cli, config, tmp_path):
     assert fire[0]["loss"] != runs["rope"]["by_seq_len"][0]["loss"]  # another model, not rope under a new name
 
 
-def test_compare_refuses_coupled_relative_in_one_line(cli, config, tmp_path, one_line_error):
+def test_compare_refuses_a_coupled_table_in_one_line_before_anything_trains(cli, config, tmp_path, one_line_error):
     out = tmp_path / "cmp"
-    one_line_error(cli("compare", "--config", config, "--vary", "model.position=rope,coupled-relative", "--out", out),
-                   "variant coupled-relative: model.position=coupled-relative takes its ids from a lab "
-                   "task's alignment rule", "tinyformer lengen train --pe coupled-relative")
+    one_line_error(cli("compare", "--config", config, "--vary", "model.position=rope,coupled", "--out", out),
+                   "variant coupled: model.position=coupled on text", "use abacus")
     assert not out.exists()  # refused before the rope variant trained

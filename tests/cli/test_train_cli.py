@@ -149,12 +149,13 @@ def test_a_failing_sampler_or_evaluation_is_logged_and_costs_no_progress(train_l
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
 
 
-def test_position_abacus_trains_evaluates_samples_and_resumes_exactly_on_text(cli, train_lm, tiny_corpus, tmp_path,
-                                                                             records):
+@pytest.mark.parametrize("position", ["abacus", "coupled-relative"])  # the same digit indices on text
+def test_digit_index_positions_train_evaluate_sample_and_resume_exactly_on_text(cli, train_lm, tiny_corpus, tmp_path,
+                                                                                records, position):
     rng = np.random.default_rng(0)
     sums = tiny_corpus("".join(f"{a}+{b}={a + b}\n" for a, b in rng.integers(0, 5000, size=(400, 2))), split=0.8,
                        specials=("<|endoftext|>",))
-    abacus = ["model.position=abacus", "model.d_model=32", "model.max_seq_len=32", "model.dropout=0.0",
+    abacus = [f"model.position={position}", "model.d_model=32", "model.max_seq_len=32", "model.dropout=0.0",
               "train.warmup=1", "train.sample_tokens=6", "train.max_steps=6", "train.eval_every=3"]
     run = tmp_path / "run"
     train_lm(run, *abacus, corpus=sums)

@@ -5,6 +5,10 @@ is a digit when its text is made only of `data.digits` characters (0-9 by defaul
 text); digit tokens get 1, 2, ... inside each run of them, every other token 0; training adds the lab's
 random offset per window. A tokenizer that merges digits gives one id per merged token: the index counts
 tokens, so digit-level tokenization (no merges across digits) is what the Abacus papers assume.
+
+`model.position=coupled-relative` on text reads the same ids as its coupled ids (the place inside a number is
+the only alignment text has: the k-th digits of all numbers share id k), through its relative bias, with no
+offsets; `coupled` (a table over them) would be abacus itself and is refused (`coupled_refusal`).
 """
 
 from __future__ import annotations
@@ -59,30 +63,33 @@ class TextPositions:
 
 
 def coupled_refusal(model_config) -> str | None:
-    """Why a language model cannot train under this scheme (coupled ids come from a lab task), or None."""
-    if model_config.scheme.ids != COUPLED:
+    """Why a language model cannot train under this scheme, or None. On text the only alignment is the place
+    inside a number: the k-th digit of every number shares id k, which are Abacus ids. Read through a table
+    (`coupled`) they would train the very model `abacus` trains, so that one is refused naming abacus;
+    `coupled-relative` reads them through its clipped relative bias, which no other scheme does."""
+    if model_config.scheme.ids != COUPLED or not model_config.scheme.has_table:
         return None
     pe = model_config.position
-    return (f"model.position={pe} takes its ids from a lab task's alignment rule, and text has none yet; on text "
-            "use model.position=abacus (each digit's index inside its number), or train coupled positions with "
-            f"`tinyformer lengen train --pe {pe}`")
+    return (f"model.position={pe} on text would couple each digit with the digits of the same index in other "
+            "numbers, which is model.position=abacus (the same ids, the same learned table): use abacus, or "
+            "model.position=coupled-relative for a relative bias over those ids")
 
 
 def text_positions(model_config, tokenizer, digits: str | None) -> TextPositions | None:
     """The position function of a language model on text: None unless its scheme takes the caller's ids
-    (abacus)."""
+    (abacus; coupled-relative, whose coupled ids on text are the same digit indices)."""
     if not model_config.scheme.needs_caller_ids:
         return None
     refusal = coupled_refusal(model_config)
     if refusal:
         raise TinyformerError(refusal)
     if tokenizer is None:
-        raise TinyformerError("model.position=abacus on text needs the tokenizer (data.tokenizer) to know "
-                              "which tokens are digits")
+        raise TinyformerError(f"model.position={model_config.position} on text needs the tokenizer "
+                              "(data.tokenizer) to know which tokens are digits")
     table = digit_table(tokenizer, model_config.vocab_size, digits or DEFAULT_DIGITS)
     if not table.any():
-        raise TinyformerError(f"model.position=abacus: no token of the tokenizer is made only of the digits "
-                              f"{digits or DEFAULT_DIGITS!r} (data.digits); the text has no numbers to index")
+        raise TinyformerError(f"model.position={model_config.position}: no token of the tokenizer is made only "
+                              f"of the digits {digits or DEFAULT_DIGITS!r} (data.digits); the text has no numbers to index")
     return TextPositions(table)
 
 
@@ -91,7 +98,8 @@ class AbacusBatches:
     training as in the lab, so every position of the table is trained. The offsets are seeded by
     (seed, batch number): the state is the inner source's plus that counter."""
 
-    def __init__(self, source: Any, positions: TextPositions, table_size: int, seed: int) -> None:
+    def __init__(self, source: Any, positions: TextPositions, table_size: int | None, seed: int) -> None:
+        """`table_size` None: a scheme without a table (coupled-relative), whose ids are used as counted."""
         self.source, self.positions, self.table_size, self.seed = source, positions, table_size, seed
         self.calls = 0
 
@@ -99,6 +107,8 @@ class AbacusBatches:
         batch = self.source.next_batch()
         ids = batch["ids"].numpy()
         position_ids = self.positions(ids)
+        if self.table_size is None:  # no table to move through: the ids as counted
+            return {**batch, "position_ids": torch.from_numpy(position_ids)}
         longest = int(position_ids.max(initial=0))
         if longest >= self.table_size:
             raise TinyformerError(

@@ -94,7 +94,7 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
                 "use a longer validation file or a smaller train.seq_len"
             )
     resolved = dataclasses.replace(cfg, model=model_cfg)
-    positions = text_positions(model_cfg, tokenizer, data.digits)  # Abacus ids; None for other schemes
+    positions = text_positions(model_cfg, tokenizer, data.digits)  # digit indices; None for most schemes
     ends = line_end_ids(tokenizer, train_meta.get("eot_id")) if data.sampling == "rows" else None
     for file in filter(None, (train_file, val_file) if ends is not None else ()):
         row_spans(file, ends, seq_len)  # every row fits: checked before anything is written
@@ -107,7 +107,8 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
             source = TokenFileBatches(train_file, micro, seq_len, sampling=data.sampling, seed=cfg.train.seed,
                                       shuffle=data.shuffle, **where)
         if positions is not None:
-            source = AbacusBatches(source, positions, model_cfg.position_table_size, cfg.train.seed)
+            table = model_cfg.position_table_size if model_cfg.scheme.trained_at_random_offsets else None
+            source = AbacusBatches(source, positions, table, cfg.train.seed)
         evaluation = None
         if val_file is not None:
             def val_batches():
