@@ -96,7 +96,7 @@ def _eval_task(run, model, args, device) -> dict:
     result = evaluate_bins(model, setup.eval_sets, batch_size=args.batch_size or cfg.eval.batch_size,
                            positions=setup.eval_positions,
                            device=device, greedy=args.greedy, precision=args.precision)
-    return {"task": setup.task.name, "examples": cfg.eval.examples, "checkpoint": str(run.checkpoint), **result}
+    return {"task": cfg.task.name, "examples": cfg.eval.examples, "checkpoint": str(run.checkpoint), **result}
 
 
 def _check_bins_fit(cfg, model, batch_size: int, device) -> None:
