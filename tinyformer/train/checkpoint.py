@@ -108,16 +108,14 @@ def save_checkpoint(
 
 def record_score(run_dir: str | Path, name: str, score: float | None, keep_last: int,
                  index: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Make checkpoint `name` the best when `score` beats or ties the recorded best (lower is better; a tie
-    goes to the later checkpoint: a task run's training-bin error sits at 0 from its first solved evaluation
-    on, and the model trained longer is the one a user means), write index.json atomically and prune;
-    returns the index."""
+    """Make checkpoint `name` the best when `score` beats the recorded best (lower is better), write
+    index.json atomically and prune; returns the index."""
     ckpts = Path(run_dir) / rundir.CHECKPOINTS
     index = rundir.read_index(run_dir) if index is None else index
     best = index.get("best_score")
     if best is not None and not math.isfinite(best):  # never a best nothing can beat
         best = None
-    if score is not None and math.isfinite(score) and (best is None or score <= best):
+    if score is not None and math.isfinite(score) and (best is None or score < best):
         index["best"], index["best_score"] = name, float(score)
     with atomic_write(ckpts / rundir.INDEX_FILE) as f:
         json.dump(index, f, indent=1)

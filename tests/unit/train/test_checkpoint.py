@@ -45,20 +45,3 @@ def test_failed_checkpoint_write_leaves_latest_intact(tmp_path, monkeypatch):
     assert latest_checkpoint(tmp_path).name == "step-00000001"
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir()]
     assert sorted(leftovers) == ["index.json", "step-00000001"]
-
-
-def test_a_tie_with_the_best_score_goes_to_the_later_checkpoint(tmp_path):
-    # a task run's training-bin error is 0 from its first solved evaluation on: `eval --ckpt RUN` (best) must
-    # read the model trained longest among them, not the first
-    from tinyformer.model import ModelConfig, Transformer
-    from tinyformer.train.checkpoint import record_score, save_checkpoint
-    from tinyformer.train.rundir import read_index
-
-    model = Transformer(ModelConfig(vocab_size=32, n_layers=1, d_model=8, n_heads=2, max_seq_len=4))
-    for step, error in zip(range(1, 5), [0.5, 0.0, 0.0, 0.1]):
-        saved = save_checkpoint(tmp_path, step, model, {"step": step}, keep_last=1)
-        record_score(tmp_path, saved.name, error, keep_last=1)
-    index = read_index(tmp_path)
-    assert index["best"] == "step-00000003" and index["best_score"] == 0.0
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()) == ["step-00000003",
-                                                                                          "step-00000004"]
