@@ -111,3 +111,24 @@ def test_bad_vary_is_a_one_line_error_before_anything_trains(one_line_error, cli
     args = [x for v in vary for x in ("--vary", v)]
     one_line_error(cli("compare", "--config", config, *args, "--out", tmp_path / "cmp"), message)
     assert not (tmp_path / "cmp").exists()
+
+
+# the newer position schemes: FIRE trains as a variant with a row at every context length; a coupled table,
+# which on text would be abacus under another name, is refused in one line before anything trains
+def test_compare_takes_fire_as_a_variant(cli, config, tmp_path):
+    out = tmp_path / "cmp"
+    cli("compare", "--config", config, "--vary", "model.position=rope,fire", "--factors", "1,2", "--out", out,
+        check=True)
+    assert "| fire | 1 |" in (out / "results.md").read_text()
+    runs = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    fire = runs["fire"]["by_seq_len"]
+    assert [r["seq_len"] for r in fire] == [64, 128]
+    assert all(r["perplexity"] is not None and r["perplexity"] > 1 for r in fire)  # relative: no table to end
+    assert fire[0]["loss"] != runs["rope"]["by_seq_len"][0]["loss"]  # another model, not rope under a new name
+
+
+def test_compare_refuses_a_coupled_table_in_one_line_before_anything_trains(cli, config, tmp_path, one_line_error):
+    out = tmp_path / "cmp"
+    one_line_error(cli("compare", "--config", config, "--vary", "model.position=rope,coupled", "--out", out),
+                   "variant coupled: model.position=coupled on text", "use abacus")
+    assert not out.exists()  # refused before the rope variant trained
