@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyformer.model.config import ModelConfig
+from tinyformer.model.norms import RMSNorm
 from tinyformer.model.positions import alibi_bias, apply_rope
 
 _FLOAT32_KERNEL = False  # set by `float32_kernel()`
@@ -149,6 +150,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.num_kv_heads * cfg.head_dim, bias=cfg.bias)
         self.v_proj = nn.Linear(cfg.d_model, cfg.num_kv_heads * cfg.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        if cfg.qk_norm:  # one gain over head_dim shared by the heads (HF Qwen3's q_norm / k_norm)
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.qk_norm = cfg.qk_norm
         self.dropout = cfg.dropout
 
     def forward(
@@ -163,6 +168,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:  # per head, before RoPE; in the projections' dtype (RMSNorm's gain is float32)
+            q, k = self.q_norm(q).to(q.dtype), self.k_norm(k).to(k.dtype)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # the cache keeps the parameters' dtype; under autocast q may be lower precision

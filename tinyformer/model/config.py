@@ -18,7 +18,7 @@ from tinyformer.model.positions import scheme as find_scheme
 
 POSITIONS = tuple(SCHEMES)  # every model.position value; what each one is: tinyformer.model.positions
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "gelu_tanh", "swiglu")
+MLPS = ("gelu", "gelu_tanh", "swiglu", "relu2")
 
 # Architecture switches only: sizes come from the defaults or from overrides, so a preset never allocates
 # a 7B model by accident. `preset("gpt2", n_layers=12, n_heads=12, d_model=768, vocab_size=50257,
@@ -53,12 +53,12 @@ class ModelConfig:
     n_heads: int = 4
     n_kv_heads: int | None = None  # None = n_heads (multi-head); fewer = grouped-query attention
     d_model: int = 128
-    d_ff: int | None = None  # None = 4 * d_model (gelu) or ~8/3 * d_model rounded up to 64 (swiglu)
+    d_ff: int | None = None  # None = 4 * d_model (gelu, relu2) or ~8/3 * d_model rounded up to 64 (swiglu)
     max_seq_len: int = 256  # training context; rope/alibi/nope/sinusoidal still run on longer inputs
     n_positions: int | None = None  # size of the learned/abacus position table; None = max_seq_len
     norm: str = "layernorm"  # layernorm | rmsnorm (pre-norm in both cases)
     norm_eps: float = 1e-5
-    mlp: str = "gelu_tanh"  # gelu (exact erf) | gelu_tanh (GPT-2's approximation) | swiglu
+    mlp: str = "gelu_tanh"  # gelu (exact erf) | gelu_tanh (GPT-2's approximation) | swiglu | relu2 (relu(x)**2)
     bias: bool = True  # biases in every linear layer and in LayerNorm
     dropout: float = 0.0
     tie_embeddings: bool = True
@@ -69,6 +69,10 @@ class ModelConfig:
     init_std: float = 0.02
     # GPT-2's init: o_proj/down_proj drawn with init_std / sqrt(2 * n_layers); false = plain N(0, init_std)
     scale_residual_init: bool = True
+    # the speedruns' switches (modded-nanogpt, OLMo-2, Gemma-2), all off by default:
+    qk_norm: bool = False  # RMSNorm (learned gain over head_dim, eps norm_eps) on queries and keys, before RoPE
+    logit_softcap: float | None = None  # logits = cap * tanh(logits / cap), in every path that makes them
+    zero_init_proj: bool = False  # o_proj/down_proj (the residual outputs) start at exactly zero
 
     def __post_init__(self) -> None:
         find_scheme(self.position)  # a one-line error naming the valid schemes
@@ -102,6 +106,14 @@ class ModelConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise TinyformerError(f"model.{name} must be a positive number, got {value}")
+        for name in ("qk_norm", "zero_init_proj"):
+            if not isinstance(getattr(self, name), bool):
+                raise TinyformerError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not (math.isfinite(cap) and cap > 0)):
+            raise TinyformerError(
+                f"model.logit_softcap must be a positive number (for example 30), or null for no cap; got {cap}"
+            )
 
     @property
     def head_dim(self) -> int:

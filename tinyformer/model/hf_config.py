@@ -44,6 +44,8 @@ def _requirements(cfg: ModelConfig, family: str) -> list[tuple[str, Any, str]]:
             ("d_ff", cfg.ffn_dim == 4 * cfg.d_model, f"4 * d_model = {4 * cfg.d_model}"),
             ("n_kv_heads", cfg.num_kv_heads == cfg.n_heads, "equal to n_heads (no grouped-query attention)"),
         ]
+    # none of the three families normalizes queries/keys or caps logits (zero_init_proj is only an init)
+    need += [("qk_norm", not cfg.qk_norm, "false"), ("logit_softcap", cfg.logit_softcap is None, "null")]
     return [(name, getattr(cfg, name), want) for name, ok, want in need if not ok]
 
 

@@ -9,7 +9,8 @@ log-sum-exp is the row's top logit minus the log of its largest probability) whi
 gradients of the hidden states and of the head's weight are computed in the forward pass and scaled by the
 incoming gradient in backward (the loss is a scalar, so nothing else is needed). The matmuls are the same
 three as the plain path's, in the autocast dtype when autocast is on (the weight's gradient one matmul per
-chunk of up to CHUNK_BYTES of logits' gradients, not per block); the softmax is always float32.
+chunk of up to CHUNK_BYTES of logits' gradients, not per block); the softmax is always float32. A soft cap
+(`model.logit_softcap`) is applied to each block's float32 logits, its derivative folded into their gradient.
 
 `Transformer` uses it for training steps (`forward(..., return_logits=False)`) when the vocabulary is at
 least `FUSED_MIN_VOCAB`; small vocabularies (characters, the lab's tasks) keep the plain path, which is as
@@ -38,11 +39,12 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 class LinearCrossEntropy(torch.autograd.Function):
     """mean over counted rows of cross_entropy(hidden @ weight.T, targets); rows whose target is
     IGNORE_INDEX do not count; `count` (a tensor, or None for this call's own count) is what the sum is
-    divided by. Returns (loss, 1.0 if count > 0 else 0.0)."""
+    divided by; `softcap` (a number, or None) caps the logits to softcap * tanh(logits / softcap) first, the
+    chain rule's 1 - tanh**2 folded into the logits' gradient. Returns (loss, 1.0 if count > 0 else 0.0)."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows_per_block: int,
-                count: torch.Tensor | None = None):
+                count: torch.Tensor | None = None, softcap: float | None = None):
         dtype = _compute_dtype(hidden)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         n, vocab = hidden.shape[0], weight.shape[0]
@@ -68,6 +70,9 @@ class LinearCrossEntropy(torch.autograd.Function):
                     t = targets[start:stop]
                     ok = valid[start:stop]
                     logits = (h @ w.t()).float()
+                    if softcap is not None:
+                        capped = torch.tanh(logits / softcap)  # kept for the gradient: d logits = 1 - capped**2
+                        logits = capped * softcap
                     picked = logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
                     top = logits.amax(dim=-1)
                     probs = torch.softmax(logits, dim=-1)
@@ -79,6 +84,8 @@ class LinearCrossEntropy(torch.autograd.Function):
                     if need_grad:
                         probs.scatter_add_(1, t.clamp(min=0).unsqueeze(1), -ok.float().unsqueeze(1))
                         probs.mul_((ok.float() * inv).unsqueeze(1))  # ignored rows: zero gradient
+                        if softcap is not None:
+                            probs.mul_(1.0 - capped.square_())
                         g = g_chunk[start - c0:stop - c0]
                         g.copy_(probs)
                         grad_hidden[start:stop] = g @ w
@@ -96,13 +103,15 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor, _grad_has: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
         return (grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype),
-                None, None, None)
+                None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
-                         targets: torch.Tensor, count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean cross-entropy of `hidden @ weight.T` against `targets` over non-ignored rows, or its sum over
-    `count` when given; 1.0 if any row counted else 0.0); hidden [..., d], weight [V, d], targets [...].
-    Never materializes all the logits."""
+                         targets: torch.Tensor, count: torch.Tensor | None = None,
+                         softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy of `hidden @ weight.T` (soft-capped to softcap * tanh(. / softcap) when given)
+    against `targets` over non-ignored rows, or its sum over `count` when given; 1.0 if any row counted else
+    0.0); hidden [..., d], weight [V, d], targets [...]. Never materializes all the logits."""
     rows = max(1, BLOCK_ELEMENTS // weight.shape[0])
-    return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), rows, count)
+    return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), rows, count,
+                                    softcap)

@@ -18,32 +18,20 @@ from tinyformer.model.config import ModelConfig
 from tinyformer.model.generate import generate as generate_tokens
 from tinyformer.model.kernels import gelu_tanh
 from tinyformer.model.loss import FUSED_MIN_VOCAB, linear_cross_entropy
+from tinyformer.model.norms import make_norm
 from tinyformer.model.positions import RELATIVE
 
 
-class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 as HF Llama does (so exports match to the last bit we can)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """ReLU squared, relu(x)**2 (So et al. 2021, "Primer"; modded-nanogpt's MLP activation)."""
+    return F.relu(x).square()
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.d_model, cfg.norm_eps)
-    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu2": relu2}  # the plain (up -> act -> down) MLPs
 
 
 class MLP(nn.Module):
-    """GELU MLP (up -> gelu -> down) or SwiGLU (down(silu(gate) * up))."""
+    """Plain MLP (up -> gelu / gelu_tanh / relu2 -> down) or SwiGLU (down(silu(gate) * up))."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -52,7 +40,7 @@ class MLP(nn.Module):
             self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
         self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
-        self.activation = gelu_tanh if cfg.mlp == "gelu_tanh" else F.gelu
+        self.activation = ACTIVATIONS.get(cfg.mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
@@ -125,6 +113,10 @@ class Transformer(nn.Module):
             for name, p in self.named_parameters():
                 if name.endswith(("o_proj.weight", "down_proj.weight")):
                     nn.init.normal_(p, mean=0.0, std=residual_std)
+        if cfg.zero_init_proj:  # after the draws above, so every other weight is the one it would be without it
+            for name, p in self.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    nn.init.zeros_(p)
         if cfg.scheme.learns_bias:
             self.position_bias.reset_parameters()  # its own init, not the std-0.02 of the model's matrices
 
@@ -262,7 +254,7 @@ class Transformer(nn.Module):
         """
         x, mask, rope, attentions = self._trunk(ids, position_ids, attention_mask, kv_cache, return_attention)
         fused = targets is not None and not return_logits and self.config.vocab_size >= FUSED_MIN_VOCAB
-        logits = None if fused else self.lm_head(self.norm(x))
+        logits = None if fused else self.logits(x)
         loss = None
         if targets is not None:
             counts = [None] * self.config.n_predict if target_counts is None else target_counts
@@ -284,9 +276,9 @@ class Transformer(nn.Module):
         `x`: the head's hidden states before the final norm; `logits`: their logits if already made;
         `count`: the number of targets to divide by (default: this call's own)."""
         if fused:
-            return linear_cross_entropy(self.norm(x), self.lm_head.weight, targets, count)
+            return linear_cross_entropy(self.norm(x), self.lm_head.weight, targets, count, self.config.logit_softcap)
         if logits is None:
-            logits = self.lm_head(self.norm(x))
+            logits = self.logits(x)
         total = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
@@ -307,7 +299,16 @@ class Transformer(nn.Module):
         """Logits of every output head: element k-1 [B, T, V] predicts token t+k at position t."""
         x, mask, rope, _ = self._trunk(ids, position_ids, attention_mask, None, False)
         heads = [x] + [head(x, mask, rope)[0] for head in self.mtp_layers]
-        return [self.lm_head(self.norm(h)) for h in heads]
+        return [self.logits(h) for h in heads]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Output logits of hidden states before the final norm: lm_head(norm(x)), soft-capped to
+        cap * tanh(logits / cap) when `model.logit_softcap` is set."""
+        logits = self.lm_head(self.norm(x))
+        cap = self.config.logit_softcap
+        if cap is not None:
+            logits = cap * torch.tanh(logits.float() / cap)  # in float32, as the loss and the fused path are
+        return logits
 
     # ---------------------------------------------------------------- helpers
 

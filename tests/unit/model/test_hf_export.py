@@ -115,6 +115,12 @@ def test_rope_settings_reach_hf(tmp_path, randomised):
         (dict(position="alibi", bias=True, mlp="gelu"), "exports as MptForCausalLM, but bias=True"),
         (dict(position="alibi", bias=False, mlp="gelu_tanh"), "mlp='gelu_tanh' has no equivalent"),
         (dict(position="alibi", bias=False, mlp="gelu", d_ff=100), "d_ff=100 has no equivalent"),
+        (dict(position="learned", qk_norm=True), "qk_norm=True has no equivalent"),
+        (dict(position="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True), "qk_norm=True has no equivalent"),
+        (dict(position="rope", norm="rmsnorm", mlp="relu2"), "mlp='relu2' has no equivalent"),
+        (dict(position="learned", mlp="relu2"), "mlp='relu2' has no equivalent"),
+        (dict(position="alibi", bias=False, mlp="gelu", logit_softcap=30.0), "logit_softcap=30.0 has no equivalent"),
+        (dict(position="rope", norm="rmsnorm", mlp="swiglu", logit_softcap=30.0), "logit_softcap=30.0 has no"),
     ],
 )
 def test_combinations_without_an_hf_equivalent_are_refused(overrides, needle, tmp_path):
@@ -128,3 +134,21 @@ def test_combinations_without_an_hf_equivalent_are_refused(overrides, needle, tm
 def test_hf_family_of_presets():
     assert hf_family(ModelConfig.preset("gpt2")) == "gpt2"
     assert hf_family(ModelConfig.preset("llama")) == "llama"
+
+
+def test_zero_init_projections_export_and_match_hf(tmp_path):
+    """zero_init_proj is only an init: the model exports, and HF's logits are ours (before and after a step)."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("llama", **SIZE, zero_init_proj=True))
+    ids = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(6))
+    _, loss = model(ids, ids)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.5 * p.grad
+    assert model.layers[0].self_attn.o_proj.weight.abs().max() > 0
+    export_hf(model.eval(), tmp_path / "z")
+    hf_model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "z").eval()
+    with torch.no_grad():
+        ours, theirs = model(ids)[0], hf_model(ids).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
