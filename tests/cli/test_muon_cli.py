@@ -85,3 +85,10 @@ def test_two_ddp_processes_match_one(cli_process, tiny_lm_run, tmp_path, records
                                    atol=1e-5, rtol=0)
     for (name, p), q in zip(load_model(one).state_dict().items(), load_model(two).state_dict().values()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
+
+
+def test_a_diverging_muon_run_names_a_lower_muon_lr_too(train_lm, tmp_path, one_line_error):
+    diverging = [*MUON, "train.lr=1e4", "train.muon_lr=1e4", "train.eval_every=1", "train.ckpt_every=1",
+                 "train.max_steps=20"]
+    one_line_error(train_lm(tmp_path / "run", *diverging, check=False), "training diverged", "train.lr=1000",
+                   "train.muon_lr=1000")
