@@ -36,6 +36,13 @@ def test_a_muon_run_learns(tiny_lm_run, records):
     assert not torch.allclose(weights(run, 30)[name], weights(adamw, 30)[name], atol=1e-3)
 
 
+def test_a_lab_task_run_trains_with_muon(tiny_task_run, records, tmp_path):
+    summary = tiny_task_run(tmp_path / "run", **{"train.optimizer": "muon", "train.max_steps": 8})
+    assert summary["status"] == "finished" and summary["step"] == 8
+    losses = [r["train_loss"] for r in records(tmp_path / "run", "train")]
+    assert losses[-1] < losses[0], losses
+
+
 def test_a_muon_run_stopped_half_way_and_resumed_equals_the_straight_run(train_lm, tmp_path, records, straight):
     split = tmp_path / "split"
     train_lm(split, *COMMON, "train.stop_at_step=3")
