@@ -267,6 +267,8 @@ class Checkpointer:
         before = [p for p in rundir.step_dirs(self.run_dir) if rundir.is_complete(p) and p.name < rundir.step_name(step)]
         good = next((p for p in before if p.name == self.train_state.best_checkpoint), before[-1] if before else None)
         lower = f"train.lr={self.cfg.lr / 10:g}"
+        if self.cfg.optimizer == "muon":
+            lower += f" train.muon_lr={self.cfg.muon_lr / 10:g}"
         if good is None or "task.name" in self.constants.get("settings", {}):  # the lab starts runs from scratch
             how = (f"start again in a new run_dir with a lower learning rate ({lower}) or a longer train.warmup"
                    + (f" (the last good checkpoint is {good})" if good else ""))

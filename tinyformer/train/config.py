@@ -46,6 +46,19 @@ def _check_seed(where: str, seed: int) -> None:
         raise TinyformerError(f"{where} must be an integer from 0 to 2**62 - 1, got {seed}")
 
 
+def _check_muon(cfg: TrainConfig) -> None:
+    if not (math.isfinite(cfg.muon_lr) and cfg.muon_lr > 0):
+        raise TinyformerError(f"train.muon_lr must be a positive number, got {cfg.muon_lr}")
+    if not (math.isfinite(cfg.muon_momentum) and 0 <= cfg.muon_momentum < 1):
+        raise TinyformerError(f"train.muon_momentum must be in [0, 1), got {cfg.muon_momentum}")
+    if cfg.optimizer == "muon" and cfg.parallel == "fsdp":
+        raise TinyformerError("train.optimizer=muon does not run under train.parallel=fsdp (its matrices are "
+                              "sharded); use parallel=ddp or optimizer=adamw")
+    if cfg.optimizer == "muon" and cfg.lr <= 0:
+        raise TinyformerError(f"train.optimizer=muon scales train.muon_lr by the schedule's rate over train.lr, so "
+                              f"train.lr must be positive, got {cfg.lr}")
+
+
 @dataclass
 class DataConfig:
     """Token files (`NAME.bin` + `NAME.json`) of a language-model run and how to draw windows from them."""
@@ -120,6 +133,12 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    # adamw, or muon: torch.optim.Muon on the blocks' hidden weight matrices, AdamW (lr, betas, eps) on the rest
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    # Muon's peak rate and momentum, scaled by the schedule as train.lr is: 0.02 and 0.95 are Keller Jordan's
+    # (kellerjordan.github.io/posts/muon, the modded-nanogpt speedruns' Muon)
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA (Ampere+), fp32 else
     compile: bool = False
@@ -167,6 +186,7 @@ class TrainConfig:
         if self.peak_flops is not None and not (math.isfinite(self.peak_flops) and self.peak_flops > 0):
             raise TinyformerError(f"train.peak_flops must be a positive number of FLOP/s (or null), got {self.peak_flops}")
         _check_seed("train.seed", self.seed)
+        _check_muon(self)
         if not DEVICE.fullmatch(self.device):
             raise TinyformerError(f"train.device={self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
         if self.dist_backend not in ("auto", "gloo", "nccl", "mpi", "ucc"):
@@ -277,6 +297,10 @@ RESULT_KEYS = {
 }
 
 
+# result settings newer than some checkpoints: the value those checkpoints trained with
+SETTINGS_BEFORE = {"train.optimizer": "adamw"}
+
+
 def result_settings(cfg: RunConfig, seq_len: int) -> dict[str, Any]:
     """The settings that decide the result of `cfg` (its model resolved), as dotted keys: kept in every
     checkpoint; a resume that changes one is refused, naming it."""
@@ -288,6 +312,9 @@ def result_settings(cfg: RunConfig, seq_len: int) -> dict[str, Any]:
         for key in RESULT_KEYS[section] if obj is not None else ():
             name = f"{section}.{key}"
             out[name] = resolved[name] if name in resolved else to_dict(getattr(obj, key))
+    out["train.optimizer"] = cfg.train.optimizer
+    if cfg.train.optimizer == "muon":  # an AdamW run does not read them
+        out.update({"train.muon_lr": cfg.train.muon_lr, "train.muon_momentum": cfg.train.muon_momentum})
     return out
 
 

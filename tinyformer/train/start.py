@@ -20,7 +20,7 @@ from tinyformer.fileio import directory_lock
 from tinyformer.model import Transformer
 from tinyformer.train import autotune, rundir
 from tinyformer.train.checkpoint import load_trainer_state
-from tinyformer.train.config import RunConfig, TrainConfig, result_settings, save_run_config
+from tinyformer.train.config import SETTINGS_BEFORE, RunConfig, TrainConfig, result_settings, save_run_config
 from tinyformer.train.distributed import all_gather_objects, barrier
 from tinyformer.train.runtime import Runtime, seed_everything, setup_runtime
 from tinyformer.train.schedule import lr_at
@@ -100,7 +100,7 @@ def check_settings(saved: Any, settings: dict[str, Any], run_dir: Path) -> None:
     if not isinstance(saved, dict):
         raise TinyformerError(f"the checkpoint state of {run_dir} has no settings; it is corrupt")
     for key in [*settings, *(k for k in saved if k not in settings)]:
-        was, now = saved.get(key), settings.get(key)
+        was, now = saved.get(key, SETTINGS_BEFORE.get(key)), settings.get(key)
         if was != now:
             raise TinyformerError(
                 f"cannot resume {run_dir}: {key} was {was!r} when it trained, the config says {now!r} "

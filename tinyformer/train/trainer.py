@@ -36,7 +36,7 @@ from tinyformer.train.distributed import (
 )
 from tinyformer.train.evaluation import Evaluation, Validator
 from tinyformer.train.metrics import MetricsLog, Progress, StepMeter
-from tinyformer.train.optim import build_optimizer
+from tinyformer.train.optim import optimizer_for, set_lr
 from tinyformer.train.plot import plot_runs
 from tinyformer.train.runtime import Runtime, autocast, sdpa_backend, training_parts
 from tinyformer.train.schedule import Schedule
@@ -99,7 +99,7 @@ class Trainer:
             ckpt.load_weights(model, resume.checkpoint)
         self.raw = model.to(runtime.device)
         self.module = parallelize(self.raw, cfg.parallel, info, runtime.device)
-        self.optimizer = build_optimizer(self.raw, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        self.optimizer = optimizer_for(self.raw, cfg)  # AdamW, or Muon + AdamW as one (tinyformer.train.optim)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
         if cfg.compile:
             self.module = torch.compile(self.module)
@@ -177,8 +177,7 @@ class Trainer:
     def train_step(self, lr: float) -> tuple[float, float, int]:
         """One optimizer step over grad_accum micro-batches: (mean loss, grad norm before clipping, positions
         this process computed: its micro-batches' tokens, less the padding cut by `split_by_length`)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         accum = self.cfg.grad_accum
         total = torch.zeros((), device=self.rt.device)
         tokens = 0

@@ -84,33 +84,44 @@ class TrainState:
 class OptimizerState:
     """The optimizer's state in full, keyed by parameter name whatever the sharding (FSDP gathers it)."""
 
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.module, self.optimizer = module, optimizer
+    # what each kind of optimizer keeps per parameter (`tinyformer.train.optim`)
+    KEYS = {"AdamW": {"step", "exp_avg", "exp_avg_sq"}, "Muon": {"momentum_buffer"}}
+
+    def __init__(self, module: torch.nn.Module, optimizer: Any) -> None:
+        # Muon + AdamW hold their state in two torch optimizers; torch keys both by parameter name
+        self.module, self.optimizers = module, getattr(optimizer, "optimizers", [optimizer])
 
     def state_dict(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(self.module, self.optimizer,
+        return get_optimizer_state_dict(self.module, self._optimizers(),
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        set_optimizer_state_dict(self.module, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
-        self._check(groups)
+        groups = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in self.optimizers]
+        set_optimizer_state_dict(self.module, self._optimizers(), state,
+                                 options=StateDictOptions(full_state_dict=True))
+        for optimizer, fresh in zip(self.optimizers, groups):
+            self._check(optimizer, fresh)
 
-    def _check(self, groups: list[dict[str, Any]]) -> None:
+    def _optimizers(self) -> Any:
+        """One optimizer as itself (the state of an AdamW run as it always was), several as a list."""
+        return self.optimizers[0] if len(self.optimizers) == 1 else self.optimizers
+
+    def _check(self, optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
         """Make the loaded state one this run can step with: the hyperparameters of its groups are the
         config's (`groups`, from before loading; the settings check made sure they did not change), and every
         parameter's moments are finite tensors shaped and typed like it."""
-        if len(groups) != len(self.optimizer.param_groups):
+        if len(groups) != len(optimizer.param_groups):
             raise ValueError("optimizer groups")
-        for group, fresh in zip(self.optimizer.param_groups, groups):
+        keys = self.KEYS.get(type(optimizer).__name__, set())
+        for group, fresh in zip(optimizer.param_groups, groups):
             group.update(fresh)
             for p in group["params"]:
-                state = self.optimizer.state.get(p, {})
-                if state and not {"step", "exp_avg", "exp_avg_sq"} <= set(state):
+                state = optimizer.state.get(p, {})
+                if state and not keys <= set(state):
                     raise ValueError(f"optimizer state keys {sorted(state)}")
                 for name, value in state.items():
                     if not isinstance(value, torch.Tensor) or not value.is_floating_point() or (
