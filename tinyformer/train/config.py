@@ -297,8 +297,9 @@ RESULT_KEYS = {
 }
 
 
-# result settings newer than some checkpoints: the value those checkpoints trained with
-SETTINGS_BEFORE = {"train.optimizer": "adamw"}
+# what a setting added since was, in effect, for a checkpoint saved before it existed (so that checkpoint resumes)
+SETTINGS_BEFORE = {"train.optimizer": "adamw", "model.qk_norm": False, "model.logit_softcap": None,
+                   "model.zero_init_proj": False}
 
 
 def result_settings(cfg: RunConfig, seq_len: int) -> dict[str, Any]:
