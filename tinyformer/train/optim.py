@@ -3,7 +3,6 @@ or (`train.optimizer=muon`) Muon on the blocks' hidden weight matrices and that 
 
 from __future__ import annotations
 
-from collections import ChainMap
 from typing import Any
 
 import torch
@@ -69,9 +68,9 @@ def build_optimizer(
 
 
 class MuonAdamW:
-    """torch.optim.Muon on the hidden matrices and AdamW on the rest, seen by the trainer, the fp16 scaler and
-    the checkpoint as one optimizer (`param_groups`, `state`, `step`, `zero_grad`, `state_dict`). `optimizers`
-    are the two torch optimizers (the checkpoint keeps their state by parameter name). `set_lr(lr)`: the
+    """torch.optim.Muon on the hidden matrices and AdamW on the rest, seen by the trainer and the fp16 scaler
+    as one optimizer (`param_groups`, `step`, `zero_grad`). `optimizers` are the two torch optimizers (the
+    checkpoint keeps their state by parameter name: tinyformer.train.trainer_state.OptimizerState). `set_lr(lr)`: the
     schedule's rate of this step; Muon's groups take the same fraction of their peak `muon_lr`."""
 
     def __init__(self, adamw: torch.optim.AdamW, muon: torch.optim.Muon, peak_lr: float) -> None:
@@ -82,10 +81,6 @@ class MuonAdamW:
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         return [*self.adamw.param_groups, *self.muon.param_groups]
-
-    @property
-    def state(self) -> ChainMap:
-        return ChainMap(self.adamw.state, self.muon.state)
 
     def set_lr(self, lr: float) -> None:
         for group in self.adamw.param_groups:
@@ -102,13 +97,6 @@ class MuonAdamW:
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"adamw": self.adamw.state_dict(), "muon": self.muon.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.adamw.load_state_dict(state["adamw"])
-        self.muon.load_state_dict(state["muon"])
 
 
 def set_lr(optimizer: torch.optim.Optimizer | MuonAdamW, lr: float) -> None:
