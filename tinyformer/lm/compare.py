@@ -199,11 +199,11 @@ def _limit_cells(v: dict[str, Any], budget: bool, target: bool) -> list[str]:
     cells = []
     if budget:
         spent = v["train_s"]["mean"]
-        cells.append(("-" if spent is None else f"{spent:.1f}") + (f" of {v['budget_s']:g}" if v["budget_s"] else ""))
+        cells.append(("-" if spent is None else f"{spent:.2f}") + (f" of {v['budget_s']:g}" if v["budget_s"] else ""))
     if target:
         reached, n = v["time_to_target_s"], len(v["seeds"])
         cells.append("-" if v["target_loss"] is None else "not reached" if not reached["n"] else
-                     f"{reached['mean']:.1f}" + (f" ({reached['n']}/{n} seeds)" if reached["n"] < n else ""))
+                     f"{reached['mean']:.2f}" + (f" ({reached['n']}/{n} seeds)" if reached["n"] < n else ""))
     return cells
 
 
