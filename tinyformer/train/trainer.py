@@ -46,17 +46,6 @@ from tinyformer.train.status import DONE, EARLY_STOPPED, FINISHED, INTERRUPTED, 
 from tinyformer.train.trainer_state import OptimizerState, RNGState, ScalerState, TrainState
 
 
-def exit_code(summary: dict[str, Any]) -> int:
-    """The process exit code for a run's summary: 0 when it ended or paused, 128 + the signal number when a
-    signal stopped it after saving (130 for SIGINT, 143 for SIGTERM), so a scheduler can tell them apart."""
-    if summary.get("status") != INTERRUPTED:
-        return 0
-    try:
-        return 128 + int(signal.Signals[summary.get("signal") or "SIGINT"])
-    except KeyError:
-        return 128 + int(signal.SIGINT)
-
-
 @dataclass
 class Resume:
     """Where a run continues: its checkpoint, the trainer state read from it (the settings already checked),

@@ -229,7 +229,7 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
     print(f"lengen train: {cfg.task.name} ({get_task(cfg.task.name).description}) with {scheme} positions -> {out}")
     summary = train_task(cfg)
     if summary["status"] not in DONE:  # paused or stopped by a signal: a checkpoint to continue from
-        from tinyformer.train.trainer import exit_code
+        from tinyformer.train.status import exit_code
 
         print(f"{summary['status']} at step {summary['step']}; run the same command again to continue")
         return exit_code(summary)  # 130 / 143 when a signal stopped it

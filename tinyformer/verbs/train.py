@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from tinyformer.train.budget import stop_note
     from tinyformer.train.config import load_run_config
     from tinyformer.train.distributed import shutdown
-    from tinyformer.train.trainer import exit_code
+    from tinyformer.train.status import exit_code
 
     overrides = list(args.overrides) + (["resume=must"] if args.resume else [])
     cfg = load_run_config(args.config, overrides)
