@@ -132,3 +132,24 @@ def test_compare_refuses_a_coupled_table_in_one_line_before_anything_trains(cli,
     one_line_error(cli("compare", "--config", config, "--vary", "model.position=rope,coupled", "--out", out),
                    "variant coupled: model.position=coupled on text", "use abacus")
     assert not out.exists()  # refused before the rope variant trained
+
+
+def test_compare_passes_budget_and_target_through_and_tables_their_times(cli, config, tmp_path):
+    from tinyformer.lm import compare
+
+    out = tmp_path / "cmp"
+    planned = compare.plan(str(config), ["train.budget=30s"], ["train.target_loss=9,0.01"], 1, out)
+    assert [(m.cfg.train.budget_s, m.cfg.train.target_loss) for m in planned] == [(30.0, 9.0), (30.0, 0.01)]
+    cli("compare", "--config", config, "--vary", "train.target_loss=9,0.01", "--factors", "1", "--out", out,
+        "train.budget=30s", check=True)
+    runs = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    reached, missed = runs["9"], runs["0.01"]
+    summary = json.loads((Path(reached["run_dir"]) / "summary.json").read_text())
+    assert summary["status"] == "target_reached" and summary["target_reached_at_step"] == 4  # its first evaluation
+    assert reached["time_to_target_s"] == summary["time_to_target_s"] and missed["time_to_target_s"] is None
+    table = (out / "results.md").read_text()
+    assert "training s (budget)" in table and "training s to target loss" in table
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| 0.01")
+            or line.startswith("| 9 ")}
+    assert rows["9"].endswith(f"| {summary['elapsed_s']:.2f} of 30 | {summary['time_to_target_s']:.2f} |")
+    assert rows["0.01"].endswith("| not reached |")

@@ -70,6 +70,9 @@ def train_task(cfg: RunConfig) -> dict[str, Any]:
     an executor runs in its worker processes (a module-level function: picklable)."""
     if not cfg.run_dir:
         raise TinyformerError("run_dir is not set; pass run_dir=DIR (tinyformer lengen train chooses one for you)")
+    if cfg.train.target_loss is not None:
+        raise TinyformerError("train.target_loss applies to language-model runs (a validation loss); a task run "
+                              "stops at eval.stop_accuracy: set that instead")
     cfg, setup = resolve_task_run(cfg)
 
     def build(rt: Runtime, micro: int):

@@ -182,15 +182,39 @@ def aggregate(members: list[Member]) -> list[dict[str, Any]]:
                               "perplexity": spread_of([r["perplexity"] for r in rows]), "stopped": stopped,
                               "per_seed": {k: [r[k] for r in rows] for k in ("loss", "perplexity")}})
         out.append({"variant": label, "settings": group[0].variant.settings, "seeds": [m.seed for m in group],
-                    "run_dirs": [str(m.run_dir) for m in group], "by_seq_len": by_length})
+                    "run_dirs": [str(m.run_dir) for m in group], "by_seq_len": by_length, **limits_of(group)})
     return out
+
+
+def limits_of(group: list[Member]) -> dict[str, Any]:
+    """A variant's train.budget and train.target_loss and what they gave: training seconds, and the training
+    seconds to the target of the seeds that reached it (None where the config set neither)."""
+    summaries = [m.summary for m in group]
+    return {"budget_s": group[0].cfg.train.budget_s, "target_loss": group[0].cfg.train.target_loss,
+            "train_s": spread_of([s.get("elapsed_s") for s in summaries]),
+            "time_to_target_s": spread_of([s.get("time_to_target_s") for s in summaries])}
+
+
+def _limit_cells(v: dict[str, Any], budget: bool, target: bool) -> list[str]:
+    cells = []
+    if budget:
+        spent = v["train_s"]["mean"]
+        cells.append(("-" if spent is None else f"{spent:.2f}") + (f" of {v['budget_s']:g}" if v["budget_s"] else ""))
+    if target:
+        reached, n = v["time_to_target_s"], len(v["seeds"])
+        cells.append("-" if v["target_loss"] is None else "not reached" if not reached["n"] else
+                     f"{reached['mean']:.2f}" + (f" ({reached['n']}/{n} seeds)" if reached["n"] < n else ""))
+    return cells
 
 
 def results_table(variants: list[dict[str, Any]], trained: int) -> str:
     """The markdown table: validation loss and perplexity at the training context, perplexity beyond it."""
     lengths = [b["seq_len"] for b in variants[0]["by_seq_len"]]
+    budget = any(v.get("budget_s") for v in variants)
+    target = any(v.get("target_loss") is not None for v in variants)
     head = ["variant", "seeds", f"val loss at {trained} (mean ± std)"] + [
         f"ppl at {n} ({n // trained}x)" for n in lengths]
+    head += ["training s (budget)"] * budget + ["training s to target loss"] * target
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
     for v in variants:
@@ -204,6 +228,7 @@ def results_table(variants: list[dict[str, Any]], trained: int) -> str:
                 notes.append(f"{v['variant']}: {b['stopped']}")
             else:
                 cells.append(f"{p['mean']:.3f}" + (f" ({p['min']:.3f}-{p['max']:.3f})" if p["n"] > 1 else ""))
+        cells += _limit_cells(v, budget, target)
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += ["", "\\* " + "; ".join(dict.fromkeys(notes))]
@@ -230,6 +255,7 @@ def write_results(members: list[Member], out: Path, trained: int) -> dict[str, P
         f.write(buf.getvalue())
     runs = [{"variant": m.variant.label, "seed": m.seed, "run_dir": str(m.run_dir), "status": m.summary.get("status"),
              "final_val_loss": m.summary.get("val_loss"), "checkpoint": m.summary.get("checkpoint"),
+             "train_s": m.summary.get("elapsed_s"), "time_to_target_s": m.summary.get("time_to_target_s"),
              "by_seq_len": m.contexts} for m in members]
     with atomic_write(paths["json"]) as f:
         json.dump({"trained_seq_len": trained, "variants": variants, "runs": runs}, f, indent=1)

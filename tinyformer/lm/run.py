@@ -85,6 +85,8 @@ def train_lm(cfg: RunConfig) -> dict[str, Any]:
         raise TinyformerError(f"train.seq_len={seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}")
     fingerprint = tokenizer.fingerprint if tokenizer is not None else train_meta.get("tokenizer_fingerprint")
     check_token_file(train_file, model_cfg.vocab_size, fingerprint, "train")
+    if cfg.train.target_loss is not None and not data.val:
+        raise TinyformerError("train.target_loss is compared with the validation loss: set data.val=FILE.bin")
     val_file = open_token_file(data.val) if data.val else None
     if val_file is not None:
         check_token_file(val_file, model_cfg.vocab_size, fingerprint, "val")

@@ -41,6 +41,22 @@ def _at_least(section: str, obj: Any, low: float, *names: str, optional: bool = 
             raise TinyformerError(f"{section}.{name} must be {kind} >= {low:g}{hint}, got {value!r}")
 
 
+DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smh]?)")
+SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_budget(value: str | None) -> float | None:
+    """train.budget in seconds: `90` (seconds), `30s`, `5m`, `1.5h`; None for no budget. One line otherwise."""
+    if value is None:
+        return None
+    match = DURATION.fullmatch(str(value).strip().lower())
+    seconds = float(match[1]) * SECONDS[match[2]] if match else 0.0
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise TinyformerError(f"train.budget={value!r} is not a training time; write a positive duration like "
+                              "90 (seconds), 30s, 5m or 1.5h")
+    return seconds
+
+
 def _check_seed(where: str, seed: int) -> None:
     if not 0 <= seed < MAX_SEED:
         raise TinyformerError(f"{where} must be an integer from 0 to 2**62 - 1, got {seed}")
@@ -118,6 +134,11 @@ class TrainConfig:
     """Optimisation, precision, cadence of evaluation / checkpoints, and parallelism."""
 
     max_steps: int = 1000
+    # wall-clock training time (90 = seconds, 30s, 5m, 1h; evaluations, checkpoints, samples not counted): the run
+    # stops at the step that spends it and its learning rate decays over it (tinyformer.train.budget); max_steps
+    # still caps it: the run ends at whichever comes first
+    budget: str | None = None
+    target_loss: float | None = None  # stop at the first evaluation whose val_loss is <= this (language models)
     # Fine-tuning: start from these weights (an HF GPT-2/Llama/MPT directory, or a tinyformer run or
     # checkpoint directory); the model's shape comes from them, the optimizer starts fresh.
     init_from: str | None = None
@@ -177,7 +198,8 @@ class TrainConfig:
         _at_least("train", self, 1, "stop_at_step", "seq_len", "threads", "sample_top_k", optional=True)
         _at_least("train", self, 0, "lr", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "eval_every",
                   "log_every", "ckpt_every", "keep_last", "early_stop_patience", "sample_tokens", "sample_temperature")
-        _at_least("train", self, 0, "min_lr", optional=True)
+        _at_least("train", self, 0, "min_lr", "target_loss", optional=True)
+        parse_budget(self.budget)
         for name in ("beta1", "beta2"):
             if getattr(self, name) >= 1:
                 raise TinyformerError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -199,6 +221,11 @@ class TrainConfig:
     @property
     def final_lr(self) -> float:
         return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    @property
+    def budget_s(self) -> float | None:
+        """train.budget in seconds (None: no budget)."""
+        return parse_budget(self.budget)
 
 
 @dataclass

@@ -120,8 +120,11 @@ class Validator:
     def score_name(self) -> str:
         return self.evaluation.score_name if self.evaluation is not None else "score"
 
-    def should_validate(self, step: int) -> bool:
-        return self.enabled and (bool(self.eval_every and step % self.eval_every == 0) or step == self.max_steps)
+    def should_validate(self, step: int, last: bool = False) -> bool:
+        """Whether `step` is evaluated: every eval_every steps, at max_steps, and when it is the `last` (a
+        spent train.budget)."""
+        return self.enabled and (last or bool(self.eval_every and step % self.eval_every == 0)
+                                 or step == self.max_steps)
 
     def run(self, module: torch.nn.Module, runtime: Runtime) -> tuple[dict[str, Any], float, bool]:
         """(metrics, score, solved) of `module` (every process takes part)."""

@@ -105,6 +105,12 @@ class StepMeter:
         self.examples += examples
         self.seconds += seconds
 
+    def mfu(self, tokens: int, seconds: float) -> float | None:
+        """The MFU of `tokens` trained (all processes) in `seconds` of training; None when unknown."""
+        if not (self.peak and self.flops_per_token and seconds > 0):
+            return None
+        return tokens / seconds * self.flops_per_token / (self.peak * self.world_size)
+
     def rates(self) -> dict[str, float]:
         """tokens_per_s, examples_per_s (and mfu when the peak is known) since the last call; starts over."""
         seconds = self.seconds

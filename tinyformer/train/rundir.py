@@ -4,6 +4,7 @@
     RUN/config.yaml            the resolved RunConfig (model, train, data | task, eval)
     RUN/metrics.jsonl          one JSON record per line: kind train | eval
     RUN/summary.json           the run's outcome (status, step, final metrics; a task run's accuracy per bin)
+    RUN/report.md              the same outcome as a report card for people: machine, speed, loss, config
     RUN/checkpoints/step-N/    model.safetensors + model.json + trainer_state.json + trainer_state.safetensors
     RUN/checkpoints/index.json latest, best (and the score that made it best)
     RUN/tokenizer/             a language-model run's tokenizer (a task run's vocabulary is its task)
@@ -33,6 +34,7 @@ from tinyformer.train.config import load_run_config
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.md"  # the run's report card for people (tinyformer.train.report)
 SAMPLES_FILE = "samples.txt"
 CHECKPOINTS = "checkpoints"
 INDEX_FILE = "index.json"

@@ -25,6 +25,7 @@ import torch
 
 from tinyformer.train import checkpoint as ckpt
 from tinyformer.train import rundir
+from tinyformer.train.budget import Limits
 from tinyformer.train.checkpoint import Checkpointer
 from tinyformer.train.config import TrainConfig
 from tinyformer.train.distributed import (
@@ -38,22 +39,11 @@ from tinyformer.train.evaluation import Evaluation, Validator
 from tinyformer.train.metrics import MetricsLog, Progress, StepMeter
 from tinyformer.train.optim import optimizer_for, set_lr
 from tinyformer.train.plot import plot_runs
+from tinyformer.train.report import write_report
 from tinyformer.train.runtime import Runtime, autocast, sdpa_backend, training_parts
-from tinyformer.train.schedule import Schedule
 from tinyformer.train.signals import StopSignals
 from tinyformer.train.status import DONE, EARLY_STOPPED, FINISHED, INTERRUPTED, PAUSED, SOLVED
 from tinyformer.train.trainer_state import OptimizerState, RNGState, ScalerState, TrainState
-
-
-def exit_code(summary: dict[str, Any]) -> int:
-    """The process exit code for a run's summary: 0 when it ended or paused, 128 + the signal number when a
-    signal stopped it after saving (130 for SIGINT, 143 for SIGTERM), so a scheduler can tell them apart."""
-    if summary.get("status") != INTERRUPTED:
-        return 0
-    try:
-        return 128 + int(signal.Signals[summary.get("signal") or "SIGINT"])
-    except KeyError:
-        return 128 + int(signal.SIGINT)
 
 
 @dataclass
@@ -73,7 +63,8 @@ class Trainer:
     evaluation (and may stop the run once solved); `sample_fn(module, step) -> str` writes samples at
     evaluation time; `model_config` (a plain dict) is kept in the checkpoint (FSDP saves rebuild the model
     from it); `seq_len` is the training context (for MFU); `settings` are the values that decide the result
-    (`tinyformer.train.config.result_settings`), kept in the checkpoint; `resume`: where to continue from.
+    (`tinyformer.train.config.result_settings`), kept in the checkpoint; `resume`: where to continue from;
+    `clock` times the training steps (`tinyformer.train.budget`: a test drives a fake one).
     """
 
     def __init__(
@@ -90,6 +81,7 @@ class Trainer:
         seq_len: int,
         settings: dict[str, Any] | None = None,
         resume: Resume | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         info = runtime.info
         self.cfg, self.rt, self.run_dir = cfg, runtime, Path(run_dir)
@@ -104,7 +96,8 @@ class Trainer:
         if cfg.compile:
             self.module = torch.compile(self.module)
         self.state = TrainState()
-        self.schedule = Schedule(cfg.schedule, cfg.lr, cfg.final_lr, cfg.warmup, cfg.max_steps)
+        self.limits = Limits(cfg, self.state, clock, runtime)  # train.budget, train.target_loss
+        self.schedule = self.limits.schedule()
         self.validator = Validator(evaluation, self.state, eval_every=cfg.eval_every, max_steps=cfg.max_steps,
                                    patience=cfg.early_stop_patience)
         model_config = model_config or {}
@@ -155,13 +148,13 @@ class Trainer:
             if state.eval_pending and self.validator.enabled:  # stopped while evaluating: evaluate it now
                 status = self._end_of_step(stop, pending=True)
             while status is None and state.step < self.end_step:
-                t0 = time.perf_counter()
+                t0 = self.limits.clock()
                 lr = self.schedule.lr(state.step)
                 loss, grad_norm, tokens = self.train_step(lr)  # accumulate, clip, step
                 if not math.isfinite(loss) and self.rt.precision != "fp16":
                     raise self.checkpointer.diverged(state.step, f"loss {loss}", named=state.step + 1)
                 tokens *= self.rt.info.world_size
-                seconds = time.perf_counter() - t0
+                seconds = self.limits.clock() - t0
                 state.advance(tokens, cfg.batch_size, seconds)
                 self.meter.add(tokens, cfg.batch_size, seconds)
                 if (cfg.log_every and state.step % cfg.log_every == 0) or state.step == cfg.max_steps:
@@ -227,17 +220,18 @@ class Trainer:
         """After a step: checkpoint first, then evaluate (so a failing evaluation or sampler never costs the
         step), then decide whether the run ends. `pending`: only the evaluation a stopped run left undone.
         Returns the run's final status, or None to go on."""
-        step = self.state.step
-        evaluate = pending or self.validator.should_validate(step)
+        step, spent = self.state.step, self.limits.spent()
+        evaluate = pending or self.validator.should_validate(step, last=spent)
         signum = 0 if pending else self._stop_requested(stop)
         if not pending:
             self.state.eval_pending = evaluate  # a kill during the evaluation leaves it to the resume
-            self.checkpointer.save(step, last_step=step == self.end_step, force=evaluate or bool(signum))
+            self.checkpointer.save(step, last_step=step == self.end_step or spent, force=evaluate or bool(signum))
         if not signum:
             score, solved = self._validate() if evaluate else (None, False)
             self.state.eval_pending = False
-            status = (SOLVED if solved else EARLY_STOPPED if self.validator.early_stopped else
-                      FINISHED if step == self.cfg.max_steps else PAUSED if step == self.end_step else None)
+            status = SOLVED if solved else self.limits.status(score) or (  # train.budget, train.target_loss
+                EARLY_STOPPED if self.validator.early_stopped else FINISHED if step == self.cfg.max_steps else
+                PAUSED if step == self.end_step else None)
             if evaluate or status in DONE:
                 self.state.status = status if status in DONE else None
                 self.checkpointer.record(step, score)
@@ -333,6 +327,7 @@ class Trainer:
             "precision": self.rt.precision, "sdpa_backend": self.cfg.sdpa_backend, "device": str(self.rt.device),
             "world_size": info.world_size, "params": self.raw.num_params() if hasattr(self.raw, "num_params") else None,
             "peak_flops": self.meter.peak, "peak_flops_source": self.meter.peak_source,
+            "mfu": self.meter.mfu(state.tokens, state.elapsed), **self.limits.summary(status),
         }
         if self.stop_signal:
             summary["signal"] = self.stop_signal
@@ -346,6 +341,7 @@ class Trainer:
             self.module.train()
         if info.is_main:
             rundir.write_summary(self.run_dir, summary)
+            write_report(self.run_dir, summary, self.rt)
             try:
                 plot_runs([self.run_dir], self.run_dir / rundir.PLOTS_DIR / "curves.png")
             except Exception as exc:  # a plot must never cost a finished run

@@ -28,8 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from tinyformer.fileio import directory_lock
     from tinyformer.lm import compare
     from tinyformer.train.runtime import resolve_device
-    from tinyformer.train.status import INTERRUPTED, PAUSED
-    from tinyformer.train.trainer import exit_code
+    from tinyformer.train.status import INTERRUPTED, PAUSED, exit_code
 
     try:
         factors = [int(f) for f in args.factors.split(",") if f.strip()]

@@ -216,6 +216,7 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
     from tinyformer.lab.setup import scheme_label
     from tinyformer.lab.sweep import lab_config, run_path
     from tinyformer.tasks import get_task
+    from tinyformer.train.budget import stop_note
     from tinyformer.train.status import DONE, EARLY_STOPPED, SOLVED
 
     cfg = lab_config(settings, args.config)
@@ -228,13 +229,15 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
     print(f"lengen train: {cfg.task.name} ({get_task(cfg.task.name).description}) with {scheme} positions -> {out}")
     summary = train_task(cfg)
     if summary["status"] not in DONE:  # paused or stopped by a signal: a checkpoint to continue from
-        from tinyformer.train.trainer import exit_code
+        from tinyformer.train.status import exit_code
 
         print(f"{summary['status']} at step {summary['step']}; run the same command again to continue")
         return exit_code(summary)  # 130 / 143 when a signal stopped it
     how = {SOLVED: ", training-range bin solved",
            EARLY_STOPPED: ", stopped early: no improvement (the run has ended; raising train.max_steps "
                                  "does not continue it)"}.get(summary["status"], "")
+    if note := stop_note(summary):  # train.budget
+        how += f", {note}"
     print(f"done after {summary['step']} steps ({summary['elapsed_s']:.0f} s of training){how}")
     for b, acc in summary["accuracy"].items():
         greedy = (summary.get("accuracy_greedy") or {}).get(b)

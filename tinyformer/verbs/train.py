@@ -30,9 +30,10 @@ def train(cfg) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tinyformer.train.budget import stop_note
     from tinyformer.train.config import load_run_config
     from tinyformer.train.distributed import shutdown
-    from tinyformer.train.trainer import exit_code
+    from tinyformer.train.status import exit_code
 
     overrides = list(args.overrides) + (["resume=must"] if args.resume else [])
     cfg = load_run_config(args.config, overrides)
@@ -45,5 +46,6 @@ def run(args: argparse.Namespace) -> int:
         line += f": val loss {summary['val_loss']:.4f}, ppl {summary['val_ppl']:.2f}"
     if summary.get("accuracy"):
         line += ": accuracy " + "  ".join(f"{b}: {v:.3f}" for b, v in summary["accuracy"].items())
-    print(f"{line} -> {cfg.run_dir or 'runs/run'}")
+    note = stop_note(summary)  # what train.budget / train.target_loss decided
+    print(f"{line}{f' ({note})' if note else ''} -> {cfg.run_dir or 'runs/run'}")
     return exit_code(summary)  # 0 when it ended or paused; 130 / 143 when a signal stopped it after saving
