@@ -221,3 +221,11 @@ def test_a_lab_runs_accuracy_per_bin_reaches_the_tracker(tiny_task_run, tmp_path
     for record in evals:
         for length_bin, accuracy in record["accuracy"].items():
             assert got[record["step"]][f"eval/accuracy/{length_bin}"] == pytest.approx(accuracy, rel=1e-6)
+
+
+def test_only_the_main_process_tracks(cli_process, tiny_lm_run, tmp_path):
+    run = tmp_path / "two"
+    cli_process(*tiny_lm_run.args(run, "train.max_steps=4", "train.eval_every=2", "train.parallel=ddp",
+                                  "train.loggers=[tensorboard]"), torchrun=True, check=True)
+    assert len(list((run / "tb").iterdir())) == 1  # one writer: a second process would add its own event file
+    assert_same(tensorboard_values(run), expected(run), exact=False)
