@@ -38,8 +38,8 @@ DEFAULT_GRID = {
 DEFAULT_SEEDS = (0, 1, 2)
 # settings that change how a run is carried out or logged, not what it computes
 NOT_IN_KEY = ("run_dir", "resume", "train.device", "train.threads", "train.log_every", "train.progress",
-              "train.tensorboard", "train.ckpt_every", "train.keep_last", "train.stop_at_step", "eval.batch_size",
-              "train.dist_backend", "train.dist_timeout", "train.peak_flops", "train.reuse_memory")
+              "train.loggers", "train.tracker_project", "train.ckpt_every", "train.keep_last", "train.stop_at_step",
+              "eval.batch_size", "train.dist_backend", "train.dist_timeout", "train.peak_flops", "train.reuse_memory")
 
 Settings = dict[str, Any]  # dotted RunConfig key -> value
 

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,9 @@ class TrainConfig:
     sample_temperature: float = 0.8
     sample_top_k: int | None = 50
     peak_flops: float | None = None  # for MFU; None = known device peak (CUDA) or a measured matmul ceiling
-    tensorboard: bool = False
+    # experiment trackers beside metrics.jsonl (tinyformer.train.trackers), each an extra: tensorboard, wandb, trackio
+    loggers: list[Literal["tensorboard", "wandb", "trackio"]] = field(default_factory=list)
+    tracker_project: str = "tinyformer"  # the wandb / trackio project; the run is named after its run_dir
     progress: bool = True
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     dist_backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
@@ -267,6 +270,19 @@ def _expand_model(section: Any) -> tuple[dict[str, Any], frozenset]:
     return fields, given
 
 
+def _old_tensorboard(data: dict[str, Any]) -> None:
+    """train.tensorboard (before train.loggers; still in older runs' config.yaml): true = train.loggers=[tensorboard]."""
+    train = data.get("train")
+    if not isinstance(train, Mapping) or "tensorboard" not in train:
+        return
+    data["train"] = train = dict(train)
+    if train.pop("tensorboard") in (True, "true"):
+        loggers = train.get("loggers") or []
+        train["loggers"] = [*loggers, "tensorboard"] if "tensorboard" not in loggers else loggers
+        print("tinyformer: note: train.tensorboard=true is deprecated; use train.loggers=[tensorboard]",
+              file=sys.stderr, flush=True)
+
+
 def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     """A RunConfig from a plain (YAML) mapping; every section typed, unknown keys named."""
     data = dict(data)
@@ -275,6 +291,7 @@ def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     if data.get("data") is not None and data.get("task") is not None:
         raise TinyformerError("the config has both a data section (token files) and a task section; a run "
                               "trains on one: remove one of them")
+    _old_tensorboard(data)
     model_fields, given = _expand_model(data.pop("model", None))
     data["model"] = ModelConfig.from_dict(model_fields)
     cfg = from_dict(RunConfig, data)

@@ -1,4 +1,4 @@
-"""What a run reports: metrics.jsonl records, a progress bar, optional TensorBoard, and MFU's peak FLOP/s.
+"""What a run reports: metrics.jsonl records (and the trackers), a progress bar, and MFU's peak FLOP/s.
 
 MFU = tokens/s x model.flops_per_token(seq_len) / peak FLOP/s. The peak is, in order: `train.peak_flops`
 when set; the published dense peak of a known CUDA device for the precision in use; otherwise a matmul
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_write, writing
 from tinyformer.train import rundir
+from tinyformer.train.trackers import Trackers
 
 # Published dense (non-sparse) peaks in FLOP/s: (bf16/fp16 tensor core, tf32 tensor core).
 KNOWN_CUDA_PEAKS: dict[str, tuple[float, float]] = {
@@ -123,23 +123,16 @@ class StepMeter:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to RUN/metrics.jsonl (and to TensorBoard when asked: from `open`)."""
+    """Appends one JSON object per line to RUN/metrics.jsonl, and hands each record to the run's `trackers`
+    (TensorBoard, wandb, trackio: `tinyformer.train.trackers`), started by `open` and finished by `close`."""
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None) -> None:
-        self.path, self.tensorboard_dir = path, tensorboard_dir
-        self.writer = None
+    def __init__(self, path: Path, trackers: Trackers | None = None) -> None:
+        self.path, self.trackers = path, trackers
 
-    def open(self) -> None:
-        """Start the TensorBoard writer, when asked for one (it creates its directory)."""
-        if self.tensorboard_dir is None or self.writer is not None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise TinyformerError(
-                "train.tensorboard=true needs the tensorboard package; pip install 'tinyformer[tensorboard]'"
-            ) from None
-        self.writer = SummaryWriter(str(self.tensorboard_dir))
+    def open(self, resumed: bool = False) -> None:
+        """Start the trackers: a `resumed` run continues its tracker runs."""
+        if self.trackers is not None:
+            self.trackers.start(resumed)
 
     def truncate_after(self, step: int, drop_eval_at: int | None = None) -> None:
         """Before resuming: drop records past `step` (left by a run that died after its last checkpoint),
@@ -156,15 +149,15 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key not in ("step", "kind") and isinstance(value, (int, float)) and value is not None:
-                    self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
-            self.writer.flush()
+        if self.trackers is not None:
+            self.trackers.log(record)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Hand the trackers the run's summary (when it has one) and finish them."""
+        if self.trackers is not None:
+            if summary is not None:
+                self.trackers.summary(summary)
+            self.trackers.finish()
 
 
 def parse_records(text: str) -> list[dict[str, Any]]:

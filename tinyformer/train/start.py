@@ -24,6 +24,7 @@ from tinyformer.train.config import SETTINGS_BEFORE, RunConfig, TrainConfig, res
 from tinyformer.train.distributed import all_gather_objects, barrier
 from tinyformer.train.runtime import Runtime, seed_everything, setup_runtime
 from tinyformer.train.schedule import lr_at
+from tinyformer.train.trackers import check_installed
 from tinyformer.train.trainer import Resume, Trainer
 
 # build(runtime, micro_batch) -> (batch source, evaluation or None, sample_fn or None)
@@ -38,6 +39,7 @@ def start_run(cfg: RunConfig, seq_len: int, build: Build, *, init_state: dict[st
     `check_resume(run_dir)`: a check of the caller's before a resume (the run's tokenizer)."""
     run_dir = Path(cfg.run_dir)
     rundir.check_writable(run_dir)
+    check_installed(cfg.train.loggers)  # before anything is built or written
     settings = {**result_settings(cfg, seq_len), **(data_identity or {})}
     rt = setup_runtime(cfg.train)
     micro = micro_batch(cfg.train, rt.info.world_size)

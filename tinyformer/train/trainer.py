@@ -43,6 +43,7 @@ from tinyformer.train.report import write_report
 from tinyformer.train.runtime import Runtime, autocast, sdpa_backend, training_parts
 from tinyformer.train.signals import StopSignals
 from tinyformer.train.status import DONE, EARLY_STOPPED, FINISHED, INTERRUPTED, PAUSED, SOLVED
+from tinyformer.train.trackers import Trackers
 from tinyformer.train.trainer_state import OptimizerState, RNGState, ScalerState, TrainState
 
 
@@ -111,7 +112,7 @@ class Trainer:
         self.meter = StepMeter(flops, info.world_size, peak_flops=cfg.peak_flops, device=str(runtime.device),
                                precision=runtime.precision)
         self.log = MetricsLog(self.run_dir / rundir.METRICS_FILE,
-                              self.run_dir / "tb" if (cfg.tensorboard and info.is_main) else None)
+                              Trackers(cfg.loggers, self.run_dir, cfg.tracker_project) if info.is_main else None)
         self.progress = Progress(cfg.max_steps, cfg.progress and info.is_main, cfg.log_every)
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
@@ -289,7 +290,7 @@ class Trainer:
         """Before the first step: the metrics file (new, or cut back to the resumed step), the index, the peak
         FLOP/s for MFU, and what the user should know about the start."""
         state, main = self.state, self.rt.info.is_main
-        self.log.open()
+        self.log.open(resumed=self.resumed_from is not None)
         if main and self.resumed_from is None:
             (self.run_dir / rundir.METRICS_FILE).write_text("")
             (self.run_dir / rundir.SAMPLES_FILE).unlink(missing_ok=True)
@@ -316,7 +317,6 @@ class Trainer:
     def _finish(self, status: str, train_loss: float) -> dict[str, Any]:
         """The summary (with the final evaluation of a run that ended), written with the run's plots."""
         self.progress.close()
-        self.log.close()
         state, info = self.state, self.rt.info
         summary = {
             "status": status, "step": state.step, "tokens": state.tokens, "examples": state.examples,
@@ -342,6 +342,7 @@ class Trainer:
         if info.is_main:
             rundir.write_summary(self.run_dir, summary)
             write_report(self.run_dir, summary, self.rt)
+            self.log.close(summary)
             try:
                 plot_runs([self.run_dir], self.run_dir / rundir.PLOTS_DIR / "curves.png")
             except Exception as exc:  # a plot must never cost a finished run

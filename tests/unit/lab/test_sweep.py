@@ -48,7 +48,8 @@ def test_best_json_keeps_the_types_of_settings_given_as_command_line_text(tmp_pa
     assert saved["train.max_steps"] == 10 and saved["train.lr"] == 1e-3 and saved["model.n_layers"] == 2
 
 def test_config_key_ignores_logging_but_not_settings(tiny_task_run):
-    same = {"train.device": "cuda", "train.log_every": 50, "train.threads": 1, "run_dir": "elsewhere"}
+    same = {"train.device": "cuda", "train.log_every": 50, "train.threads": 1, "run_dir": "elsewhere",
+            "train.loggers": ["tensorboard", "wandb"], "train.tracker_project": "other"}
     assert config_key(tiny_task_run.config()) == config_key(tiny_task_run.config(**same))
     assert config_key(tiny_task_run.config()) != config_key(tiny_task_run.config(**{"train.lr": 2e-3}))
     assert config_key(tiny_task_run.config()) != config_key(tiny_task_run.config(**{"train.precision": "bf16"}))
