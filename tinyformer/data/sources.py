@@ -1,6 +1,6 @@
 """Where `data prepare text` reads documents from: text files, folders, JSONL, CSV, Parquet and Hugging Face
 datasets, each read as a stream of documents (one document in memory at a time, plus one Parquet or
-dataset batch of rows).
+dataset batch of rows; Parquet is read a row group at a time).
 
 A SOURCE is resolved (checked to exist, a folder listed, an optional dependency imported) before anything
 is read, so a mistake in any of them is a one-line error before any output is made.
@@ -119,24 +119,45 @@ def file_documents(path: Path, *, text_field: str = "text", separator: str | Non
 
 
 def text_documents(path: Path, separator: str | None) -> Iterator[str]:
-    """The whole file as one document, or its pieces between `separator`s, read a piece at a time."""
+    """The whole file as one document, or its pieces between `separator`s, read a piece at a time (each
+    character is copied a bounded number of times, however long a document is)."""
+    parts: list[str] = []  # the current document so far
+    carry = ""  # text after the last separator found that may still hold the start of one
+    keep = len(separator) - 1 if separator else 0
+    for chunk in _decoded_chunks(path):
+        if not separator:
+            parts.append(chunk)
+            continue
+        pieces = (carry + chunk).split(separator)
+        if len(pieces) > 1:
+            yield "".join([*parts, pieces[0]])
+            yield from pieces[1:-1]
+            parts, carry = [], pieces[-1]
+        elif len(pieces[0]) > keep:  # no separator yet: all but its possible beginning belongs to the document
+            cut = len(pieces[0]) - keep
+            parts.append(pieces[0][:cut])
+            carry = pieces[0][cut:]
+        else:
+            carry = pieces[0]
+    yield "".join([*parts, carry])
+
+
+def _decoded_chunks(path: Path) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    buffer, offset = "", 0
+    offset = 0
     with _open(path, "rb") as f:
         while True:
             block = f.read(READ_BYTES)
             try:
-                buffer += decoder.decode(block, final=not block)
+                text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as exc:
                 raise TinyformerError(f"source {path} is not UTF-8 text (near byte {offset + exc.start}); "
                                       "convert it to UTF-8 first") from None
             offset += len(block)
-            if separator:
-                *whole, buffer = buffer.split(separator)
-                yield from whole
+            if text:
+                yield text
             if not block:
-                break
-    yield buffer
+                return
 
 
 def jsonl_documents(path: Path, text_field: str) -> Iterator[str]:

@@ -185,3 +185,19 @@ def test_blank_documents_are_skipped_and_neither_part_is_left_empty(tmp_path, to
     # documents keep their text as written between separators; the blank one and the trailing newline are dropped
     assert train + val == ["first story\n", "\nsecond story\n"] and len(val) == 1
     assert record["blank_documents_skipped"] == 2
+
+
+@pytest.mark.parametrize("read_bytes", [1, 3, 7, 64])
+def test_a_text_file_read_in_pieces_splits_as_the_whole_text_would(read_bytes, tmp_path, monkeypatch):
+    from tinyformer.data import sources
+
+    monkeypatch.setattr(sources, "READ_BYTES", read_bytes)  # separators and characters across piece edges
+    rng = random.Random(read_bytes)
+    alphabet = ["a", "b", "|", "\n", EOT, "<|end", "é", "日本", "\n\n", "xxxxx"]
+    for trial in range(60):
+        separator = rng.choice([EOT, "\n\n", "|", "ab"])
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+        path = tmp_path / f"{trial}.txt"
+        path.write_text(text, encoding="utf-8")
+        assert list(sources.text_documents(path, separator)) == text.split(separator)
+        assert list(sources.text_documents(path, None)) == [text]
