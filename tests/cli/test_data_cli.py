@@ -95,6 +95,30 @@ def test_prepare_tinystories_splits_by_story(cli, tmp_path):
     assert int(np.sum(val == tok.eot_id)) == 10
 
 
+def test_prepare_tinystories_file_gives_the_ids_of_its_stories_joined(cli, tmp_path, one_line_error):
+    # the split text is each story as written between markers, followed by the marker; blank pieces dropped
+    # (what the file is streamed through since `data prepare text`, byte for byte as before)
+    from tinyformer.data.tokenfile import read_token_file
+    from tinyformer.tokenizer import Tokenizer, train_bpe
+
+    texts = [f"  story {i} café\n" if i % 2 else f"\nstory {i}\n" for i in range(20)]
+    src = tmp_path / "stories.txt"
+    src.write_text(f"\n{EOT}" + EOT.join(texts) + f"{EOT}\n \n", encoding="utf-8")
+    cli("data", "prepare", "tinystories", "--source", src, "--out", tmp_path / "prep", "--vocab-size", "300",
+        check=True)
+    reference = tmp_path / "train-ref.txt"
+    reference.write_text(EOT.join(texts[:18]) + EOT, encoding="utf-8")
+    tok = Tokenizer.load(tmp_path / "prep" / "tokenizer")
+    assert tok.fingerprint == train_bpe([reference], 300, special_tokens=[EOT]).fingerprint
+    for name, part in (("train", texts[:18]), ("val", texts[18:])):
+        ids, _ = read_token_file(tmp_path / "prep" / f"{name}.bin")
+        assert ids.tolist() == tok.encode(EOT.join(part) + EOT, allowed_special="all")
+    (tmp_path / "latin1.txt").write_bytes(b"a story\xff" + EOT.encode() + b"another")
+    one_line_error(cli("data", "prepare", "tinystories", "--source", tmp_path / "latin1.txt", "--out",
+                       tmp_path / "bad"), "UTF-8")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_prepare_shakespeare_is_char_level_90_10(cli, tmp_path):
     from tinyformer.data.tokenfile import read_token_file
 

@@ -5,6 +5,7 @@ are skipped; the test puts Tiny Shakespeare in place of the download (the shared
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-GUIDES = ["compare-positions.md", "number-sequences.md", "publishing.md"]
+GUIDES = ["bring-your-corpus.md", "compare-positions.md", "number-sequences.md", "publishing.md"]
 
 
 def commands(guide: str) -> list[str]:
@@ -67,6 +68,12 @@ def test_guide_runs_as_written(guide, tmp_path):
         for name in ("results.md", "training-loss.png", "validation.png", "context-length.png"):
             assert (out / name).is_file()
         assert "learned positions end at 64" in (out / "results.md").read_text()
+    elif guide == "bring-your-corpus.md":
+        record = json.loads((tmp_path / "data" / "speeches" / "prepare.json").read_text())
+        assert record["split_kind"] == "seeded" and record["val_documents"] > 0
+        assert (tmp_path / "data" / "speeches-jsonl" / "train.bin").read_bytes() == \
+            (tmp_path / "data" / "speeches" / "train.bin").read_bytes()
+        assert (tmp_path / "runs" / "speeches" / "summary.json").is_file()
     elif guide == "publishing.md":
         assert (tmp_path / "shakespeare-hf" / "README.md").is_file()
     else:

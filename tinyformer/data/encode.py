@@ -135,7 +135,9 @@ def encode_files(
     n_special_text = 0
     with TokenFileWriter(out, tokenizer.vocab_size, force) as writer:
         per_range = total_bytes // (RANGES_PER_WORKER * workers)
-        range_bytes = min(MAX_RANGE_BLOCKS * block_bytes, max(block_bytes, per_range))
+        # One worker encodes in this process, range after range: a range of one block holds the least
+        # memory and changes no id (ranges are cut where the encoding can be cut).
+        range_bytes = block_bytes if workers == 1 else min(MAX_RANGE_BLOCKS * block_bytes, max(block_bytes, per_range))
         items = _jobs(paths, sorted(allowed), errors, block_bytes, range_bytes, sources)
         for n_bytes, result in _ordered_map(_encode_range, items, workers, (tokenizer, allowed, dtype)):
             if result is None:  # end of a document

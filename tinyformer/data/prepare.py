@@ -14,22 +14,32 @@ from typing import Any
 
 from tinyformer.data.corpora import CORPORA, EOT
 from tinyformer.data.encode import encode_files
+from tinyformer.data.prepare_text import SplitWriter
+from tinyformer.data.sources import text_documents
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_dir, require_file, sha256_file
 from tinyformer.tokenizer import Tokenizer, train_bpe
 
 
-def split_stories(text: str, val_fraction: float) -> tuple[str, str, int, int]:
-    """Split on `<|endoftext|>` into whole stories; the last `val_fraction` of them are validation.
-    Returns (train text, val text, n train stories, n val stories); each story keeps its end marker."""
-    stories = [s for s in text.split(EOT) if s.strip()]
-    if len(stories) < 2:
+def write_story_split(source: Path, work: Path, val_fraction: float) -> tuple[int, int]:
+    """Split a file on `<|endoftext|>` into whole stories (blank ones dropped); the last `val_fraction` of them
+    (at least one, not all) are validation. Each story, followed by its end marker, goes through `data prepare
+    text`'s document reader and split writer to WORK/train.txt or WORK/val.txt; the file is read twice (to
+    count the stories, then to write them), so memory holds one story, not the file.
+    Returns (n train stories, n val stories)."""
+    n = sum(1 for story in text_documents(source, EOT) if story.strip())
+    if n < 2:
         raise TinyformerError(
-            f"found {len(stories)} story in the source; a TinyStories file separates stories with {EOT} lines"
+            f"found {n} story in the source; a TinyStories file separates stories with {EOT} lines"
         )
-    n_val = min(len(stories) - 1, max(1, math.ceil(len(stories) * val_fraction)))
-    train, val = stories[:-n_val], stories[-n_val:]
-    return EOT.join(train) + EOT, EOT.join(val) + EOT, len(train), len(val)
+    n_val = min(n - 1, max(1, math.ceil(n * val_fraction)))
+    writer = SplitWriter(work)
+    try:
+        for story in (s for s in text_documents(source, EOT) if s.strip()):
+            writer.write("train" if writer.counts["train"] < n - n_val else "val", story, str(source))
+    finally:
+        writer.close()
+    return writer.counts["train"], writer.counts["val"]
 
 
 def split_chars(text: str, val_fraction: float) -> tuple[str, str]:
@@ -92,9 +102,9 @@ def prepare(
                 inputs = official
                 record["split"] = "the dataset's own train / valid files"
             else:
-                text = _read_text(source)
-                train_text, val_text, n_train, n_val = split_stories(text, val_fraction)
-                inputs = _write_parts(work, train_text, val_text)
+                require_file(source, "source")
+                n_train, n_val = write_story_split(source, work, val_fraction)
+                inputs = [work / "train.txt", work / "val.txt"]
                 record["split"] = f"by story: {n_train} train, {n_val} validation (the last {val_fraction:.0%})"
             size = vocab_size or 10_000
             log(f"training a {size}-token BPE tokenizer on {inputs[0].name} ...")

@@ -221,7 +221,7 @@ class TokenFileWriter:
         arr = np.asarray(ids)
         if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
             raise ValueError(f"token id out of range [0, {self.vocab_size})")
-        self._file.write(arr.astype(self.dtype, copy=False).tobytes())
+        self._file.write(np.ascontiguousarray(arr, dtype=self.dtype).data)  # the array's own bytes: no copy
         self.n_tokens += arr.size
 
     def commit(self, meta: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`tinyformer data download|prepare`: fetch TinyStories / Tiny Shakespeare and turn them into token files."""
+"""`tinyformer data download|prepare`: fetch TinyStories / Tiny Shakespeare, or bring any corpus (`prepare text`),
+and turn them into token files."""
 
 from __future__ import annotations
 
@@ -13,14 +14,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--out", help="directory (default data/CORPUS)")
     d.add_argument("--url-base", help="where the files live (default: their public home; file:// works)")
     d.add_argument("--checksums", help="sha256sum-format file with the expected checksums")
-    p = sub.add_parser("prepare", help="split, train the tokenizer, encode train/val token files")
-    p.add_argument("corpus", choices=("tinystories", "shakespeare"))
+    p = sub.add_parser("prepare", help="split, train the tokenizer, encode train/val token files",
+                       description="tinystories / shakespeare: the named corpora (--source). text SOURCE...: any "
+                                   "corpus, see docs/bring-your-corpus.md")
+    p.add_argument("corpus", choices=("tinystories", "shakespeare", "text"))
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="text: a text file, a folder, a .jsonl/.csv/.parquet file, a folder saved by `datasets`, "
+                        "or hf:NAME (a Hugging Face dataset)")
     p.add_argument("--source", help="text file (or tinystories download dir); default data/CORPUS[/input.txt]")
-    p.add_argument("--out", help="output directory (default data/CORPUS-tok)")
-    p.add_argument("--vocab-size", type=int, help="tinystories BPE vocabulary (default 10000)")
+    p.add_argument("--out", help="output directory (default data/CORPUS-tok; required for text)")
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary of tinystories and text (default 10000)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--version", default="v2", help="tinystories files to look for in a download dir")
     p.add_argument("--force", action="store_true")
+    t = p.add_argument_group("text")
+    t.add_argument("--separator", help="text files: the text between documents, e.g. '<|endoftext|>' "
+                                       "(default: one document per file)")
+    t.add_argument("--glob", default="**/*.txt", help="files of a folder SOURCE, recursively (default **/*.txt)")
+    t.add_argument("--text-field", default="text", help="JSONL/CSV/Parquet/dataset field of the text (default text)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the train/validation split by document (default 0)")
+    t.add_argument("--tokenizer", help="reuse this tokenizer directory instead of training one")
+    t.add_argument("--tokenizer-sample-bytes", type=int,
+                   help="train the BPE on the first N bytes of training text (bounds its memory)")
+    t.add_argument("--workers", type=int, help="processes for the tokenizer and the encoder (default: all cores)")
     s = sub.add_parser("sequences", help="generate a number-sequence text dataset from a YAML file",
                        description="Rows of numbers (a b a+b, or a recurrence) in any base 2-16, for "
                                    "`tokenizer train`, `tokenizer encode` and `train`; see tinyformer/tasks/sequences.py")
@@ -95,7 +111,25 @@ def _prepare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tinyformer.data.prepare import prepare
+    from tinyformer.errors import TinyformerError
 
+    if args.corpus == "text":
+        from tinyformer.data.prepare_text import prepare_text
+
+        if args.source:
+            raise TinyformerError("data prepare text takes its sources as arguments: data prepare text SOURCE... --out DIR")
+        if not args.out:
+            raise TinyformerError("data prepare text needs --out DIR")
+        prepare_text(args.sources, args.out, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
+                     val_fraction=args.val_fraction, seed=args.seed, separator=args.separator, glob=args.glob,
+                     text_field=args.text_field, tokenizer_sample_bytes=args.tokenizer_sample_bytes,
+                     workers=args.workers, force=args.force)
+        return 0
+    text_only = [f"--{k.replace('_', '-')}" for k in ("separator", "tokenizer", "tokenizer_sample_bytes", "workers")
+                 if getattr(args, k) is not None]
+    if args.sources or text_only:
+        raise TinyformerError(f"{' '.join(args.sources[:1] + text_only[:1])} is for data prepare text; "
+                              f"data prepare {args.corpus} reads --source FILE")
     default_source = {"tinystories": "data/tinystories", "shakespeare": "data/shakespeare/input.txt"}[args.corpus]
     source = Path(args.source or default_source)
     out = Path(args.out or f"data/{args.corpus}-tok")
