@@ -1,5 +1,6 @@
 """`tinyformer eval --ckpt RUN`: a language model's loss, perplexity and bits per byte on a token file, or a
-task run's exact-match accuracy per length bin (its own bins, or `--bins`)."""
+task run's exact-match accuracy per length bin (its own bins, or `--bins`); with `--harness TASKS`, scores from
+EleutherAI's lm-evaluation-harness (tinyformer.lm.harness), written to RUN/harness/<tasks>.json."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", help="task run: comma-separated length bins (default: the run's eval.bins)")
     parser.add_argument("--examples", type=int, help="task run: examples per bin (default: the run's eval.examples)")
     parser.add_argument("--greedy", action="store_true", help="task run: also free-running greedy accuracy")
+    parser.add_argument("--harness", metavar="TASKS", help="lm-evaluation-harness tasks, comma-separated (e.g. "
+                        "hellaswag,arc_easy): the run is exported to HF and scored by `lm_eval`; needs "
+                        "tinyformer[harness]")
+    parser.add_argument("--harness-include", metavar="DIR", help="harness: a folder of local task YAML files")
+    parser.add_argument("--limit", help="harness: examples per task (or a fraction below 1); default: all")
+    parser.add_argument("--num-fewshot", type=int, help="harness: few-shot examples (default: each task's own)")
+    parser.add_argument("--log-samples", action="store_true", help="harness: also keep every request and "
+                        "response (per-choice log-likelihoods, generated text) in the results file")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -54,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise TinyformerError(f"--seed must be an integer from 0 to 2**62 - 1, got {args.seed}")
     device = resolve_device(args.device)
     run = Run(args.ckpt, args.which)
+    if args.harness is not None:
+        return _eval_harness(run, args, device)
     model = run.load_model(device)
     out = _eval_task(run, model, args, device) if run.kind == "task" else _eval_lm(run, model, args, device)
     if args.json:
@@ -74,6 +85,30 @@ def run(args: argparse.Namespace) -> int:
         bpb = f", bits/byte {out['bits_per_byte']:.4f}" if out["bits_per_byte"] is not None else ""
         print(f"loss {out['loss']:.4f}, perplexity {out['perplexity']:.3f}{bpb} over {out['tokens']:,} tokens "
               f"of {out['data']} ({out['subset'] or 'the whole file'})")
+    return 0
+
+
+def _eval_harness(run, args, device) -> int:
+    import json
+    import logging
+
+    from tinyformer.lm import harness
+
+    tasks, limit = harness.parse_tasks(args.harness), harness.parse_limit(args.limit)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its INFO lines would bury the table
+    model = run.load_model()
+    result = harness.evaluate(run, model, tasks, include=args.harness_include, limit=limit, device=str(device),
+                              batch_size=args.batch_size or 1, precision=args.precision,
+                              num_fewshot=args.num_fewshot, log_samples=args.log_samples)
+    path = harness.results_path(run, tasks)
+    harness.write_results(path, result)
+    if args.json:
+        print(json.dumps({"results": result["results"], "path": str(path)}))
+    else:
+        print(f"lm-evaluation-harness on {run.name} (checkpoint {run.checkpoint.name}"
+              + (f", limit {limit}" if limit is not None else "") + "):")
+        print(harness.table(result))
+        print(f"results: {path}")
     return 0
 
 
