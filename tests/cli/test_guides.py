@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-GUIDES = ["bring-your-corpus.md", "compare-positions.md", "number-sequences.md", "publishing.md"]
+GUIDES = ["bring-your-corpus.md", "compare-positions.md", "evaluate-with-the-harness.md", "number-sequences.md",
+          "publishing.md"]
 
 
 def commands(guide: str) -> list[str]:
@@ -54,6 +55,8 @@ def stand_in_shakespeare(path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("guide", GUIDES)
 def test_guide_runs_as_written(guide, tmp_path):
+    if guide == "evaluate-with-the-harness.md":
+        pytest.importorskip("lm_eval", reason="the harness guide needs lm-eval: pip install 'tinyformer[harness]'")
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     stand_in_shakespeare(tmp_path / "input.txt")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -74,6 +77,13 @@ def test_guide_runs_as_written(guide, tmp_path):
         assert (tmp_path / "data" / "speeches-jsonl" / "train.bin").read_bytes() == \
             (tmp_path / "data" / "speeches" / "train.bin").read_bytes()
         assert (tmp_path / "runs" / "speeches" / "summary.json").is_file()
+    elif guide == "evaluate-with-the-harness.md":
+        # our verb and the harness's own CLI on the export score the same model on the same ids: equal accuracy
+        ours = json.loads((tmp_path / "runs" / "speeches" / "harness" / "shakespeare_choice.json").read_text())
+        theirs = json.loads(next((tmp_path / "harness-out").rglob("results_*.json")).read_text())
+        acc = ours["results"]["shakespeare_choice"]["acc,none"]
+        assert acc == theirs["results"]["shakespeare_choice"]["acc,none"]
+        assert 0 <= acc <= 1
     elif guide == "publishing.md":
         assert (tmp_path / "shakespeare-hf" / "README.md").is_file()
     else:

@@ -50,8 +50,13 @@ def check_evaluable(run, model) -> None:
         raise TinyformerError(f"{run.name} is a task run: its ids are task symbols, not text; the harness scores "
                               "text (use `tinyformer eval --ckpt RUN` for its accuracy per length bin)")
     hf_family(model.config)  # the export's own refusal (Abacus, coupled, FIRE, qk_norm ...)
-    if run.tokenizer() is None:
+    tokenizer = run.tokenizer()
+    if tokenizer is None:
         raise TinyformerError(f"{run.path or run.checkpoint} has no tokenizer; the harness needs one to read text")
+    if tokenizer.eot_id is None:  # the export's bos/eos: the harness's prefix token (its tokenizer reads it)
+        raise TinyformerError(
+            f"{run.name}'s tokenizer has no <|endoftext|> token, which the harness needs as its prefix token (a "
+            "character-level run has none); train on data from `tinyformer data prepare text` (a BPE with it)")
 
 
 def _lm_eval():

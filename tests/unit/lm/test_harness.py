@@ -134,9 +134,14 @@ def test_cli_prints_a_table_and_writes_the_results_in_the_run(cli, tiny_lm_run, 
     assert not list(path.parent.glob(".*.tmp"))
 
 
-def test_cli_refusals_are_one_line(cli, one_line_error, tiny_lm_run, tiny_task_run, tmp_path, scored):
-    _, _, _, root = scored
+def test_cli_refusals_are_one_line(cli, one_line_error, tiny_lm_run, tiny_task_run, tmp_path, scored, tiny_corpus):
+    model, _, _, root = scored
     tasks = root / "tasks"
+    # a tokenizer without <|endoftext|> (a character-level run's): the harness would fail inside its tokenizer
+    no_eot = run_of(model, tiny_corpus().tokenizer, tmp_path / "no-eot")
+    one_line_error(cli("eval", "--ckpt", no_eot, "--harness", "tiny_choice", "--harness-include", tasks),
+                   "has no <|endoftext|> token", "data prepare text")
+    assert not (no_eot / "harness").exists()
     fire = tiny_lm_run("model.position=fire", "train.max_steps=1")
     one_line_error(cli("eval", "--ckpt", fire, "--harness", "tiny_choice", "--harness-include", tasks),
                    "position='fire' has no HF equivalent")
