@@ -229,3 +229,32 @@ def test_only_the_main_process_tracks(cli_process, tiny_lm_run, tmp_path):
                                   "train.loggers=[tensorboard]"), torchrun=True, check=True)
     assert len(list((run / "tb").iterdir())) == 1  # one writer: a second process would add its own event file
     assert_same(tensorboard_values(run), expected(run), exact=False)
+
+
+def test_a_run_that_crashes_finishes_its_tracker_runs_as_failed(train_lm, tmp_path, monkeypatch):
+    # an error mid-run (here a fault injected into the third step) must not leave a wandb run open ("running"
+    # forever on the server): the run is finished with exit code 1, and TensorBoard's file is closed
+    from tinyformer.train.trainer import Trainer
+
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": tmp_path / "wc",
+                       "WANDB_CACHE_DIR": tmp_path / "wk", "WANDB_DATA_DIR": tmp_path / "wd"}.items():
+        monkeypatch.setenv(key, str(value))
+    step = Trainer.train_step
+    calls = []
+
+    def third_step_fails(self, lr):
+        calls.append(lr)
+        if len(calls) == 3:
+            raise RuntimeError("injected fault")
+        return step(self, lr)
+
+    monkeypatch.setattr(Trainer, "train_step", third_step_fails)
+    run = tmp_path / "run"
+    result = train_lm(run, "train.max_steps=6", "train.eval_every=2", "train.loggers=[tensorboard,wandb]",
+                      check=False)
+    assert result.returncode != 0 and "injected fault" in (result.stderr + result.stdout)
+    (path,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    exits = [r.exit.exit_code for r in wandb_records(path) if r.WhichOneof("record_type") == "exit"]
+    assert exits == [1]
+    assert tensorboard_values(run)[2]["train/train_loss"] == json.loads(
+        (run / "metrics.jsonl").read_text().splitlines()[1])["train_loss"]

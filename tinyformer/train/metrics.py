@@ -152,12 +152,13 @@ class MetricsLog:
         if self.trackers is not None:
             self.trackers.log(record)
 
-    def close(self, summary: dict[str, Any] | None = None) -> None:
-        """Hand the trackers the run's summary (when it has one) and finish them."""
+    def close(self, summary: dict[str, Any] | None = None, failed: bool = False) -> None:
+        """Hand the trackers the run's summary (when it has one) and finish them (`failed`: an error ended the
+        run); a second close does nothing."""
         if self.trackers is not None:
             if summary is not None:
                 self.trackers.summary(summary)
-            self.trackers.finish()
+            self.trackers.finish(failed)
 
 
 def parse_records(text: str) -> list[dict[str, Any]]:

@@ -31,7 +31,8 @@ TRACKERS_FILE = "trackers.json"  # in the run directory: the id and name its tra
 
 class Tracker:
     """One experiment tracker: start(run_dir, config, run id, name) / log(step, values) / summary(values) /
-    finish(). `start` is given the run's id (the same on every resume) and a display name."""
+    finish(failed). `start` is given the run's id (the same on every resume) and a display name; `failed`: the
+    run ended by an error (wandb marks its run crashed)."""
 
     name = ""
     module = ""  # the package `check_installed` looks for
@@ -48,7 +49,7 @@ class Tracker:
     def summary(self, values: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
         raise NotImplementedError
 
 
@@ -71,7 +72,7 @@ class TensorBoard(Tracker):
     def summary(self, values: dict[str, Any]) -> None:
         self.writer.add_text("summary", "```\n" + json.dumps(values, indent=2, default=str) + "\n```")
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
         self.writer.close()
 
 
@@ -93,8 +94,8 @@ class WandB(Tracker):
     def summary(self, values: dict[str, Any]) -> None:
         self.run.summary.update(values)
 
-    def finish(self) -> None:
-        self.run.finish()
+    def finish(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class Trackio(Tracker):
@@ -118,7 +119,7 @@ class Trackio(Tracker):
         if isinstance(values.get("step"), int) and numbers:
             self.run.log(numbers, step=values["step"])
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
         self.run.finish()
 
 
@@ -152,6 +153,7 @@ class Trackers:
     def __init__(self, names: list[str] | tuple[str, ...], run_dir: Path, project: str) -> None:
         self.run_dir = Path(run_dir)
         self.active = [TRACKERS[name](project) for name in dict.fromkeys(names)]
+        self.started = False
 
     def start(self, resumed: bool) -> None:
         """Start each tracker: a resumed run under the id RUN/trackers.json keeps, a new one under a new id."""
@@ -165,6 +167,7 @@ class Trackers:
                 json.dump({"id": run_id, "name": name}, f)
         config_path = self.run_dir / rundir.CONFIG_FILE
         config = read_yaml(config_path) if config_path.is_file() else {}
+        self.started = True
         self._each("start", self.run_dir, config, run_id, name)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -175,8 +178,10 @@ class Trackers:
     def summary(self, summary: dict[str, Any]) -> None:
         self._each("summary", summary)
 
-    def finish(self) -> None:
-        self._each("finish")
+    def finish(self, failed: bool = False) -> None:
+        """Finish each started tracker (`failed`: the run ended by an error); later calls do nothing."""
+        if self.started:
+            self._each("finish", failed)
         self.active = []
 
     def _each(self, method: str, *args: Any) -> None:

@@ -137,7 +137,15 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Run to `max_steps` (or until solved / early stop / signal); returns the summary written to
-        RUN/summary.json. A run that already ended returns its summary without training again."""
+        RUN/summary.json. A run that already ended returns its summary without training again. An error
+        finishes the trackers as failed (a wandb run is marked crashed, not left running) and goes on up."""
+        try:
+            return self._fit()
+        except BaseException:
+            self.log.close(failed=True)
+            raise
+
+    def _fit(self) -> dict[str, Any]:
         state, cfg = self.state, self.cfg
         if state.status in DONE and (summary := rundir.read_summary(self.run_dir)):
             return summary

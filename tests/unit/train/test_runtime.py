@@ -23,9 +23,12 @@ def step():
     loss.backward()
     model.zero_grad(set_to_none=True)
 step()  # the heap grows to the step's peak
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+counts = []
+for _ in range(3):  # the fewest of three steps: a stray fault (another process's pressure) does not count
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(counts))
 """
 
 
