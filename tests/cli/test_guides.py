@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-GUIDES = ["bring-your-corpus.md", "compare-positions.md", "evaluate-with-the-harness.md", "number-sequences.md",
-          "publishing.md"]
+GUIDES = ["bring-your-corpus.md", "compare-positions.md", "evaluate-with-the-harness.md", "look-inside.md",
+          "number-sequences.md", "publishing.md"]
 
 
 def commands(guide: str) -> list[str]:
@@ -57,6 +57,9 @@ def stand_in_shakespeare(path: Path) -> None:
 def test_guide_runs_as_written(guide, tmp_path):
     if guide == "evaluate-with-the-harness.md":
         pytest.importorskip("lm_eval", reason="the harness guide needs lm-eval: pip install 'tinyformer[harness]'")
+    if guide == "look-inside.md":
+        for lib in ("transformer_lens", "nnsight"):
+            pytest.importorskip(lib, reason="the guide needs the interp extra: pip install 'tinyformer[interp]'")
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     stand_in_shakespeare(tmp_path / "input.txt")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -84,6 +87,12 @@ def test_guide_runs_as_written(guide, tmp_path):
         acc = ours["results"]["shakespeare_choice"]["acc,none"]
         assert acc == theirs["results"]["shakespeare_choice"]["acc,none"]
         assert 0 <= acc <= 1
+    elif guide == "look-inside.md":
+        printed = next(out for cmd, out in outputs.items() if "look_inside.py" in cmd)
+        diffs = [float(d) for d in re.findall(r"max \|logit difference\| (\S+),", printed)]
+        norms = re.findall(r"block 0 residual norm (\S+)", printed)
+        assert len(diffs) == 2 and max(diffs) < 1e-4, printed  # both libraries give the run's own logits
+        assert len(norms) == 2 and norms[0] == norms[1], printed  # and the same activation through their hooks
     elif guide == "publishing.md":
         assert (tmp_path / "shakespeare-hf" / "README.md").is_file()
     else:
