@@ -17,8 +17,7 @@ from typing import Any
 
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_write
-from tinyformer.lm.publish import export_run
-from tinyformer.model.hf_config import hf_family
+from tinyformer.lm.publish import check_text_run, export_run
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -45,15 +44,10 @@ def parse_limit(text: str | None) -> int | float | None:
 
 
 def check_evaluable(run, model) -> None:
-    """Refuse, in one line, a run the harness cannot read: no HF twin, a task run, no tokenizer."""
-    if run.kind == "task":
-        raise TinyformerError(f"{run.name} is a task run: its ids are task symbols, not text; the harness scores "
-                              "text (use `tinyformer eval --ckpt RUN` for its accuracy per length bin)")
-    hf_family(model.config)  # the export's own refusal (Abacus, coupled, FIRE, qk_norm ...)
-    tokenizer = run.tokenizer()
-    if tokenizer is None:
-        raise TinyformerError(f"{run.path or run.checkpoint} has no tokenizer; the harness needs one to read text")
-    if tokenizer.eot_id is None:  # the export's bos/eos: the harness's prefix token (its tokenizer reads it)
+    """Refuse, in one line, a run the harness cannot read: a task run, no HF twin, no tokenizer, no
+    <|endoftext|>."""
+    check_text_run(run, model, "the harness")
+    if run.tokenizer().eot_id is None:  # the export's bos/eos: the harness's prefix token (its tokenizer reads it)
         raise TinyformerError(
             f"{run.name}'s tokenizer has no <|endoftext|> token, which the harness needs as its prefix token (a "
             "character-level run has none); train on data from `tinyformer data prepare text` (a BPE with it)")

@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 
 from tinyformer.errors import TinyformerError
-from tinyformer.lm.publish import export_run
-from tinyformer.model.hf_config import hf_family
+from tinyformer.lm.publish import check_text_run, export_run
 from tinyformer.train.rundir import Run
 
 
@@ -26,16 +25,6 @@ def _need(module: str, what: str) -> None:
         __import__(module)
     except ImportError:
         raise TinyformerError(f"{what} needs {module}: pip install 'tinyformer[interp]'") from None
-
-
-def check_interpretable(run, model) -> None:
-    """Refuse, in one line, a run the libraries cannot read: a task run, no HF twin, no tokenizer."""
-    if run.kind == "task":
-        raise TinyformerError(f"{run.name} is a task run: its ids are task symbols, not text; export a "
-                              "language-model run (train on a corpus) to look inside it with these libraries")
-    hf_family(model.config)  # the export's own refusal (Abacus, coupled, FIRE, qk_norm ...)
-    if run.tokenizer() is None:
-        raise TinyformerError(f"{run.path or run.checkpoint} has no tokenizer; the libraries need one to read text")
 
 
 @contextlib.contextmanager
@@ -47,7 +36,7 @@ def hf_folder(source):
         return
     run = source if isinstance(source, Run) else Run(source)
     model = run.load_model()
-    check_interpretable(run, model)
+    check_text_run(run, model, "TransformerLens and nnsight")
     with tempfile.TemporaryDirectory(prefix="tinyformer-interop-") as tmp:
         yield export_run(run, model.float().cpu(), Path(tmp) / "hf")
 

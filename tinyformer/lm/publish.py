@@ -29,6 +29,17 @@ def context_length(run, model) -> int:
     return int(trained or cfg.max_seq_len)
 
 
+def check_text_run(run, model, readers: str) -> None:
+    """Refuse, in one line, a run that `readers` (the harness, the interpretability libraries) cannot read
+    through its HF export: a task run, no HF twin (the export's own refusal), no tokenizer."""
+    if run.kind == "task":
+        raise TinyformerError(f"{run.name} is a task run: its ids are task symbols, not text, which {readers} "
+                              "read (use `tinyformer eval --ckpt RUN` for its accuracy per length bin)")
+    hf_family(model.config)  # Abacus, coupled, FIRE, qk_norm ...
+    if run.tokenizer() is None:
+        raise TinyformerError(f"{run.path or run.checkpoint} has no tokenizer; {readers} need one to read text")
+
+
 def export_run(run, model, out: str | os.PathLike, force: bool = False, repo: str | None = None) -> Path:
     """Write `run` (a `rundir.Run`, its `model` loaded) as an HF folder with a model card, atomically;
     `repo`: the Hub name the card's loading example uses (default: the run's name)."""
