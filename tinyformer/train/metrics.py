@@ -190,15 +190,29 @@ class Progress:
 
     The ETA counts only the steps after the first update of this process: the steps before it pay for
     compiling, kernel selection and warm-up (minutes on a run of seconds per step), so the first line says
-    `eta ?` and the bar appears then."""
+    `eta ?` and the bar appears then. Under a budget (`budget_s`, training seconds) the run ends at whichever
+    comes first, so the ETA is the smaller of the steps' estimate and the budget's training seconds left
+    (`elapsed`: the run's training seconds spent, passed with each update), and each line says how much of
+    the budget is spent."""
 
-    def __init__(self, total: int, enabled: bool, log_every: int) -> None:
-        self.enabled, self.log_every, self.total = enabled, max(1, log_every), total
+    def __init__(self, total: int, enabled: bool, log_every: int, budget_s: float | None = None) -> None:
+        self.enabled, self.log_every, self.total, self.budget_s = enabled, max(1, log_every), total, budget_s
         self.tty = enabled and sys.stderr.isatty()
         self.origin: tuple[int, float] | None = None  # (step, time) of the first update: where the ETA starts
         self.bar = None
 
-    def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+    def eta(self, step: int, now: float, elapsed: float | None) -> float | None:
+        """Seconds left (None before anything is measured): steps left at the measured rate, capped by the
+        budget's training seconds left."""
+        origin_step, origin_time = self.origin
+        if step == origin_step:
+            return None
+        left = (self.total - step) * (now - origin_time) / (step - origin_step)
+        if self.budget_s is not None and elapsed is not None:
+            left = min(left, max(0.0, self.budget_s - elapsed))
+        return left
+
+    def update(self, step: int, loss: float, lr: float, tokens_per_s: float, elapsed: float | None = None) -> None:
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -210,13 +224,18 @@ class Progress:
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=self.total, initial=step, unit="step", dynamic_ncols=True)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            extra = {}
+            if self.budget_s is not None and elapsed is not None:
+                extra["budget"] = f"{elapsed:.0f}/{self.budget_s:g}s"
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", **extra,
+                                 refresh=False)
             self.bar.update(step - self.bar.n)
         elif step % self.log_every == 0 or step == self.total:
-            origin_step, origin_time = self.origin
-            left = (self.total - step) * (now - origin_time) / max(step - origin_step, 1)
-            eta = "?" if first else f"{int(left // 60)}m{int(left % 60):02d}s"
-            print(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} tok/s {tokens_per_s:,.0f} eta {eta}",
+            left = None if first else self.eta(step, now, elapsed)
+            eta = "?" if left is None else f"{int(left // 60)}m{int(left % 60):02d}s"
+            spent = (f" budget {elapsed:.1f}/{self.budget_s:g}s" if self.budget_s is not None and elapsed is not None
+                     else "")
+            print(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} tok/s {tokens_per_s:,.0f}{spent} eta {eta}",
                   flush=True)
 
     def note(self, text: str) -> None:

@@ -113,7 +113,7 @@ class Trainer:
                                precision=runtime.precision)
         self.log = MetricsLog(self.run_dir / rundir.METRICS_FILE,
                               Trackers(cfg.loggers, self.run_dir, cfg.tracker_project) if info.is_main else None)
-        self.progress = Progress(cfg.max_steps, cfg.progress and info.is_main, cfg.log_every)
+        self.progress = Progress(cfg.max_steps, cfg.progress and info.is_main, cfg.log_every, cfg.budget_s)
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
         self.extended_from: int | None = None  # the step a finished run ended at, when it is extended
@@ -222,7 +222,7 @@ class Trainer:
                   "lr": lr, "train_loss": loss, "grad_norm": grad_norm, **self.meter.rates()}
         if info.is_main:
             self.log.write(record)
-        self.progress.update(state.step, loss, lr, record["tokens_per_s"])
+        self.progress.update(state.step, loss, lr, record["tokens_per_s"], state.elapsed)
         return loss
 
     def _end_of_step(self, stop: StopSignals, pending: bool = False) -> str | None:
