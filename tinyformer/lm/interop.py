@@ -1,7 +1,7 @@
 """A run opened in interpretability libraries: TransformerLens (its `TransformerBridge`, which replaced
-`HookedTransformer` in TransformerLens 4) and nnsight (`LanguageModel`). The run is exported to a temporary
-HF folder (the files `tinyformer export --format hf` writes) and loaded from there into memory, so the
-folder is gone when the call returns; an exported folder is loaded as it is.
+`HookedTransformer` in TransformerLens 4) and nnsight (`TransformersModel`, `LanguageModel` before 0.8). The
+run is exported to a temporary HF folder (the files `tinyformer export --format hf` writes) and loaded from
+there into memory, so the folder is gone when the call returns; an exported folder is loaded as it is.
 
 Raw weights: the bridge is returned without `enable_compatibility_mode()` (which folds LayerNorm and centers
 weights), so its logits and activations are ours. What has no HF twin (Abacus, coupled, FIRE positions,
@@ -62,12 +62,16 @@ def to_transformer_lens(source, device: str = "cpu"):
 
 
 def to_nnsight(source, device: str = "cpu"):
-    """An nnsight `LanguageModel` over `source` (as for to_transformer_lens), loaded and on `device`:
+    """An nnsight `TransformersModel` (`LanguageModel` before nnsight 0.8, which deprecates that name) over
+    `source` (as for to_transformer_lens), loaded and on `device`:
     `with lm.trace(ids): x = lm.transformer.h[0].output.save()` (GPT-2; `lm.model.layers` for Llama)."""
     _need("nnsight", "nnsight")
     _need("transformers", "nnsight")
-    from nnsight import LanguageModel
+    try:
+        from nnsight import TransformersModel as Model
+    except ImportError:  # nnsight < 0.8
+        from nnsight import LanguageModel as Model
 
     with hf_folder(source) as folder:
         hf, tok = _load_hf(folder)
-    return LanguageModel(hf.to(device), tokenizer=tok)
+    return Model(hf.to(device), tokenizer=tok)
