@@ -173,7 +173,7 @@ def render_heatmap(entries: list[Entry], published: dict, path: str | Path, titl
                     color="black" if grid[i, j] > 0.6 else "white")
     ax.set_xticks(range(len(bins)), [f"len {b}" for b in bins])
     ax.set_yticks(range(len(entries)), [f"{e.task} / {e.pe}" for e in entries])
-    ax.set_title(title or "exact-match accuracy per length bin  [published]", fontsize=10)
+    ax.set_title(title or "exact-match accuracy per length bin  [published, where there is one]", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
     fig.tight_layout()
     path = Path(path)

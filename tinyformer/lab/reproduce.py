@@ -317,5 +317,5 @@ def write(results: Path, aggregated: list[dict], scale: str, published: dict) ->
         pub = _published(published, a)
         remapped.setdefault(a["row"], {})[a["scheme"]] = {ours: pub[t] for ours, t in mapping.items() if t in pub}
     render_heatmap(entries, remapped, paths["heatmap"],
-                   f"reproduction ({scale} scale): ours as published  [published]")
+                   f"reproduction ({scale} scale): ours as published  [published, where there is one]")
     return paths
