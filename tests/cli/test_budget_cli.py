@@ -128,3 +128,20 @@ def test_a_target_loss_needs_a_validation_file_and_a_language_model(train_lm, cl
     out = tmp_path / "task"
     one_line_error(cli(*tiny_task_run.args(out, "train.target_loss=0.5")), "train.target_loss", "eval.stop_accuracy")
     assert not out.exists()
+
+
+def test_a_budget_stops_two_ddp_processes_together(cli_process, tiny_lm_run, tmp_path, records):
+    """Under torchrun each process times its own steps; they agree on the training time (the slowest one's)
+    before each stop decision, so both stop after the same step (a process that stopped alone would leave the
+    other waiting in its next all-reduce, and the command would time out) and the run ends like one process's."""
+    run = tmp_path / "two"
+    cli_process(*tiny_lm_run.args(run, "train.budget=2s", "train.max_steps=1000000", "train.eval_every=0",
+                                  "train.ckpt_every=0", "train.warmup=2", "train.batch_size=4",
+                                  "train.parallel=ddp"), torchrun=True, check=True, timeout=120)
+    summary = json.loads((run / "summary.json").read_text())
+    train = records(run, "train")
+    assert summary["status"] == "budget_spent" and summary["world_size"] == 2
+    assert summary["step"] == train[-1]["step"] < 1_000_000
+    assert train[-2]["elapsed_s"] < 2.0 <= train[-1]["elapsed_s"]
+    assert [r["step"] for r in records(run, "eval")] == [summary["step"]]
+    assert MIN_LR < train[-1]["lr"] < 0.5 * LR  # the schedule followed the budget toward its end
