@@ -71,3 +71,18 @@ def test_refusals_are_one_line(tiny_lm_run, tiny_task_run, tmp_path):
         assert "\n" not in str(err.value)
         with pytest.raises(TinyformerError, match="is a task run"):
             load(task)
+
+
+@pytest.mark.parametrize("missing", ["transformer_lens", "nnsight"])
+def test_a_missing_library_is_one_line_naming_the_extra(missing, monkeypatch, tmp_path):
+    # a None entry in sys.modules makes `import` raise ImportError, as when the package is not installed
+    import sys
+
+    from tinyformer.lm.interop import to_nnsight, to_transformer_lens
+
+    monkeypatch.setitem(sys.modules, missing, None)
+    load = to_transformer_lens if missing == "transformer_lens" else to_nnsight
+    with pytest.raises(TinyformerError) as err:
+        load(tmp_path / "never-read")  # refused before the run is opened
+    assert f"needs {missing}" in str(err.value) and "pip install 'tinyformer[interp]'" in str(err.value)
+    assert "\n" not in str(err.value)
