@@ -160,6 +160,18 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     return nest_dotted(flat)
 
 
+def flatten_dotted(d: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """The inverse of nest_dotted: `{"model": {"n_layers": 4}}` -> `{"model.n_layers": 4}` (keys joined by sep)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_dotted(v, sep, key + sep))
+        else:
+            out[key] = v
+    return out
+
+
 def nest_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
     """`{"model.n_layers": 4, "train.lr": 1e-3}` -> `{"model": {"n_layers": 4}, "train": {"lr": 1e-3}}`."""
     out: dict[str, Any] = {}

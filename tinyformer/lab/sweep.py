@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tinyformer.config import deep_merge, nest_dotted, read_yaml
+from tinyformer.config import deep_merge, flatten_dotted, nest_dotted, read_yaml
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_write, directory_lock
 from tinyformer.lab.executor import one_thread, stop_if_interrupted
@@ -57,25 +57,16 @@ def lab_config(settings: Mapping[str, Any], config_file: str | Path | None = Non
 
 def config_key(cfg: RunConfig) -> str:
     """A short, stable hash of everything that determines a run's result."""
-    flat = _flatten(saved_dict(cfg))
+    flat = flatten_dotted(saved_dict(cfg))
     d = {k: v for k, v in flat.items() if k not in NOT_IN_KEY}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def typed_settings(settings: Mapping[str, Any], cfg: RunConfig) -> Settings:
     """`settings` with each value as the config holds it (600, not the "600" a command line gave)."""
-    resolved = _flatten(saved_dict(cfg))
+    resolved = flatten_dotted(saved_dict(cfg))
     return {k: resolved.get(k, v) for k, v in settings.items()}
 
 

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tinyformer.config import read_yaml
+from tinyformer.config import flatten_dotted, read_yaml
 from tinyformer.errors import TinyformerError
 from tinyformer.fileio import atomic_write
 from tinyformer.train import rundir
@@ -136,14 +136,8 @@ def check_installed(names: list[str] | tuple[str, ...]) -> None:
 
 def scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numbers of a record as `PREFIX/KEY` (nested mappings flattened: `eval/accuracy/1-50`)."""
-    out: dict[str, float] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(scalars(value, name + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[name] = value
-    return out
+    return {name: value for name, value in flatten_dotted(record, "/", prefix).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
 
 class Trackers:

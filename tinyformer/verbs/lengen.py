@@ -129,16 +129,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> dict:
     """The run's settings as dotted keys: the aliases given, then the key=value overrides."""
-    from tinyformer.config import parse_overrides
+    from tinyformer.config import flatten_dotted, parse_overrides
     from tinyformer.lab.setup import model_position
-    from tinyformer.lab.sweep import _flatten
 
     settings = {}
     for flag, key in ALIASES.items():
         value = getattr(args, f"alias_{flag}", None)
         if value is not None:
             settings[key] = value
-    settings.update(_flatten(parse_overrides(args.overrides)))
+    settings.update(flatten_dotted(parse_overrides(args.overrides)))
     if "model.position" in settings:
         settings["model.position"] = model_position(str(settings["model.position"]))
     return settings
@@ -156,10 +155,9 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
         lab_config(settings, args.config)  # a typo fails here, before the grid runs
         if args.config:
-            from tinyformer.config import read_yaml
-            from tinyformer.lab.sweep import _flatten
+            from tinyformer.config import flatten_dotted, read_yaml
 
-            settings = {**_flatten(read_yaml(args.config)), **settings}
+            settings = {**flatten_dotted(read_yaml(args.config)), **settings}
         grid = load_grid(args.grid, settings)
         grid = {k: v for k, v in grid.items() if k not in settings} or {"train.seed": [settings.get("train.seed", 0)]}
         rows = sweep(settings, grid, args.results, executor=_executor(args))
@@ -251,17 +249,16 @@ def _train(args: argparse.Namespace, settings: dict) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     import time
 
-    from tinyformer.config import parse_overrides
+    from tinyformer.config import flatten_dotted, parse_overrides
     from tinyformer.lab import reproduce
     from tinyformer.lab.report import load_published
-    from tinyformer.lab.sweep import _flatten
 
     if args.scale not in reproduce.SCALES:
         from tinyformer.errors import TinyformerError
 
         raise TinyformerError(f"unknown scale {args.scale!r}; use --scale cpu or --scale full")
     results = args.results or Path("results") / f"reproduce-{args.scale}"
-    overrides = _flatten(parse_overrides(args.overrides))
+    overrides = flatten_dotted(parse_overrides(args.overrides))
     start = time.perf_counter()
     chosen = {"rows": _csv(args.rows), "schemes": _csv(args.schemes), "overrides": overrides}
     records = reproduce.reproduce(args.scale, results, _executor(args), seeds=_csv(args.seeds, int), **chosen)
